@@ -1,0 +1,129 @@
+"""Remove credentials from stream URLs and from any text that may echo them.
+
+Stream URLs routinely carry secrets (``rtsp://admin:hunter2@cam/...``, signed HTTP URLs with
+``?token=...``). FFmpeg repeats the URL in its error messages, so everything that leaves the
+process -- log lines, ``events/<id>/`` messages, the ``last_error`` of a stream -- goes through
+:func:`redact_text` first. Metric labels never carry URLs at all (they use the stream id).
+
+The functions are total: they never raise, whatever the input, because they sit on error paths.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["MASK", "SENSITIVE_PARAMS", "redact_url", "redact_text", "is_sensitive_param"]
+
+MASK = "***"
+
+# Query parameter names (compared case-insensitively, after stripping "-", "_" and ".") whose
+# values are secrets, plus any compound name whose *last word* is one of the suffixes below
+# (``x-amz-signature``, ``access_token``, ``api_key``, ``clientSecret``; not ``monkey``).
+SENSITIVE_PARAMS = frozenset(
+    {
+        "password", "passwd", "pass", "pwd", "pw", "secret", "token", "key", "auth",
+        "authorization", "signature", "sig", "credential", "credentials", "session",
+        "sessionid", "apikey", "accesstoken", "refreshtoken", "clientsecret", "privatekey",
+        "xamzsignature", "xamzcredential", "xamzsecuritytoken", "googsignature",
+        "googcredential", "jwt", "bearer", "cookie", "user", "username", "login",
+    }
+)
+_SENSITIVE_SUFFIXES = frozenset(
+    {"password", "passwd", "pass", "pwd", "secret", "token", "key", "signature", "sig", "credential"}
+)
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.\s]", "", name).lower()
+
+
+def is_sensitive_param(name: str) -> bool:
+    """True when a query parameter named ``name`` carries a credential."""
+    if _norm(name) in SENSITIVE_PARAMS:
+        return True
+    # The last word of a compound name: api_key, X-Amz-Signature, clientSecret (not "monkey").
+    words = re.split(r"[-_.\s]|(?<=[a-z])(?=[A-Z])", name)
+    return bool(words) and words[-1].lower() in _SENSITIVE_SUFFIXES
+
+
+# A query string parameter: name, "=", value up to the next separator.
+_PARAM = re.compile(r"(?P<sep>^|[?&;])(?P<name>[^=&;#?\s]+)=(?P<value>[^&;#\s]*)")
+
+
+def _redact_query(query: str) -> str:
+    def sub(m: re.Match[str]) -> str:
+        if is_sensitive_param(m.group("name")) and m.group("value"):
+            return f"{m.group('sep')}{m.group('name')}={MASK}"
+        return m.group(0)
+
+    return _PARAM.sub(sub, query)
+
+
+# scheme://[userinfo@]rest. Userinfo is everything up to the LAST "@" before the path starts:
+# passwords may contain "@" (unencoded, as people type them) and ":" and "/"... but we cannot
+# know where an unencoded "/" in a password ends, so only "@" is tolerated inside userinfo.
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/?#]*)@")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with its userinfo and credential-like query parameters masked.
+
+    ``rtsp://user:pass@host:554/path?token=abc&x=1`` -> ``rtsp://***@host:554/path?token=***&x=1``.
+    A URL without credentials comes back unchanged (byte for byte), as do file paths.
+    """
+    try:
+        return _redact_url(url)
+    except Exception:  # never let a redactor raise on an error path; fail closed
+        return MASK
+
+
+def _redact_url(url: str) -> str:
+    out = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", url, count=1)
+    qpos = out.find("?")
+    if qpos >= 0:
+        hpos = out.find("#", qpos)
+        query, frag = (out[qpos + 1 :], "") if hpos < 0 else (out[qpos + 1 : hpos], out[hpos:])
+        out = out[: qpos + 1] + _redact_query(query) + frag
+    # Fragments sometimes carry tokens too (OAuth implicit flow: #access_token=...).
+    hpos = out.find("#")
+    if hpos >= 0 and "=" in out[hpos:]:
+        out = out[: hpos + 1] + _redact_query(out[hpos + 1 :])
+    return out
+
+
+# A URL inside free text: scheme://, then anything up to whitespace or a quote/bracket that
+# commonly delimits URLs in messages (FFmpeg writes `Error opening input 'rtsp://...'`).
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
+# "user:pass@host" without a scheme (seen in some FFmpeg/ffprobe messages and in configs).
+_BARE_USERINFO = re.compile(r"(?<![\w/@*])([\w.~%!$&+,;=-]+):([^\s@/'\"]+)@(?=[\w.-]+[:/\s]|[\w.-]+$)")
+# key=value pairs outside URLs ("password=secret" in a message).
+_KV_IN_TEXT = re.compile(r"(?P<name>\b[A-Za-z][\w.-]*)(?P<eq>\s*[=:]\s*)(?P<value>[^\s&;,'\"]+)")
+
+
+def _redact_url_match(m: re.Match[str]) -> str:
+    # Sentence punctuation right after a URL ("...?token=abc: Connection refused") belongs to
+    # the message, not to the URL: keep it out of the value that gets masked.
+    url = m.group(0)
+    stripped = url.rstrip(".,:;!?")
+    return redact_url(stripped) + url[len(stripped) :]
+
+
+def redact_text(text: str) -> str:
+    """Redact every URL with credentials (and ``password=...``-style pairs) inside ``text``."""
+    try:
+        out = _URL_IN_TEXT.sub(_redact_url_match, str(text))
+        out = _BARE_USERINFO.sub(f"{MASK}@", out)
+
+        def kv(m: re.Match[str]) -> str:
+            if m.group("value") != MASK and _norm(m.group("name")) in _TEXT_KEYS:
+                return f"{m.group('name')}{m.group('eq')}{MASK}"
+            return m.group(0)
+
+        return _KV_IN_TEXT.sub(kv, out)
+    except Exception:
+        return MASK
+
+
+# In free text only the unambiguous names are masked: "key: value" or "user: x" in an ordinary
+# message (e.g. "missing key: streams") must survive.
+_TEXT_KEYS = frozenset({"password", "passwd", "pwd", "secret", "token", "accesstoken", "apikey", "signature"})
