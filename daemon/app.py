@@ -1,0 +1,261 @@
+"""The daemon: sources -> scheduler -> (batch) -> backend -> post-processing -> publisher.
+
+One thread per stream decodes (``sources/``); this module's loop, on the main thread, takes fair
+batches from the scheduler, letterboxes them straight into a preallocated batch buffer, runs the
+backend, decodes boxes, publishes one message per frame and records every stage's time. Only
+that loop touches the ZeroMQ socket. Signal handlers only set flags (uvicorn's lesson).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from daemon import __version__
+from daemon.backends import Backend, choose_backend, create_backend
+from daemon.backends.base import warmup
+from daemon.config import Config, StreamConfig
+from daemon.frames import FrameResult
+from daemon.metrics import Metrics, MetricsServer
+from daemon.models.info import ModelInfo
+from daemon.models.resolve import resolve_model
+from daemon.publish.publisher import Publisher
+from daemon.scheduler import Scheduler
+from daemon.sources.pyav import StreamSource
+from daemon.vision.letterbox import letterbox_frame
+from daemon.vision.yolo import postprocess
+
+log = logging.getLogger("detectd")
+
+
+@dataclass
+class _Window:
+    """Recent figures for the status line (bounded: never grows)."""
+
+    frames: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+    labels: Counter[str] = field(default_factory=Counter)
+    since: float = field(default_factory=time.monotonic)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, *, backend: Backend | None = None, info: ModelInfo | None = None,
+                 metrics: Metrics | None = None) -> None:
+        self.cfg = cfg
+        self.metrics = metrics or Metrics()
+        self.stop_requested = threading.Event()
+        self.force_exit = False
+        self.sources: dict[str, StreamSource] = {}
+        self.backend = backend
+        self.info = info
+        self.publisher: Publisher | None = None
+        self.http: MetricsServer | None = None
+        self.scheduler = Scheduler(self.metrics, cfg.model.max_batch, cfg.model.max_wait_ms / 1000)
+        self.window = _Window()
+        self.ready = False
+        self.hooks: list[Callable[[FrameResult, list[str]], None]] = []  # e.g. the preview page
+        self.notifier: Any = None
+
+    # -- start-up ------------------------------------------------------------------------
+    def load_model(self) -> None:
+        if self.backend is not None and self.info is not None:
+            return
+        name, why = choose_backend(self.cfg.model.backend)
+        log.info("backend: %s (%s)", name, why)
+        path = resolve_model(self.cfg.model, target="tensorrt" if name == "tensorrt" else "cpu")
+        self.info = ModelInfo.from_onnx(path)
+        self.backend = create_backend(name, path, self.info, self.cfg.model)
+        t0 = time.perf_counter()
+        warmup(self.backend, self.info.width, self.info.height)
+        log.info("model %s (%s, %s) loaded and warm in %.2fs: input %dx%d, %d classes",
+                 path.name, self.backend.name, self.backend.precision, time.perf_counter() - t0,
+                 self.info.width, self.info.height, len(self.info.labels))
+
+    def start(self) -> None:
+        self.load_model()
+        assert self.backend is not None and self.info is not None
+        self.model_desc = {"name": self.info.path.stem, "precision": self.backend.precision,
+                           "backend": self.backend.name}
+        self.metrics.build_info.labels(__version__, self.backend.name, self.backend.precision).set(1)
+        p = self.cfg.publish
+        self.publisher = Publisher(p.endpoint, self.metrics, sndhwm=p.sndhwm, skip_empty=p.skip_empty,
+                                   curve=p.curve)
+        log.info("publishing on %s", self.publisher.endpoint)
+        host, _, port = self.cfg.metrics.listen.rpartition(":")
+        try:
+            self.http = MetricsServer(host, int(port), self.metrics.registry, self.readiness)
+        except OSError as exc:
+            raise OSError(f"metrics.listen: cannot listen on {self.cfg.metrics.listen}: {exc}") from exc
+        self.http.start()
+        log.info("metrics on http://%s:%d/metrics", host, self.http.port)
+        w, h = self.info.width, self.info.height
+        self.batch_buf = np.empty((self.cfg.model.max_batch, 3, h, w), np.float32)
+        for s in self.cfg.streams:
+            self.add_stream(s)
+        self.ready = True
+        self.metrics.ready.set(1)
+        if self.notifier is not None:
+            self.notifier.ready()
+
+    def readiness(self) -> dict[str, bool]:
+        return {"model_loaded": self.backend is not None and self.ready,
+                "publisher_bound": self.publisher is not None}
+
+    def add_stream(self, s: StreamConfig) -> None:
+        assert self.publisher is not None
+        self.metrics.init_stream(s.id)
+        self.scheduler.add_stream(s.id, size=s.queue_size, live=s.is_live, max_age=s.max_age_ms / 1000)
+        src = StreamSource(s, self.scheduler, self.metrics, self.publisher.post_event)
+        self.sources[s.id] = src
+        src.start()
+
+    def remove_stream(self, sid: str) -> None:
+        src = self.sources.pop(sid, None)
+        if src is not None:
+            src.stop()
+        dropped = self.scheduler.remove_stream(sid)
+        if dropped:
+            self.metrics.frames_dropped.labels(sid, "shutdown").inc(dropped)
+
+    # -- the loop ------------------------------------------------------------------------
+    def process(self, batch: list[Any]) -> None:
+        assert self.backend is not None and self.info is not None and self.publisher is not None
+        n = len(batch)
+        m = self.metrics.stage_seconds
+        buf = self.batch_buf[:n]
+        infos = []
+        for i, frame in enumerate(batch):
+            t0 = time.perf_counter()
+            infos.append(letterbox_frame(frame, self.info.width, self.info.height, out=buf[i])[1])
+            frame.native = None  # release the decoder's buffer early; keep image if any
+            m.labels("preprocess").observe(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        outputs = self.backend.infer(buf)
+        t_infer = time.perf_counter() - t0
+        self.metrics.batch_size.observe(n)
+        t0 = time.perf_counter()
+        dets = postprocess(outputs, infos, self.info.heads, self.cfg.model.conf_threshold,
+                           self.cfg.model.nms_threshold)
+        t_post = (time.perf_counter() - t0) / n
+        labels = self.info.labels
+        for frame, d in zip(batch, dets):
+            m.labels("infer").observe(t_infer)
+            m.labels("postprocess").observe(t_post)
+            result = FrameResult(frame, d, {"infer": t_infer, "postprocess": t_post})
+            t0 = time.perf_counter()
+            published = self.publisher.publish_result(result, labels, self.model_desc)
+            m.labels("publish").observe(time.perf_counter() - t0)
+            latency = time.monotonic() - frame.t_decoded
+            if published:
+                self.metrics.frame_latency.labels(frame.stream).observe(latency)
+                for cid in d.class_ids.tolist():
+                    name = labels[cid] if 0 <= cid < len(labels) else str(cid)
+                    self.metrics.detections.labels(frame.stream, name).inc()
+                    self.window.labels[name] += 1
+            self.window.frames += 1
+            self.window.latencies.append(latency)
+            for hook in self.hooks:
+                hook(result, labels)
+
+    def all_sources_finished(self) -> bool:
+        return all(s.finished.is_set() for s in self.sources.values())
+
+    def status_line(self) -> None:
+        w = self.window
+        dt = time.monotonic() - w.since
+        lat = np.asarray(w.latencies) * 1000 if w.latencies else np.zeros(1)
+        top = ", ".join(f"{k} {v}" for k, v in w.labels.most_common(6)) or "none"
+        up = sum(1 for s in self.sources.values() if self.metrics.stream_up.labels(s.cfg.id)._value.get())
+        log.info("status: %.1f frames/s, latency p50 %.0f ms p99 %.0f ms, streams up %d/%d, detections: %s",
+                 w.frames / dt if dt > 0 else 0.0, np.percentile(lat, 50), np.percentile(lat, 99),
+                 up, len(self.sources), top)
+        self.window = _Window()
+
+    def run_loop(self) -> None:
+        assert self.publisher is not None
+        interval = self.cfg.logging.status_interval
+        next_status = time.monotonic() + interval if interval else float("inf")
+        drain_deadline: float | None = None
+        while True:
+            if self.stop_requested.is_set() and drain_deadline is None:
+                drain_deadline = time.monotonic() + self.cfg.shutdown.drain_timeout
+                log.info("stopping: draining %d queued frames (deadline %.1fs)",
+                         self.scheduler.pending(), self.cfg.shutdown.drain_timeout)
+                for src in self.sources.values():
+                    src.stop()
+            batch = self.scheduler.next_batch(timeout=0.1)
+            if batch:
+                self.process(batch)
+            self.publisher.flush_events()
+            now = time.monotonic()
+            if self.notifier is not None and self.frames_flowing():
+                self.notifier.watchdog()
+            if now >= next_status:
+                self.status_line()
+                next_status = now + interval
+            if drain_deadline is not None:
+                if self.scheduler.pending() == 0 and self.all_sources_finished():
+                    break
+                if now >= drain_deadline:
+                    left = self.scheduler.pending()
+                    log.warning("drain deadline reached: %d frames not published", left)
+                    break
+            elif not batch and self.sources and self.all_sources_finished() and self.scheduler.pending() == 0:
+                log.info("every source has ended: exiting")
+                break
+
+    def frames_flowing(self) -> bool:
+        return self.window.frames > 0 or self.scheduler.pending() > 0
+
+    def shutdown(self) -> None:
+        if self.notifier is not None:
+            self.notifier.stopping()
+        for src in self.sources.values():
+            src.stop()
+        for src in self.sources.values():
+            src.join(2.0)
+        self.scheduler.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self.http is not None:
+            self.http.stop()
+        if self.backend is not None:
+            self.backend.close()
+
+    # -- signals -------------------------------------------------------------------------
+    def install_signals(self) -> None:
+        def on_stop(signum: int, _frame: Any) -> None:
+            if self.stop_requested.is_set() and signum == signal.SIGINT:
+                # A second Ctrl-C: the user means it.
+                os.write(2, b"detectd: forced exit\n")
+                os._exit(130)
+            self.stop_requested.set()
+
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGTERM, on_stop)
+
+
+def run(cfg: Config) -> int:
+    d = Daemon(cfg)
+    d.install_signals()
+    try:
+        from daemon.systemd import Notifier
+
+        d.notifier = Notifier()
+    except ImportError:
+        pass
+    try:
+        d.start()
+        d.run_loop()
+    finally:
+        d.shutdown()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,42 @@
+"""The one small interface every inference backend implements.
+
+A backend takes a batch of letterboxed float32 NCHW images and returns the raw YOLO head
+outputs (one array per head, batch first). Decoding and NMS stay outside, in numpy, so that every
+backend is scored by the same post-processing. A GPU backend may also offer ``infer_frames``,
+taking raw RGB uint8 frames and letterboxing them on the device; the pipeline uses it when present.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str  # "onnxruntime" | "tensorrt"
+    precision: str  # "fp32" | "int8" | "fp16"
+    max_batch: int
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """(N, 3, H, W) float32 -> raw head outputs, each (N, A*(5+C), h, w)."""
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class BackendError(RuntimeError):
+    """A backend could not be created or run; the message names the model file and the cause."""
+
+
+def warmup(backend: Backend, width: int, height: int, runs: int = 2) -> None:
+    """Run the backend on grey input so the first real frame does not pay for lazy init."""
+    x = np.full((1, 3, height, width), 0.5, np.float32)
+    for _ in range(runs):
+        backend.infer(x)
+
+
+def split_batch(outputs: Sequence[np.ndarray], n: int) -> list[list[np.ndarray]]:
+    return [[o[i : i + 1] for o in outputs] for i in range(n)]

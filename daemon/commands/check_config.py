@@ -1,0 +1,32 @@
+"""``detectd check-config --config PATH``: exit 0 when valid, else exit 2 with one line per
+problem, ``key.path: message``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from daemon.config import ConfigError, check_config, load_config
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    problems = check_config(cfg)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.config}: ok ({len(cfg.streams)} streams)")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("check-config", help="validate a config file", description=__doc__)
+    p.add_argument("--config", "-c", required=True, help="path of the YAML config")
+    p.set_defaults(func=run)

@@ -1,0 +1,45 @@
+"""``detectd run --config PATH``: run the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from daemon.config import ConfigError, load_config
+
+
+def run(args: argparse.Namespace) -> int:
+    from daemon.logs import setup_logging
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        setup_logging(args.log_level or "info")
+        for line in exc.problems:
+            print(line, file=sys.stderr)
+        return 2
+    setup_logging(args.log_level or cfg.logging.level)
+    from daemon import app
+
+    try:
+        return app.run(cfg)
+    except OSError as exc:  # bind failures and the like: name the key, no traceback
+        logging.getLogger("detectd").error("%s", exc)
+        return 1
+    except Exception as exc:
+        from daemon.backends.base import BackendError
+
+        if isinstance(exc, BackendError):
+            logging.getLogger("detectd").error("%s", exc)
+            return 1
+        raise
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("run", help="run the daemon", description=(
+        "Run the daemon: decode the configured streams, detect, publish on ZeroMQ and serve "
+        "metrics. SIGINT/SIGTERM drain and exit 0; a second SIGINT forces exit."))
+    p.add_argument("--config", "-c", required=True, help="path of the YAML config")
+    p.set_defaults(func=run)

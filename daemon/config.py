@@ -1,0 +1,291 @@
+"""Typed, strict configuration.
+
+Unknown keys are rejected (``extra="forbid"``) and every error names its key path, e.g.
+``streams[1].id: duplicate stream id 'cam1'`` or, for YAML syntax errors, the file and line.
+``check_config`` also checks what the types cannot: that a file source exists and a model file
+named in the config is there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+DEMO_SCHEME = "demo://"
+LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class StreamConfig(Strict):
+    id: str
+    url: str
+    # Files: start over at the end instead of ending the stream.
+    loop: bool = False
+    # Files: pace at the file's own frame rate, like a camera. Live sources are always real time.
+    realtime: bool = False
+    # Live/realtime sources: decoded frames older than this are dropped before inference.
+    max_age_ms: float = Field(default=500.0, gt=0)
+    # Connected but no frame for this long -> stalled, reconnect.
+    stall_timeout: float = Field(default=10.0, gt=0)
+    open_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=10.0, gt=0)
+    # Decoded frames waiting for inference, per stream. Full -> oldest dropped (live) or the
+    # decoder waits (files with realtime: false, which never drop).
+    queue_size: int = Field(default=2, ge=1, le=256)
+    # Extra FFmpeg/PyAV demuxer options (strings), merged over the defaults.
+    options: dict[str, str] = Field(default_factory=dict)
+    decode: Literal["cpu", "cuda"] = "cpu"
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not STREAM_ID.match(v):
+            raise ValueError(f"stream id {v!r} must match [A-Za-z0-9_-]+")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("url is empty")
+        return v
+
+    @property
+    def is_file(self) -> bool:
+        return not self.url.lower().startswith(LIVE_SCHEMES)
+
+    @property
+    def is_live(self) -> bool:
+        """Frames arrive on their own clock: drop stale ones rather than fall behind."""
+        return (not self.is_file) or self.realtime
+
+
+class CalibrationConfig(Strict):
+    # "demo" = the demo video + photos; else an image list file, a directory, a video or URL.
+    source: str = "demo"
+    count: int = Field(default=500, ge=1, le=100000)
+
+
+class ModelConfig(Strict):
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    precision: Literal["fp32", "int8", "fp16"] = "fp32"
+    conf_threshold: float = Field(default=0.25, gt=0, lt=1)
+    nms_threshold: float = Field(default=0.45, gt=0, le=1)
+    # Your own ONNX model (with detectd metadata, or YOLOv3-Tiny COCO heads assumed); when
+    # null, the Darknet files below (default: the fetched YOLOv3-Tiny) are exported on first run.
+    onnx: str | None = None
+    cfg: str | None = None
+    weights: str | None = None
+    names: str | None = None
+    # Intra-op threads of ONNX Runtime; 0 = one per core.
+    threads: int = Field(default=0, ge=0, le=256)
+    max_batch: int = Field(default=1, ge=1, le=64)
+    # How long the scheduler waits for a batch to fill once it has one frame.
+    max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    # Where models, INT8 variants and engines are cached; default: detectd's cache dir.
+    cache_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _darknet_pair(self) -> "ModelConfig":
+        if (self.cfg is None) != (self.weights is None):
+            raise ValueError("model.cfg and model.weights must be given together")
+        return self
+
+
+class CurveConfig(Strict):
+    server_secret_key: str
+    authorized_keys_dir: str
+
+
+class PublishConfig(Strict):
+    endpoint: str = "tcp://127.0.0.1:5560"
+    skip_empty: bool = False
+    # ZeroMQ send high-water mark: a slow subscriber loses messages (counted), the daemon
+    # never blocks.
+    sndhwm: int = Field(default=10000, ge=1)
+    curve: CurveConfig | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _ep(cls, v: str) -> str:
+        if not re.match(r"^(tcp|ipc|inproc)://.+", v):
+            raise ValueError(f"endpoint {v!r} must look like tcp://host:port or ipc://path")
+        return v
+
+
+def _host_port(v: str) -> str:
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+        raise ValueError(f"{v!r} must be host:port")
+    return v
+
+
+class MetricsConfig(Strict):
+    listen: str = "127.0.0.1:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        return _host_port(v)
+
+
+class PreviewConfig(Strict):
+    enabled: bool = False
+    # null = served on the metrics listener under /preview/
+    listen: str | None = "127.0.0.1:8081"
+    fps: float = Field(default=5.0, gt=0, le=30)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        return None if v is None else _host_port(v)
+
+
+class LoggingConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # Seconds between status lines (frames/s, latency, detections by label); 0 = off.
+    status_interval: float = Field(default=5.0, ge=0)
+
+
+class ShutdownConfig(Strict):
+    # SIGTERM: finish and publish the frames in flight within this many seconds.
+    drain_timeout: float = Field(default=5.0, gt=0)
+
+
+class Config(Strict):
+    streams: list[StreamConfig] = Field(min_length=1)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    preview: PreviewConfig = Field(default_factory=PreviewConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "Config":
+        seen: set[str] = set()
+        for i, s in enumerate(self.streams):
+            if s.id in seen:
+                raise ValueError(f"@streams[{i}].id: duplicate stream id {s.id!r}")
+            seen.add(s.id)
+        return self
+
+
+class ConfigError(Exception):
+    """Invalid configuration: ``problems`` is a list of ``key.path: message`` lines."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        msg = str(e.get("msg", "invalid"))
+        loc = _loc(tuple(e.get("loc", ())))
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if msg.startswith("@"):  # a model validator that names its own key path
+            path, _, msg = msg[1:].partition(": ")
+            loc = path
+        elif e.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(f"{loc}: {msg}")
+    return problems
+
+
+def parse_config(data: Any, base_dir: Path | None = None) -> Config:
+    if data is None:
+        raise ConfigError(["(top level): the config is empty"])
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+    if base_dir is not None:
+        _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def _resolve_paths(cfg: Config, base: Path) -> None:
+    """Relative file paths in a config are relative to the config file, not the cwd."""
+
+    def fix(p: str | None) -> str | None:
+        if p is None:
+            return None
+        q = Path(os.path.expanduser(p))
+        return str(q if q.is_absolute() else (base / q))
+
+    for s in cfg.streams:
+        if s.url.startswith(DEMO_SCHEME):
+            # The demo video, fetched and verified into the cache on first use (then offline).
+            from daemon.models import assets
+
+            if s.url[len(DEMO_SCHEME):] not in ("", "bikes.mp4"):
+                raise ConfigError([f"streams[{cfg.streams.index(s)}].url: unknown demo video {s.url!r} (use {DEMO_SCHEME}bikes.mp4)"])
+            try:
+                s.url = str(assets.fetch_demo_video(cfg.model.cache_dir and fix(cfg.model.cache_dir), progress=True))
+            except Exception as exc:
+                raise ConfigError([f"streams[{cfg.streams.index(s)}].url: cannot fetch the demo video: {exc}"]) from None
+        elif s.is_file and not s.url.startswith("file:"):
+            s.url = fix(s.url) or s.url
+    m = cfg.model
+    m.onnx, m.cfg, m.weights, m.names = fix(m.onnx), fix(m.cfg), fix(m.weights), fix(m.names)
+    if m.cache_dir:
+        m.cache_dir = fix(m.cache_dir)
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{p}: config file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{p}: cannot read config file: {exc}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError([f"{p}: YAML syntax error at {where}: {exc.problem or exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{p}: YAML error: {exc}"]) from None
+    return parse_config(data, p.resolve().parent)
+
+
+def check_config(cfg: Config) -> list[str]:
+    """Problems the types cannot see: missing files. Empty list when everything is there."""
+    problems = []
+    for i, s in enumerate(cfg.streams):
+        if s.is_file:
+            path = s.url[5:] if s.url.startswith("file:") else s.url
+            if not Path(path).is_file():
+                problems.append(f"streams[{i}].url: stream {s.id!r}: file not found: {path}")
+    for key in ("onnx", "cfg", "weights", "names"):
+        v = getattr(cfg.model, key)
+        if v is not None and not Path(v).is_file():
+            problems.append(f"model.{key}: file not found: {v}")
+    return problems

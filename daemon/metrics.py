@@ -1,0 +1,167 @@
+"""Every Prometheus metric of detectd, in one place, plus the HTTP listener that serves them.
+
+Conventions: prefix ``detectd_``, base units, counters end in ``_total`` (rates are PromQL's job:
+no fps gauges), label values come from the config (stream id) or fixed sets (stage, reason,
+state), never from URLs. Histogram buckets are sized for what they measure: a pipeline stage
+is sub-millisecond to ~100 ms on a CPU; end-to-end frame latency reaches seconds under load.
+Every metric takes a ``registry`` so tests build a fresh one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "publish")
+STAGE_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03,
+                 0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+                   1.0, 1.5, 2.5, 5.0, 10.0)
+STREAM_STATES = ("connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped", "error")
+DROP_REASONS = ("stale", "superseded", "queue_full", "corrupt", "zmq_hwm", "shutdown")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.frames_decoded = Counter("detectd_frames_decoded_total",
+                                      "Frames decoded, per stream.", ["stream"], registry=r)
+        self.frames_published = Counter("detectd_frames_published_total",
+                                        "Detection messages published, per stream.", ["stream"], registry=r)
+        self.frames_dropped = Counter(
+            "detectd_frames_dropped_total",
+            "Frames or packets dropped before publishing, by reason (stale, superseded, queue_full, "
+            "corrupt packets, zmq_hwm, shutdown).", ["stream", "reason"], registry=r)
+        self.stage_seconds = Histogram("detectd_stage_seconds",
+                                       "Time spent per frame in each pipeline stage (a batch's "
+                                       "infer time is attributed to each of its frames).",
+                                       ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.frame_latency = Histogram("detectd_frame_latency_seconds",
+                                       "Time from a frame being decoded to its message being published.",
+                                       ["stream"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stream_up = Gauge("detectd_stream_up", "1 while the stream is connected and delivering frames.",
+                               ["stream"], registry=r)
+        self.stream_reconnects = Counter("detectd_stream_reconnects_total",
+                                         "Reconnection attempts, per stream.", ["stream"], registry=r)
+        self.stream_state = Gauge("detectd_stream_state", "1 for the stream's current state.",
+                                  ["stream", "state"], registry=r)
+        self.stream_attempts = Gauge("detectd_stream_reconnect_attempts",
+                                     "Consecutive failed connection attempts (0 once stable).",
+                                     ["stream"], registry=r)
+        self.stream_since_frame = Gauge("detectd_stream_seconds_since_frame",
+                                        "Seconds since the stream's last decoded frame.", ["stream"], registry=r)
+        self.batch_size = Histogram("detectd_batch_size", "Frames per inference batch.",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=r)
+        self.detections = Counter("detectd_detections_total", "Detections published, per stream and label.",
+                                  ["stream", "label"], registry=r)
+        self.events_dropped = Counter("detectd_events_dropped_total",
+                                      "Stream events dropped because the event queue was full.", registry=r)
+        self.build_info = Gauge("detectd_build_info", "Version, backend and precision of the running daemon.",
+                                ["version", "backend", "precision"], registry=r)
+        self.ready = Gauge("detectd_ready", "1 once the model is warm and the publisher bound.", registry=r)
+
+    def init_stream(self, stream: str) -> None:
+        """Create a stream's series at zero so rate() and alerts see them from the first scrape."""
+        self.frames_decoded.labels(stream)
+        self.frames_published.labels(stream)
+        self.frame_latency.labels(stream)
+        self.stream_up.labels(stream).set(0)
+        self.stream_reconnects.labels(stream)
+        self.stream_attempts.labels(stream).set(0)
+        for reason in DROP_REASONS:
+            self.frames_dropped.labels(stream, reason)
+        self.set_state(stream, "connecting")
+
+    def remove_stream(self, stream: str) -> None:
+        for m in (self.frames_decoded, self.frames_published, self.frame_latency, self.stream_up,
+                  self.stream_reconnects, self.stream_attempts, self.stream_since_frame):
+            try:
+                m.remove(stream)
+            except KeyError:
+                pass
+        for reason in DROP_REASONS:
+            try:
+                self.frames_dropped.remove(stream, reason)
+            except KeyError:
+                pass
+        for state in STREAM_STATES:
+            try:
+                self.stream_state.remove(stream, state)
+            except KeyError:
+                pass
+
+    def set_state(self, stream: str, state: str) -> None:
+        for s in STREAM_STATES:
+            self.stream_state.labels(stream, s).set(1 if s == state else 0)
+        self.stream_up.labels(stream).set(1 if state == "up" else 0)
+
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text format), ``/healthz`` (the process answers) and ``/readyz``
+    (model loaded and publisher bound: 200, else 503) on one listener. Other components (the
+    preview page) may mount handlers under a path prefix with ``mount``."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry,
+                 ready: Callable[[], dict[str, bool]]) -> None:
+        self.registry = registry
+        self.ready_fn = ready
+        self.mounts: dict[str, Callable[[BaseHTTPRequestHandler], None]] = {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, fmt: str, *args: object) -> None:  # no access log spam
+                pass
+
+            def _send(self, code: int, ctype: str, body: bytes) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, CONTENT_TYPE_LATEST, generate_latest(server.registry))
+                elif path == "/healthz":
+                    self._send(200, "text/plain; charset=utf-8", b"ok\n")
+                elif path == "/readyz":
+                    checks = server.ready_fn()
+                    ok = all(checks.values())
+                    body = json.dumps({"ready": ok, **checks}).encode() + b"\n"
+                    self._send(200 if ok else 503, "application/json", body)
+                else:
+                    for prefix, handler in server.mounts.items():
+                        if path.startswith(prefix):
+                            handler(self)
+                            return
+                    self._send(404, "text/plain; charset=utf-8", b"not found\n")
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True)
+
+    def mount(self, prefix: str, handler: Callable[[BaseHTTPRequestHandler], None]) -> None:
+        self.mounts[prefix] = handler
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,53 @@
+"""The versioned message contract (v1) shared by the publisher and the subscriber client.
+
+Topics end in a delimiter so that a subscription to ``detections/cam1/`` never receives
+``cam10``. Payloads are UTF-8 JSON objects carrying ``v`` (schema version). Additive changes keep
+``v``; a change that removes or retypes a field bumps it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from daemon.frames import FrameResult
+
+SCHEMA_VERSION = 1
+DETECTIONS = "detections"
+EVENTS = "events"
+EVENT_KINDS = ("up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed")
+
+
+def topic(kind: str, stream: str) -> bytes:
+    return f"{kind}/{stream}/".encode()
+
+
+def detections_payload(result: FrameResult, seq: int, labels: list[str], model: dict[str, str],
+                       published_at: float | None = None) -> dict[str, Any]:
+    f = result.frame
+    return {
+        "v": SCHEMA_VERSION,
+        "stream": f.stream,
+        "seq": seq,
+        "frame": f.index,
+        "pts": None if f.pts is None else round(f.pts, 6),
+        "captured_at": round(f.captured_at, 6),
+        "published_at": round(time.time() if published_at is None else published_at, 6),
+        "width": f.width,
+        "height": f.height,
+        "model": model,
+        "detections": result.detections.to_list(labels),
+    }
+
+
+def event_payload(stream: str, seq: int, event: str, reason: str | None = None,
+                  **extra: Any) -> dict[str, Any]:
+    if event not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {event!r}")
+    return {"v": SCHEMA_VERSION, "stream": stream, "seq": seq, "event": event, "reason": reason,
+            "at": round(time.time(), 6), **extra}
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

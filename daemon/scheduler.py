@@ -1,0 +1,137 @@
+"""Per-stream bounded frame queues and the fair, batching scheduler between sources and backend.
+
+Drop policy, every drop counted in ``detectd_frames_dropped_total{stream,reason}``:
+
+- live sources (RTSP/HTTP, and files with ``realtime: true``): a full queue drops its *oldest*
+  frame (``superseded``: a newer frame of the same stream exists); a frame older than the stream's
+  ``max_age_ms`` when the scheduler picks it is dropped (``stale``). Latency therefore cannot creep:
+  a frame is either fresh or gone.
+- files with ``realtime: false``: never dropped; a full queue makes the decoder wait.
+
+Batches are formed round-robin, one frame per stream per round, starting each batch at the stream
+after the one that started the previous batch, so a busy stream never starves another. Once one
+frame is in hand the scheduler waits at most ``max_wait`` for the batch to fill.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from daemon.frames import Frame
+from daemon.metrics import Metrics
+
+
+@dataclass
+class _Queue:
+    size: int
+    live: bool
+    max_age: float
+    frames: deque[Frame] = field(default_factory=deque)
+
+
+class Scheduler:
+    def __init__(self, metrics: Metrics, max_batch: int = 1, max_wait: float = 0.005) -> None:
+        self.metrics = metrics
+        self.max_batch = max(1, max_batch)
+        self.max_wait = max(0.0, max_wait)
+        self.cond = threading.Condition()
+        self.queues: dict[str, _Queue] = {}
+        self.order: list[str] = []
+        self._rr = 0
+        self.closed = False
+
+    def add_stream(self, stream: str, *, size: int, live: bool, max_age: float) -> None:
+        with self.cond:
+            self.queues[stream] = _Queue(size, live, max_age)
+            if stream not in self.order:
+                self.order.append(stream)
+
+    def remove_stream(self, stream: str) -> int:
+        """Forget a stream; returns how many queued frames were discarded."""
+        with self.cond:
+            q = self.queues.pop(stream, None)
+            if stream in self.order:
+                self.order.remove(stream)
+            self.cond.notify_all()
+            return len(q.frames) if q else 0
+
+    def put(self, frame: Frame, stop: threading.Event | None = None) -> bool:
+        """Queue a frame. Live: never blocks (drops the oldest). Non-live: waits for room.
+        Returns False if the frame was not queued (stream removed, scheduler closed, stopping)."""
+        with self.cond:
+            q = self.queues.get(frame.stream)
+            if q is None or self.closed:
+                return False
+            if q.live:
+                while len(q.frames) >= q.size:
+                    q.frames.popleft()
+                    self.metrics.frames_dropped.labels(frame.stream, "superseded").inc()
+            else:
+                while len(q.frames) >= q.size:
+                    if self.closed or (stop is not None and stop.is_set()) or self.queues.get(frame.stream) is not q:
+                        return False
+                    self.cond.wait(0.1)
+            q.frames.append(frame)
+            self.cond.notify_all()
+            return True
+
+    def pending(self) -> int:
+        with self.cond:
+            return sum(len(q.frames) for q in self.queues.values())
+
+    def _take_round(self, batch: list[Frame], now: float) -> None:
+        n = len(self.order)
+        for k in range(n):
+            if len(batch) >= self.max_batch:
+                return
+            sid = self.order[(self._rr + k) % n]
+            q = self.queues[sid]
+            while q.frames:
+                f = q.frames.popleft()
+                if q.live and now - f.t_decoded > q.max_age:
+                    self.metrics.frames_dropped.labels(sid, "stale").inc()
+                    continue
+                batch.append(f)
+                break
+
+    def next_batch(self, timeout: float) -> list[Frame]:
+        """Up to ``max_batch`` frames, or [] after ``timeout`` with nothing to do."""
+        deadline = time.monotonic() + timeout
+        batch: list[Frame] = []
+        with self.cond:
+            fill_deadline: float | None = None
+            while True:
+                now = time.monotonic()
+                before = len(batch)
+                while len(batch) < self.max_batch:
+                    if not self.order:
+                        break
+                    got = len(batch)
+                    self._take_round(batch, now)
+                    if len(batch) == got:
+                        break
+                if batch and before == 0:
+                    fill_deadline = now + self.max_wait
+                if len(batch) >= self.max_batch:
+                    break
+                if batch:
+                    assert fill_deadline is not None
+                    if now >= fill_deadline:
+                        break
+                    self.cond.wait(fill_deadline - now)
+                else:
+                    if now >= deadline or self.closed:
+                        break
+                    self.cond.wait(deadline - now)
+            if self.order:
+                self._rr = (self._rr + 1) % len(self.order)
+            self.cond.notify_all()  # room freed for waiting decoders
+        return batch
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()

@@ -1,0 +1,102 @@
+"""Letterbox preprocessing: aspect ratio preserved, grey padding, RGB, 0..1, CHW float32.
+
+The pixels are touched twice in all: libswscale (through PyAV's ``reformat``) scales *and*
+converts the decoder's YUV to RGB in one pass, and one numpy ufunc call converts uint8 HWC to
+float32 CHW, scales by 1/255 and writes straight into the padded network input (which may be a
+slice of a batch buffer, so batching costs no extra copy). The grey border is written once per
+buffer and geometry, not per frame.
+
+Padding is 0.5, Darknet's own ``letterbox_image`` grey, so detections match Darknet/OpenCV.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import av
+import numpy as np
+
+PAD_VALUE = 0.5
+INTERPOLATION = "BILINEAR"
+
+
+@dataclass(frozen=True, slots=True)
+class LetterboxInfo:
+    """How a source frame was placed in the network input, to map boxes back."""
+
+    src_w: int
+    src_h: int
+    dst_w: int
+    dst_h: int
+    new_w: int
+    new_h: int
+    pad_x: int
+    pad_y: int
+
+    @property
+    def scale_x(self) -> float:
+        return self.new_w / self.src_w
+
+    @property
+    def scale_y(self) -> float:
+        return self.new_h / self.src_h
+
+
+def letterbox_params(src_w: int, src_h: int, dst_w: int, dst_h: int) -> LetterboxInfo:
+    if src_w <= 0 or src_h <= 0:
+        raise ValueError(f"cannot letterbox a {src_w}x{src_h} frame")
+    scale = min(dst_w / src_w, dst_h / src_h)
+    new_w = max(1, min(dst_w, int(round(src_w * scale))))
+    new_h = max(1, min(dst_h, int(round(src_h * scale))))
+    return LetterboxInfo(
+        src_w, src_h, dst_w, dst_h, new_w, new_h, (dst_w - new_w) // 2, (dst_h - new_h) // 2
+    )
+
+
+def _fill(out: np.ndarray, info: LetterboxInfo, rgb: np.ndarray) -> None:
+    """Pad around the image region and write the normalized pixels, in one pass each."""
+    x0, y0, x1, y1 = info.pad_x, info.pad_y, info.pad_x + info.new_w, info.pad_y + info.new_h
+    # Only the border strips are padded: the image region is overwritten right after.
+    out[:, :y0, :] = PAD_VALUE
+    out[:, y1:, :] = PAD_VALUE
+    out[:, y0:y1, :x0] = PAD_VALUE
+    out[:, y0:y1, x1:] = PAD_VALUE
+    np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out[:, y0:y1, x0:x1],
+                casting="unsafe")
+
+
+def _out(out: np.ndarray | None, dst_w: int, dst_h: int) -> np.ndarray:
+    if out is None:
+        return np.empty((3, dst_h, dst_w), np.float32)
+    if out.shape != (3, dst_h, dst_w) or out.dtype != np.float32:
+        raise ValueError(f"letterbox output buffer must be float32 (3,{dst_h},{dst_w}), got {out.dtype} {out.shape}")
+    return out
+
+
+def letterbox_av(frame: Any, dst_w: int, dst_h: int, out: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox a PyAV ``VideoFrame`` (any pixel format): scale + RGB in one swscale pass."""
+    info = letterbox_params(frame.width, frame.height, dst_w, dst_h)
+    rgb = frame.reformat(width=info.new_w, height=info.new_h, format="rgb24",
+                         interpolation=INTERPOLATION).to_ndarray()
+    buf = _out(out, dst_w, dst_h)
+    _fill(buf, info, rgb)
+    return buf, info
+
+
+def letterbox_rgb(image: np.ndarray, dst_w: int, dst_h: int, out: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox an RGB uint8 (H, W, 3) array, with the same scaler as the video path."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected an RGB uint8 HxWx3 image, got {image.dtype} {image.shape}")
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+    return letterbox_av(frame, dst_w, dst_h, out)
+
+
+def letterbox_frame(frame: Any, dst_w: int, dst_h: int, out: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox a :class:`daemon.frames.Frame` (native PyAV frame preferred, else its RGB)."""
+    if getattr(frame, "native", None) is not None:
+        return letterbox_av(frame.native, dst_w, dst_h, out)
+    return letterbox_rgb(frame.rgb(), dst_w, dst_h, out)
