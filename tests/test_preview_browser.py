@@ -1,0 +1,325 @@
+"""The preview page in a real browser (Debian's Chromium, driven by Playwright).
+
+Two setups: the page fed by a PreviewHub from decoded demo frames with known boxes (tests the
+page, the MJPEG path and the drawing end to end, independent of the model), and the page served
+by the real daemon (`detectd run` as a subprocess) checked against the detections it publishes
+on ZeroMQ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+
+from daemon.frames import Detections, Frame, FrameResult
+from daemon.preview import PreviewHub, PreviewServer
+from daemon.vision.draw import class_color, default_thickness
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# -- Debian's Chromium via Playwright, and the on-screen pixel check ------------------------------
+
+CHROMIUM = os.environ.get("DETECTD_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@contextmanager
+def browser_page(width: int = 1400, height: int = 900) -> Iterator[Any]:
+    """A Playwright page in Debian's Chromium (never a downloaded browser)."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if not (os.path.exists(CHROMIUM) or shutil.which(CHROMIUM)):
+        pytest.skip(f"{CHROMIUM} missing: apt-get install chromium (.ci/apt-packages.txt)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            yield page
+        finally:
+            browser.close()
+
+
+def tile_pixels(page: Any, stream: str) -> np.ndarray:
+    """Screenshot of the stream's picture as the browser shows it, RGB uint8."""
+    import io
+
+    from PIL import Image  # matplotlib's dependency; the screenshot is a PNG
+
+    img = page.locator(f"#tile-{stream} img")
+    png = img.screenshot(animations="disabled")
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def wait_for_picture(page: Any, stream: str, timeout_ms: int = 20000) -> None:
+    page.wait_for_function(
+        """id => { const i = document.querySelector('#tile-' + id + ' img');
+                   return i && i.complete !== undefined && i.naturalWidth > 0; }""",
+        arg=stream,
+        timeout=timeout_ms,
+    )
+
+
+def outline_match(
+    shot: np.ndarray,
+    box: Sequence[float],
+    class_id: int,
+    src_size: tuple[int, int],
+    tol: float = 70.0,
+) -> float:
+    """Fraction of the box's outline (as drawn by daemon.vision.draw, mapped from source pixels
+    to the screenshot) whose pixels are close to the class colour. Each sample looks at a band of
+    +-1 screen pixel across the line to allow for scaling and JPEG chroma smear.
+
+    The tag (class colour too) sits on the top edge, so it only helps there; the side and bottom
+    edges carry the evidence.
+    """
+    sw, sh = src_size
+    hgt, wid = shot.shape[:2]
+    sx, sy = wid / sw, hgt / sh
+    t = default_thickness(sw, sh)
+    x0, y0 = max(np.floor(box[0]), 0), max(np.floor(box[1]), 0)
+    x1, y1 = min(np.ceil(box[2]), sw), min(np.ceil(box[3]), sh)
+    if x1 - x0 < 3 * t or y1 - y0 < 3 * t:
+        return float("nan")
+    color = np.array(class_color(class_id), np.float32)
+    near = np.linalg.norm(shot.astype(np.float32) - color, axis=2) < tol  # (H, W) bool
+
+    def hit(xs: np.ndarray, ys: np.ndarray, axis: str) -> np.ndarray:
+        xs = np.clip(np.round(xs * sx).astype(int), 0, wid - 1)
+        ys = np.clip(np.round(ys * sy).astype(int), 0, hgt - 1)
+        out = np.zeros(len(xs), bool)
+        for d in (-1, 0, 1):
+            if axis == "h":
+                out |= near[np.clip(ys + d, 0, hgt - 1), xs]
+            else:
+                out |= near[ys, np.clip(xs + d, 0, wid - 1)]
+        return out
+
+    mid = t / 2.0
+    xs = np.arange(x0 + t, x1 - t) + 0.5
+    ys = np.arange(y0 + t, y1 - t) + 0.5
+    samples = [
+        hit(xs, np.full(len(xs), y1 - mid), "h"),  # bottom edge
+        hit(np.full(len(ys), x0 + mid), ys, "v"),  # left edge
+        hit(np.full(len(ys), x1 - mid), ys, "v"),  # right edge
+    ]
+    allv = np.concatenate(samples)
+    return float(allv.mean()) if len(allv) else float("nan")
+
+
+def shifted(box: Sequence[float], dx: float, dy: float) -> list[float]:
+    return [box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy]
+
+
+# -- the page fed by a hub --------------------------------------------------------------------
+
+LABELS = ["person", "bicycle", "car"]
+# Fixed boxes in source pixels (640x272 demo frames): a "car" and a "person".
+BOXES = np.array([[60, 40, 300, 220], [380, 70, 560, 250]], np.float32)
+CLASSES = np.array([2, 0], np.int32)
+
+
+def _demo_video() -> Path:
+    from daemon.models.assets import fetch_demo_video
+
+    try:
+        return fetch_demo_video(progress=False)
+    except Exception as exc:  # pragma: no cover - offline machine without a warm cache
+        pytest.skip(f"demo video unavailable: {exc}")
+
+
+class _Feeder(threading.Thread):
+    """Offers demo frames to the hub at ~25 frames/s, native PyAV frames like the daemon's
+    sources hand over (the hub converts only when someone watches)."""
+
+    def __init__(self, hub: PreviewHub, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.hub, self.path, self.stop = hub, path, threading.Event()
+        self.offer_seconds: list[float] = []
+
+    def run(self) -> None:
+        dets = Detections(BOXES, np.array([0.91, 0.77], np.float32), CLASSES)
+        i = 0
+        while not self.stop.is_set():
+            with av.open(str(self.path)) as c:
+                for vf in c.decode(video=0):
+                    if self.stop.is_set():
+                        return
+                    now = time.monotonic()
+                    f = Frame("cam1", i, vf.width, vf.height, vf.time, time.time(), now, native=vf)
+                    t0 = time.perf_counter()
+                    self.hub.offer(FrameResult(f, dets), LABELS, {"state": "up", "drops": 0, "reconnects": 0})
+                    self.offer_seconds.append(time.perf_counter() - t0)
+                    i += 1
+                    time.sleep(0.04)
+
+
+def test_page_shows_tile_boxes_and_status_in_chromium() -> None:
+    hub = PreviewHub()
+    hub.info = {"model": "test boxes"}
+    feeder = _Feeder(hub, _demo_video())
+    feeder.start()
+    try:
+        with PreviewServer(hub, "127.0.0.1", 0, fps=5) as srv, browser_page() as page:
+            page.goto(srv.url)
+            page.wait_for_selector("#tile-cam1 img")
+            wait_for_picture(page, "cam1")
+            page.wait_for_function("document.body.dataset.ready === '1'")
+            time.sleep(0.5)  # a few MJPEG parts in
+            status = page.inner_text("#tile-cam1 .status")
+            assert "cam1" in status and "up" in status, status
+            assert "frames/s" in status and "p99" in status and "drops 0" in status, status
+            assert page.locator(".tile").count() == 1
+            assert page.eval_on_selector("#tile-cam1 img", "i => i.naturalWidth") == 640
+            assert hub.viewers == 1
+            shot = tile_pixels(page, "cam1")
+            for box, cid in zip(BOXES.tolist(), CLASSES.tolist()):
+                got = outline_match(shot, box, cid, (640, 272))
+                assert got > 0.8, f"box {box} class {cid}: only {got:.0%} of its outline on screen"
+                # The same check on a box 25 px off finds (almost) nothing: the test can fail.
+                assert outline_match(shot, shifted(box, 25, 12), cid, (640, 272)) < 0.25
+            page.screenshot(path=str(Path(os.environ.get("DETECTD_TEST_ARTIFACTS", "/tmp")) / "preview-page.png"))
+        # The browser closed: its MJPEG connection ended and the hub knows.
+        deadline = time.monotonic() + 5
+        while hub.viewers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hub.viewers == 0
+    finally:
+        feeder.stop.set()
+        feeder.join(5)
+    # offer() stayed O(1) while a browser watched: no encoding on the pipeline's thread. (Its
+    # tail is the GIL's 5 ms switch interval while a viewer thread draws, not waiting on it.)
+    assert np.median(feeder.offer_seconds) < 0.0002
+    assert max(feeder.offer_seconds) < 0.05
+
+
+# -- the real daemon -------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _daemon_serves_preview() -> bool:
+    # The daemon wires the preview in daemon/app.py (the lead's file). Until it does, this test
+    # has nothing to look at: skip with that reason rather than fail the suite.
+    return "preview" in (ROOT / "daemon" / "app.py").read_text().lower().replace(
+        "e.g. the preview page", ""
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _daemon_serves_preview(), reason="daemon/app.py does not serve the preview yet")
+def test_daemon_preview_matches_published_detections(tmp_path: Path) -> None:
+    zmq = pytest.importorskip("zmq")
+    _demo_video()
+    pub, met, prev = _free_port(), _free_port(), _free_port()
+    cfg = tmp_path / "detectd.yaml"
+    cfg.write_text(
+        "streams:\n"
+        "  - {id: cam1, url: 'demo://bikes.mp4', loop: true, realtime: true}\n"
+        f"publish: {{endpoint: 'tcp://127.0.0.1:{pub}'}}\n"
+        f"metrics: {{listen: '127.0.0.1:{met}'}}\n"
+        f"preview: {{enabled: true, listen: '127.0.0.1:{prev}', fps: 5}}\n"
+        "logging: {status_interval: 0}\n"
+    )
+    exe = ROOT / ".venv" / "bin" / "detectd"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "daemon"]
+    log = open(tmp_path / "daemon.log", "wb")
+    proc = subprocess.Popen([*cmd, "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"detections/cam1/")
+    sub.connect(f"tcp://127.0.0.1:{pub}")
+    msgs: list[tuple[float, dict[str, Any]]] = []
+    stop = threading.Event()
+
+    def collect() -> None:
+        while not stop.is_set():
+            if sub.poll(100):
+                _topic, payload = sub.recv_multipart()
+                msgs.append((time.monotonic(), json.loads(payload)))
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{prev}/"
+    try:
+        deadline = time.monotonic() + 180  # first run may export the model to ONNX
+        while True:
+            assert proc.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(url + "status.json", timeout=2).read()
+                if msgs:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "daemon did not serve the preview in time"
+            time.sleep(0.5)
+        with browser_page() as page:
+            page.goto(url)
+            wait_for_picture(page, "cam1", 30000)
+            page.wait_for_function(
+                "() => { const s = document.querySelector('#tile-cam1 .state');"
+                " return s && s.textContent === 'up'; }", timeout=15000,
+            )  # fmt: skip
+            status = page.inner_text("#tile-cam1 .status")
+            assert "frames/s" in status and "p99" in status, status
+            best = 0.0
+            control = 1.0
+            checked = 0
+            for _attempt in range(6):  # the picture moves: try a few screenshots
+                time.sleep(0.7)
+                t_shot = time.monotonic()
+                shot = tile_pixels(page, "cam1")
+                recent = [m for t, m in msgs if t_shot - 2.0 <= t <= t_shot + 0.3]
+                for m in recent:
+                    boxes = [d for d in m["detections"] if (d["box"][2] - d["box"][0]) > 30
+                             and (d["box"][3] - d["box"][1]) > 30]
+                    if not boxes:
+                        continue
+                    size = (m["width"], m["height"])
+                    score = min(outline_match(shot, d["box"], d["class_id"], size) for d in boxes)
+                    if score > best:
+                        best = score
+                        control = max(
+                            outline_match(shot, shifted(d["box"], 25, 12), d["class_id"], size)
+                            for d in boxes
+                        )
+                    checked += 1
+                if best > 0.8:
+                    break
+            assert checked, "no published frame with a box big enough to check"
+            assert best > 0.8, f"best match of published boxes on screen: {best:.0%}"
+            assert control < 0.4, f"shifted boxes also matched {control:.0%}: check is too loose"
+            page.screenshot(path=str(tmp_path / "page.png"))
+    finally:
+        stop.set()
+        reader.join(2)
+        sub.close(0)
+        ctx.term()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
