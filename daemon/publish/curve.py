@@ -1,0 +1,185 @@
+"""CURVE authentication and encryption for detectd's ZeroMQ sockets (``zmq.auth``).
+
+On loopback the PUB socket needs no protection; once the endpoint leaves the host, anyone who can
+reach the port would read every detection. With CURVE the daemon (server) holds a key pair, each
+subscriber (client) holds its own, and the daemon accepts only clients whose public key is in a
+directory of authorized keys. An unlisted client completes no handshake and receives nothing.
+
+Key files are the ZeroMQ certificate files that ``detectd keygen`` (``zmq.auth.create_certificates``)
+writes: ``NAME.key`` holds the public key only, ``NAME.key_secret`` holds both. Paths go through
+``os.path.expandvars`` so a config may say ``$CREDENTIALS_DIRECTORY/server.key_secret`` (systemd's
+``LoadCredential=``, the way to hand a secret to a ``DynamicUser`` service).
+
+The ZAP handler (a :class:`zmq.auth.thread.ThreadAuthenticator`) is per context and runs a thread;
+:func:`configure_server` returns it wrapped in :class:`CurveServer` so the caller can re-read the
+authorized keys on SIGHUP and stop the thread on shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+__all__ = [
+    "CurveError",
+    "CurveServer",
+    "ClientKeys",
+    "configure_server",
+    "configure_client",
+    "generate_keypair",
+    "load_public_key",
+    "load_secret_key",
+]
+
+log = logging.getLogger(__name__)
+
+
+class CurveError(ValueError):
+    """A key file is missing or malformed, or CURVE is unavailable; the message names the file."""
+
+
+def _path(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.expandvars(os.fspath(path))).expanduser()
+
+
+def _require_curve() -> None:
+    if not zmq.has("curve"):
+        raise CurveError("this libzmq was built without CURVE support")
+
+
+def load_public_key(path: str | os.PathLike[str]) -> bytes:
+    """The Z85 public key in a certificate file (``.key`` or ``.key_secret``)."""
+    p = _path(path)
+    try:
+        public, _ = zmq.auth.load_certificate(p)
+    except (OSError, ValueError) as exc:
+        raise CurveError(f"{p}: cannot read a CURVE public key: {exc}") from exc
+    if not public:
+        raise CurveError(f"{p}: no public-key in this certificate file")
+    return public
+
+
+def load_secret_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
+    """``(public, secret)`` from a ``.key_secret`` certificate file."""
+    p = _path(path)
+    try:
+        public, secret = zmq.auth.load_certificate(p)
+    except (OSError, ValueError) as exc:
+        raise CurveError(f"{p}: cannot read a CURVE key pair: {exc}") from exc
+    if not public or not secret:
+        raise CurveError(f"{p}: not a secret key file (expected the NAME.key_secret that `detectd keygen` writes)")
+    try:
+        mode = p.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO) & ~stat.S_IRGRP:
+            log.warning("CURVE secret key %s is readable by other users (mode %o)", p, stat.S_IMODE(mode))
+    except OSError:
+        pass
+    return public, secret
+
+
+@dataclass
+class CurveServer:
+    """The running ZAP handler of a CURVE server socket."""
+
+    authenticator: ThreadAuthenticator
+    allowed_clients_dir: Path
+
+    def allowed_keys(self) -> int:
+        return sum(1 for p in self.allowed_clients_dir.glob("*.key"))
+
+    def reload(self) -> None:
+        """Re-read the authorized keys directory (keys added or removed take effect for new
+        connections; established ones keep their session)."""
+        self.authenticator.configure_curve(domain="*", location=str(self.allowed_clients_dir))
+        log.info("CURVE: %d authorized client keys in %s", self.allowed_keys(), self.allowed_clients_dir)
+
+    def stop(self) -> None:
+        self.authenticator.stop()
+
+
+def configure_server(
+    socket: zmq.Socket,  # type: ignore[type-arg]
+    server_secret_key_file: str | os.PathLike[str],
+    allowed_clients_dir: str | os.PathLike[str],
+) -> CurveServer:
+    """Make ``socket`` a CURVE server that accepts only the clients whose public keys
+    (``*.key`` files) are in ``allowed_clients_dir``. Call before ``bind``.
+
+    Starts one ZAP handler thread on the socket's context; keep the returned object and call
+    ``stop()`` at shutdown (before terminating the context) and ``reload()`` on SIGHUP.
+    An empty or missing directory means no client is accepted: failing closed is the point.
+    """
+    _require_curve()
+    public, secret = load_secret_key(server_secret_key_file)
+    allowed = _path(allowed_clients_dir)
+    if not allowed.is_dir():
+        raise CurveError(f"{allowed}: authorized client keys directory does not exist")
+    auth = ThreadAuthenticator(socket.context, log=logging.getLogger("daemon.publish.zap"))
+    auth.start()
+    server = CurveServer(auth, allowed)
+    try:
+        server.reload()
+        socket.curve_secretkey = secret
+        socket.curve_publickey = public
+        socket.curve_server = True
+    except Exception:
+        auth.stop()
+        raise
+    if server.allowed_keys() == 0:
+        log.warning("CURVE: no authorized client keys in %s: every subscriber will be refused", allowed)
+    return server
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """What a subscriber needs to connect to a CURVE server: the server's public key file and
+    its own key pair (a ``.key_secret`` file whose ``.key`` is in the server's directory)."""
+
+    server_public_key_file: str
+    client_key_file: str
+
+
+def configure_client(
+    socket: zmq.Socket,  # type: ignore[type-arg]
+    server_public_key_file: str | os.PathLike[str],
+    client_key_file: str | os.PathLike[str],
+) -> None:
+    """Make ``socket`` a CURVE client of the server whose public key is in
+    ``server_public_key_file``, authenticating with the key pair in ``client_key_file``.
+    Call before ``connect``."""
+    _require_curve()
+    server_public = load_public_key(server_public_key_file)
+    public, secret = load_secret_key(client_key_file)
+    socket.curve_serverkey = server_public
+    socket.curve_publickey = public
+    socket.curve_secretkey = secret
+
+
+def generate_keypair(directory: str | os.PathLike[str], name: str, force: bool = False) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (public, 0644) and ``NAME.key_secret`` (0600) into ``directory``.
+
+    Refuses to overwrite an existing pair unless ``force``: replacing a server key silently would
+    lock out every subscriber.
+    """
+    _require_curve()
+    d = _path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = d / f"{name}.key", d / f"{name}.key_secret"
+    existing = [p for p in (public_file, secret_file) if p.exists()]
+    if existing and not force:
+        raise CurveError(f"{existing[0]} exists; pass --force to replace it")
+    old_umask = os.umask(0o077)  # the secret file must never exist with a wider mode
+    try:
+        pub, sec = zmq.auth.create_certificates(str(d), name)
+    finally:
+        os.umask(old_umask)
+    os.chmod(pub, 0o644)
+    os.chmod(sec, 0o600)
+    return Path(pub), Path(sec)

@@ -1,0 +1,349 @@
+"""The ZeroMQ side as its consumers use it, against real daemons on loopback.
+
+- the typed client decodes real detections and events messages, and both match the shipped JSON
+  Schemas; a subscription to ``cam1`` never receives ``cam10``;
+- ``detectd subscribe`` prints JSON lines;
+- seq gaps and publisher restarts are told apart (real PUB socket, payloads from the daemon's own
+  encoder);
+- CURVE: a listed client receives every message, an unlisted one and a plain one receive nothing;
+- ``detectd proxy`` fans two real daemons in to one endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterator
+
+import jsonschema
+import numpy as np
+import pytest
+import zmq
+
+from daemon.frames import Detections, Frame, FrameResult
+from daemon.publish import schema
+from daemon.publish.client import (
+    DecodeError,
+    DetectionMessage,
+    EventMessage,
+    Gap,
+    SeqTracker,
+    Subscriber,
+    decode,
+    topic_prefixes,
+)
+from tests.test_ops_support import Daemon, demo_stream, detectd_command, free_port, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def load_schema(kind: str) -> dict[str, Any]:
+    text = resources.files("daemon.publish").joinpath(f"schemas/{kind}.v1.json").read_text()
+    s = json.loads(text)
+    jsonschema.Draft202012Validator.check_schema(s)
+    return s
+
+
+VALIDATORS = {k: jsonschema.Draft202012Validator(load_schema(k)) for k in ("detections", "events")}
+
+
+def validate(topic: bytes, payload: bytes) -> dict[str, Any]:
+    kind = topic.decode().split("/", 1)[0]
+    body = json.loads(payload)
+    errors = sorted(VALIDATORS[kind].iter_errors(body), key=str)
+    assert not errors, f"{topic!r}: {[e.message for e in errors]}"
+    return body
+
+
+def collect(sub: Subscriber, seconds: float, until: Any = None) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        raw = sub.recv_raw(0.2)
+        if raw is not None:
+            out.append(raw)
+            if until is not None and until(out):
+                break
+    return out
+
+
+def contiguous(msgs: list[Any]) -> dict[tuple[str, str], list[int]]:
+    seqs: dict[tuple[str, str], list[int]] = {}
+    for m in msgs:
+        seqs.setdefault((m.kind, m.stream), []).append(m.seq)
+    for key, s in seqs.items():
+        assert s == list(range(s[0], s[0] + len(s))), f"{key}: seq not contiguous: {s}"
+    return seqs
+
+
+# ----------------------------------------------------------------------- one daemon, many streams
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, list[tuple[bytes, bytes]]]]:
+    """A real daemon with a looping stream, a ``cam10`` next to ``cam1``, a file that ends and an
+    RTSP source that refuses connections (credentials in its URL); everything it publishes in its
+    first seconds, captured by a subscriber connected before the daemon bound its socket."""
+    tmp = tmp_path_factory.mktemp("zmq")
+    closed = free_port()
+    d = Daemon(
+        tmp,
+        [
+            demo_stream("cam1"),
+            demo_stream("cam10"),
+            demo_stream("short", loop=False),
+            {"id": "broken", "url": f"rtsp://admin:hunter2@127.0.0.1:{closed}/live"},
+        ],
+    )
+    with Subscriber(d.endpoint) as sub:
+        with d:
+
+            def enough(raw: list[tuple[bytes, bytes]]) -> bool:
+                topics = [t for t, _ in raw]
+                return b"events/short/" in topics and topics.count(b"events/broken/") >= 2 and sum(
+                    t == b"detections/cam1/" for t in topics) >= 10
+
+            raw = collect(sub, 60, enough)
+            yield d, raw
+
+
+def test_real_messages_match_the_json_schemas(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:
+    d, raw = captured
+    kinds = {t.split(b"/")[0] for t, _ in raw}
+    assert kinds == {b"detections", b"events"}, d.log()
+    for topic, payload in raw:
+        validate(topic, payload)
+    # The schemas are not vacuous: a broken message fails them.
+    body = json.loads(next(p for t, p in raw if t.startswith(b"detections/")))
+    body["detections"] = [{"label": "car", "class_id": 2, "score": 1.5, "box": [0, 0, 1]}]
+    assert len(list(VALIDATORS["detections"].iter_errors(body))) == 2
+
+
+def test_client_decodes_real_messages(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:
+    d, raw = captured
+    msgs = [decode(t, p) for t, p in raw]
+    dets = [m for m in msgs if isinstance(m, DetectionMessage)]
+    events = [m for m in msgs if isinstance(m, EventMessage)]
+    assert {m.stream for m in dets} >= {"cam1", "cam10"}
+    with_objects = [m for m in dets if len(m.detections)]
+    assert with_objects, "the demo video shows cars and people"
+    m = with_objects[0]
+    assert isinstance(m.detections, Detections)
+    assert m.detections.boxes.shape == (len(m.labels), 4)
+    assert set(m.labels) & {"car", "person", "bicycle", "bus", "truck"}
+    assert (m.width, m.height) == (640, 272)
+    assert np.all(m.detections.boxes[:, 2] <= m.width) and np.all(m.detections.boxes[:, 3] <= m.height)
+    assert m.model.backend == "onnxruntime" and 0 <= m.latency < 30
+    assert m.to_dict()["detections"][0]["label"] == m.labels[0]
+    assert {(e.stream, e.event) for e in events} >= {("short", "ended"), ("broken", "reconnecting")}
+    contiguous(msgs)  # one subscriber, loopback, connected from the start: nothing lost
+    for e in events:
+        assert "hunter2" not in json.dumps(e.to_dict()), "credentials must be redacted from events"
+
+
+def test_stream_filter_is_exact(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:
+    d, _ = captured
+    with Subscriber(d.endpoint, streams=["cam1"], kinds=["detections"]) as sub:
+        raw = collect(sub, 20, lambda r: len(r) >= 8)
+    assert len(raw) >= 8, d.log()
+    assert {t for t, _ in raw} == {b"detections/cam1/"}  # never cam10
+    assert topic_prefixes(["cam1"]) == [b"detections/cam1/", b"events/cam1/"]
+
+
+def test_subscribe_command_prints_json_lines(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:
+    d, _ = captured
+    proc = subprocess.run(
+        [*detectd_command(), "subscribe", "--endpoint", d.endpoint, "--stream", "cam10", "--count", "5",
+         "--timeout", "30"],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5
+    bodies = [json.loads(line) for line in lines]
+    assert {b["stream"] for b in bodies} == {"cam10"}
+    for b in bodies:
+        errors = list(VALIDATORS["detections" if "detections" in b else "events"].iter_errors(b))
+        assert not errors
+
+
+def test_subscribe_command_times_out_with_status_1() -> None:
+    proc = subprocess.run(
+        [*detectd_command(), "subscribe", "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "no message for 0.5 s" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------- seq and decode
+
+
+def _result(stream: str, index: int) -> FrameResult:
+    frame = Frame(stream=stream, index=index, width=64, height=48, pts=index / 25, captured_at=time.time(),
+                  t_decoded=time.monotonic())
+    dets = Detections(np.array([[1, 2, 30, 40]]), np.array([0.9]), np.array([2]))
+    return FrameResult(frame, dets)
+
+
+def test_gaps_and_restarts_over_a_real_socket() -> None:
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    gaps: list[Gap] = []
+    labels = ["person", "bicycle", "car"]
+    model = {"name": "yolov3-tiny", "precision": "fp32", "backend": "onnxruntime"}
+    try:
+        with Subscriber(f"tcp://127.0.0.1:{port}", on_gap=gaps.append) as sub:
+            # Slow joiner: repeat a probe until the subscription has reached the publisher.
+            probe = schema.encode(schema.detections_payload(_result("probe", 0), 0, labels, model))
+            assert wait_for(lambda: pub.send_multipart([b"detections/probe/", probe]) or sub.recv(0.1), 10)
+            for seq in (0, 1, 2, 5, 6, 0, 1):  # 3 and 4 lost; then the publisher restarted
+                payload = schema.detections_payload(_result("cam1", seq), seq, labels, model)
+                pub.send_multipart([schema.topic(schema.DETECTIONS, "cam1"), schema.encode(payload)])
+            pub.send_multipart([b"detections/cam1/", b"{not json"])
+            pub.send_multipart([b"events/cam1/", schema.encode(schema.event_payload("cam1", 0, "up"))])
+            got = []
+            while (m := sub.recv(2)) is not None:
+                if m.stream == "cam1":
+                    got.append(m)
+                if isinstance(m, EventMessage):
+                    break
+    finally:
+        pub.close(0)
+        ctx.term()
+    assert [m.seq for m in got] == [0, 1, 2, 5, 6, 0, 1, 0]
+    assert gaps == [Gap("detections", "cam1", 2, 5)] and gaps[0].missed == 2
+    assert sub.missed == {("detections", "cam1"): 2}
+    assert sub.seq.restarts == {("detections", "cam1"): 1}
+    assert sub.malformed == 1
+    assert got[0].labels == ("car",) and got[0].detections.boxes.tolist() == [[1, 2, 30, 40]]
+
+
+@pytest.mark.parametrize(
+    ("steps", "missed"),
+    [
+        ([0, 1, 2, 3], 0),
+        ([7, 8, 9], 0),  # joined mid-stream: not a gap
+        ([0, 2], 1),
+        ([0, 1, 10, 11, 15], 11),
+        ([5, 6, 0, 1], 0),  # restart
+        ([3, 3], 0),  # duplicate (two daemons publishing one stream id): counted as restart
+    ],
+)
+def test_seq_tracker(steps: list[int], missed: int) -> None:
+    t = SeqTracker()
+    for s in steps:
+        t.check("detections", "cam1", s)
+    assert t.missed.get(("detections", "cam1"), 0) == missed
+
+
+GOOD = {"v": 1, "stream": "cam1", "seq": 0, "frame": 0, "pts": None, "captured_at": 1.0, "published_at": 1.5,
+        "width": 640, "height": 272, "model": {"name": "m", "precision": "fp32", "backend": "onnxruntime"},
+        "detections": []}
+
+
+@pytest.mark.parametrize(
+    ("topic", "change", "error"),
+    [
+        ("detections/cam1", {}, "expected 'detections/<stream>/'"),
+        ("frames/cam1/", {}, "expected 'detections/<stream>/'"),
+        ("detections/cam2/", {}, "disagrees with the topic"),
+        ("detections/cam1/", {"seq": -1}, "'seq' must be >= 0"),
+        ("detections/cam1/", {"seq": True}, "'seq' must be int"),
+        ("detections/cam1/", {"width": None}, "'width' must be int"),
+        ("detections/cam1/", {"model": {"name": "m"}}, "model: missing field 'precision'"),
+        ("detections/cam1/", {"detections": [{"label": "car", "class_id": 2, "score": 0.5, "box": [1, 2]}]},
+         "detections[0]: box must be 4 numbers"),
+        ("detections/cam1/", {"captured_at": float("nan")}, "'captured_at' must be finite"),
+    ],
+)
+def test_decode_rejects(topic: str, change: dict[str, Any], error: str) -> None:
+    with pytest.raises(DecodeError, match=None) as info:
+        decode(topic, {**GOOD, **change})
+    assert error in str(info.value)
+
+
+def test_decode_keeps_unknown_fields() -> None:
+    m = decode("detections/cam1/", {**GOOD, "gpu": 0})
+    assert isinstance(m, DetectionMessage) and m.extra == {"gpu": 0} and m.to_dict()["gpu"] == 0
+    e = decode(b"events/cam1/", json.dumps({"v": 1, "stream": "cam1", "seq": 3, "event": "reconnecting",
+                                            "reason": "refused", "at": 2.0, "attempt": 4}).encode())
+    assert isinstance(e, EventMessage) and e.extra == {"attempt": 4} and e.reason == "refused"
+
+
+# ------------------------------------------------------------------------------------------ CURVE
+
+
+def keygen(directory: Path, name: str) -> None:
+    proc = subprocess.run([*detectd_command(), "keygen", str(directory), "--name", name],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert (directory / f"{name}.key_secret").stat().st_mode & 0o077 == 0
+
+
+def test_curve_listed_client_receives_everything_unlisted_nothing(tmp_path: Path) -> None:
+    keys, authorized = tmp_path / "keys", tmp_path / "authorized"
+    authorized.mkdir()
+    for name in ("server", "alice", "mallory"):
+        keygen(keys, name)
+    # Only alice's public key is authorized.
+    (authorized / "alice.key").write_bytes((keys / "alice.key").read_bytes())
+    again = subprocess.run([*detectd_command(), "keygen", str(keys), "--name", "server"],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "exists" in again.stderr  # never overwrite a key silently
+
+    d = Daemon(tmp_path, [demo_stream("cam1")], publish_extra={
+        "curve": {"server_secret_key": str(keys / "server.key_secret"), "authorized_keys_dir": str(authorized)}})
+    server_key = str(keys / "server.key")
+    with (
+        Subscriber(d.endpoint, curve=(server_key, str(keys / "alice.key_secret"))) as alice,
+        Subscriber(d.endpoint, curve=(server_key, str(keys / "mallory.key_secret"))) as mallory,
+        Subscriber(d.endpoint) as plain,
+        d,
+    ):
+        got = collect(alice, 60, lambda r: sum(t.startswith(b"detections/") for t, _ in r) >= 15)
+        assert sum(t.startswith(b"detections/") for t, _ in got) >= 15, d.log()
+        # Everything from the moment the handshake completed: no seq missing.
+        contiguous([decode(t, p) for t, p in got])
+        assert mallory.recv_raw(1.0) is None and plain.recv_raw(0.1) is None
+        cli = subprocess.run(
+            [*detectd_command(), "subscribe", "--endpoint", d.endpoint, "--count", "3", "--timeout", "30",
+             "--server-key", server_key, "--client-key", str(keys / "alice.key_secret")],
+            capture_output=True, text=True, timeout=90,
+        )
+        assert cli.returncode == 0 and len(cli.stdout.splitlines()) == 3, cli.stderr
+        assert mallory.recv_raw(0.1) is None and plain.recv_raw(0.1) is None
+        assert mallory.received == 0 and plain.received == 0
+
+
+# ------------------------------------------------------------------------------------------ proxy
+
+
+def test_proxy_fans_in_two_daemons(tmp_path: Path) -> None:
+    backend = f"tcp://127.0.0.1:{free_port()}"
+    a = Daemon(tmp_path, [demo_stream("camA")], name="a")
+    b = Daemon(tmp_path, [demo_stream("camB")], name="b")
+    with a, b:
+        proxy = subprocess.Popen(
+            [*detectd_command(), "proxy", "--frontend", a.endpoint, "--frontend", b.endpoint, "--backend", backend],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        try:
+            with Subscriber(backend) as both, Subscriber(backend, streams=["camB"]) as only_b:
+                raw = collect(both, 60, lambda r: {t for t, _ in r} >= {b"detections/camA/", b"detections/camB/"}
+                              and len(r) >= 12)
+                assert {t for t, _ in raw} >= {b"detections/camA/", b"detections/camB/"}, a.log() + b.log()
+                for t, p in raw:
+                    validate(t, p)
+                contiguous([decode(t, p) for t, p in raw])
+                raw_b = collect(only_b, 30, lambda r: len(r) >= 5)
+                assert len(raw_b) >= 5 and {t for t, _ in raw_b} == {b"detections/camB/"}
+        finally:
+            proxy.send_signal(signal.SIGTERM)
+            out, _ = proxy.communicate(timeout=20)
+        assert proxy.returncode == 0, out
