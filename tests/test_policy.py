@@ -389,6 +389,15 @@ def test_decode_errors_are_recorded_but_change_nothing() -> None:
     assert p.poll(5.1).action is Action.STALL
 
 
+def test_decode_error_while_opening_is_a_failed_attempt() -> None:
+    p, _ = make(frac=1.0)
+    p.on_connect_attempt(0.0)
+    tr = p.on_error(0.0, "decode", "Invalid data found when processing input")
+    assert tr is not None and tr.new is State.BACKOFF
+    assert p.attempts == 1 and p.decode_errors_total == 0
+    assert p.poll(0.5).action is Action.WAIT
+
+
 @pytest.mark.parametrize(
     ("restart", "state", "action"),
     [(True, State.BACKOFF, Action.WAIT), (False, State.ENDED, Action.END)],
@@ -573,3 +582,13 @@ def test_concurrent_poll_and_events_keep_state_consistent() -> None:
     for t in ts:
         t.join()
     assert p.frames_total == n and p.state is State.UP
+
+
+def test_next_delay_and_aliases() -> None:
+    p, _ = make(frac=1.0)
+    assert p.next_delay(0.0) == 0.0
+    fail(p, 10.0)
+    assert p.next_delay(10.25) == pytest.approx(0.75)
+    assert p.next_delay(99.0) == 0.0
+    assert p.last_kind == p.last_error_kind == "network"
+    assert p.state == "backoff"  # State is a str enum: compares with plain strings

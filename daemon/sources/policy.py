@@ -233,6 +233,17 @@ class ReconnectPolicy:
         """When the next connect attempt is due (None: now, or no attempt scheduled)."""
         return self._next_attempt_at if self._state not in TERMINAL else None
 
+    def next_delay(self, now: float) -> float:
+        """Seconds from ``now`` until the next attempt is due (0 when due or none scheduled).
+        For a blocking loop: ``stop_event.wait(policy.next_delay(now))``."""
+        due = self.next_attempt_at
+        return 0.0 if due is None else max(0.0, due - now)
+
+    @property
+    def last_kind(self) -> str | None:
+        """Alias of :attr:`last_error_kind` (the name daemon/sources/pyav.py uses)."""
+        return self._last_error_kind
+
     @property
     def changed_at(self) -> float | None:
         return self._changed_at
@@ -307,8 +318,11 @@ class ReconnectPolicy:
     def on_error(self, now: float, kind: ErrorKind, message: str | None = None) -> Transition | None:
         """An error from the source. ``kind`` is one of :data:`ERROR_KINDS`.
 
-        ``decode`` errors (a damaged packet) are recorded but change nothing: the packet is
-        skipped and the stream goes on; if only bad packets arrive, the stall timer fires.
+        ``decode`` errors while ``up`` (a damaged packet) are recorded but change nothing: the
+        packet is skipped and the stream goes on; if only bad packets arrive, the stall timer
+        fires. Before the stream is up, ``decode`` means the open failed (FFmpeg says "Invalid
+        data found when processing input" for a host it cannot reach, or a file that is not
+        video): a failed attempt, with backoff.
         """
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown error kind {kind!r}; expected one of {sorted(ERROR_KINDS)}")
@@ -316,7 +330,7 @@ class ReconnectPolicy:
             if self._state in TERMINAL:
                 return None
             text = f"{kind}: {redact_text(message)}" if message else kind
-            if kind == "decode":
+            if kind == "decode" and self._state is State.UP:
                 self.decode_errors_total += 1
                 self._last_error, self._last_error_kind = text, kind
                 return None
