@@ -1,0 +1,94 @@
+"""``detectd calibrate``: FP32 ONNX + real frames -> INT8 Q/DQ models + TensorRT cache."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> int:
+    # Imported here so that `detectd --help` does not pay for onnx / onnxruntime.
+    from daemon.quant.calibrate import (
+        METHODS,
+        CalibrationError,
+        CalibrationSettings,
+        calibrate,
+        print_progress,
+    )
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        settings = CalibrationSettings(count=args.count, every=args.every, holdout=args.holdout,
+                                       method=args.method, threads=args.threads)
+    except ValueError as e:
+        print(f"detectd calibrate: {e} (methods: {', '.join(METHODS)})", file=sys.stderr)
+        return 2
+    try:
+        report = calibrate(args.model, args.source, args.count, args.target, args.out,
+                           args.cache, settings=settings,
+                           progress=None if args.quiet else print_progress)
+    except CalibrationError as e:
+        print(f"\ndetectd calibrate: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # every output is written by rename after the work is done: nothing partial is left
+        print("\ndetectd calibrate: interrupted; no output written", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(file=sys.stderr)
+    print(report.summary())
+    if args.report:
+        with open(args.report, "w") as f:
+            f.write(report.to_json() + "\n")
+    gate = args.min_agreement
+    v = report.variants[args.target]
+    if gate is not None and v.map50 is not None and v.map50 < gate:
+        print(f"detectd calibrate: agreement {v.map50:.3f} is below --min-agreement {gate}",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "calibrate",
+        help="INT8-calibrate an FP32 ONNX model on real frames (Q/DQ models + TensorRT cache)",
+        description=(
+            "Run the FP32 model over real frames (the daemon's own letterbox preprocessing), "
+            "collect per-tensor activation histograms, choose clipping thresholds, and write "
+            "an explicitly quantized (Q/DQ) INT8 model for --target, the other target's model "
+            "beside it (NAME.cpu.onnx or NAME.tensorrt.onnx), and a TensorRT calibration cache. "
+            "An unchanged model + calibration set + settings reuses the cache and skips "
+            "calibration. Prints the INT8-vs-FP32 agreement (mAP@0.5 on held-out frames) and "
+            "the tensors with the lowest signal-to-quantization-noise ratio."
+        ),
+    )
+    p.add_argument("--model", required=True, help="the FP32 ONNX model (detectd export-onnx)")
+    p.add_argument("--source", default="demo",
+                   help="a text file listing image paths (one a line), a directory of images, "
+                        "a video file or stream URL (every k-th frame), or 'demo' (default: "
+                        "the demo video and photos)")
+    p.add_argument("--count", type=int, default=500, help="calibration frames (default 500)")
+    p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
+                   help="which model --out gets: tensorrt (int8 symmetric Q/DQ on conv inputs "
+                        "and weights) or cpu (uint8 activations, fastest in ONNX Runtime)")
+    p.add_argument("--out", required=True, help="where to write the INT8 model for --target")
+    p.add_argument("--cache", default=None,
+                   help="TensorRT calibration cache (default: OUT with .calib.table); a "
+                        "sidecar CACHE.json holds its key")
+    p.add_argument("--every", type=int, default=0,
+                   help="video: take every k-th frame (default: spread --count over a file, "
+                        "every 10th frame of a stream)")
+    p.add_argument("--holdout", type=int, default=50,
+                   help="frames kept out of calibration to score INT8 against FP32 (default 50)")
+    p.add_argument("--method", default="percentile",
+                   help="threshold method: percentile (99.99%% of |x|, default), entropy "
+                        "(TensorRT EntropyCalibrator2, KL), mse, max")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
+    p.add_argument("--min-agreement", type=float, default=None,
+                   help="exit 3 when the --target model's mAP@0.5 agreement is below this")
+    p.add_argument("--report", default=None, help="also write the report as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run)

@@ -1,0 +1,191 @@
+"""Per-tensor activation statistics, accumulated one batch at a time.
+
+The model is run by ONNX Runtime on a copy whose graph lists every tensor we calibrate as an
+extra output; each batch's activations update a histogram of |x| and are dropped at once, so
+memory does not grow with the number of frames.
+
+TensorRT's calibrator makes two passes (one for max |x|, one for the histograms). We make one:
+each histogram keeps `oversample` times more bins than the final 2048 and its range grows by
+powers of two when a batch exceeds it; growing merges 2^k adjacent bins, which is exact. At the
+end the fine histogram is resampled onto 2048 bins over exactly [0, max |x|], the range TensorRT
+uses, with an error of at most 1/oversample of a final bin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from daemon.quant.entropy import DEFAULT_BINS
+
+
+class TensorHistogram:
+    """Histogram of |x| with a range that grows by powers of two, plus min and max of x."""
+
+    def __init__(self, bins: int = DEFAULT_BINS, oversample: int = 8) -> None:
+        self.bins = bins
+        self.fine_bins = bins * oversample
+        self.counts = np.zeros(self.fine_bins, dtype=np.int64)
+        self.range = 0.0  # upper edge of the fine histogram; 0 until a nonzero value is seen
+        self.min = math.inf
+        self.max = -math.inf
+        self.count = 0
+
+    @property
+    def absmax(self) -> float:
+        if self.count == 0:
+            return 0.0
+        return max(abs(self.min), abs(self.max))
+
+    def add(self, x: np.ndarray) -> None:
+        x = np.asarray(x)
+        if x.size == 0:
+            return
+        lo = float(x.min())
+        hi = float(x.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("activation contains inf or NaN")
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += x.size
+        amax = max(abs(lo), abs(hi))
+        if amax == 0.0:
+            self.counts[0] += x.size
+            return
+        if self.range == 0.0:
+            self.range = amax
+        elif amax > self.range:
+            factor = 2 ** math.ceil(math.log2(amax / self.range))
+            merged = self.counts.reshape(-1, factor).sum(axis=1)
+            self.counts = np.zeros(self.fine_bins, dtype=np.int64)
+            self.counts[: merged.size] = merged
+            self.range *= factor
+        # float32 arithmetic in one scratch buffer: |x| * bins / range, clipped, truncated
+        scaled = np.abs(x, dtype=np.float32)
+        scaled *= np.float32(self.fine_bins / self.range)
+        np.minimum(scaled, np.float32(self.fine_bins - 1), out=scaled)
+        idx = scaled.astype(np.int32).ravel()
+        self.counts += np.bincount(idx, minlength=self.fine_bins)
+
+    def histogram(self) -> tuple[np.ndarray, float]:
+        """(`bins` counts over [0, max |x|], max |x|)."""
+        amax = self.absmax
+        if amax == 0.0 or self.range == 0.0:
+            out = np.zeros(self.bins, dtype=np.float64)
+            out[0] = self.count
+            return out, 0.0
+        fine_edges = np.linspace(0.0, self.range, self.fine_bins + 1)
+        cdf = np.concatenate([[0.0], np.cumsum(self.counts, dtype=np.float64)])
+        edges = np.linspace(0.0, amax, self.bins + 1)
+        new_cdf = np.interp(edges, fine_edges, cdf)
+        new_cdf[-1] = cdf[-1]  # the max itself lies in the last bin
+        return np.diff(new_cdf), amax
+
+    # -- persistence (the calibration cache keeps histograms so settings can change cheaply) --
+    def state(self) -> dict[str, object]:
+        return {"bins": self.bins, "fine_bins": self.fine_bins, "range": self.range,
+                "min": self.min, "max": self.max, "count": self.count}
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """What the Q/DQ writer needs of one tensor."""
+
+    name: str
+    min: float
+    max: float
+    threshold: float  # symmetric clipping point of |x| (entropy method)
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max))
+
+
+def activation_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float tensor that flows between nodes (graph inputs, node outputs), in graph order;
+    initializers and constants excluded. These are the tensors TensorRT's calibration cache
+    lists."""
+    init = {i.name for i in model.graph.initializer}
+    const_outputs = {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    names: list[str] = []
+    seen: set[str] = set()
+    for inp in model.graph.input:
+        if inp.name not in init and inp.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            names.append(inp.name)
+            seen.add(inp.name)
+    for node in model.graph.node:
+        if node.op_type in ("Constant", "Shape"):
+            continue
+        for out in node.output:
+            if out and out not in seen and out not in const_outputs:
+                names.append(out)
+                seen.add(out)
+    return names
+
+
+def _float_outputs(model: onnx.ModelProto, names: Sequence[str]) -> list[str]:
+    """Keep the names whose inferred type is float (shape subgraphs carry int64 tensors)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types: dict[str, int] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(
+        inferred.graph.output
+    ):
+        types[vi.name] = vi.type.tensor_type.elem_type
+    return [n for n in names if types.get(n, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT]
+
+
+def with_extra_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` whose graph also outputs `names`."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in existing:
+            copy.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+    return copy
+
+
+class ActivationCollector:
+    """Runs the FP32 model batch by batch and accumulates a `TensorHistogram` per tensor."""
+
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        tensors: Sequence[str] | None = None,
+        threads: int = 0,
+        bins: int = DEFAULT_BINS,
+    ) -> None:
+        names = list(tensors) if tensors is not None else activation_tensors(model)
+        self.tensors = _float_outputs(model, names)
+        self.input_name = model.graph.input[0].name
+        # a graph input is not a node output: its statistics come from the feed itself
+        self._fed = [n for n in self.tensors if n == self.input_name]
+        self._run = [n for n in self.tensors if n != self.input_name]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        # Fusions would hide the tensors we ask for; basic folding only.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            with_extra_outputs(model, self._run).SerializeToString(),
+            sess_options=opts,
+            providers=["CPUExecutionProvider"],
+        )
+        self.histograms = {name: TensorHistogram(bins) for name in self.tensors}
+        self.frames = 0
+
+    def add_batch(self, batch: np.ndarray) -> None:
+        for name in self._fed:
+            self.histograms[name].add(batch)
+        outs = self.session.run(self._run, {self.input_name: batch})
+        for i, name in enumerate(self._run):
+            self.histograms[name].add(outs[i])
+            outs[i] = None  # let each activation go as soon as it is counted
+        self.frames += int(batch.shape[0])
