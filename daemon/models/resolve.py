@@ -42,7 +42,12 @@ def fp32_model(cfg: ModelConfig, progress: bool = True) -> Path:
         a = assets.fetch_model(cache, progress=progress)
         darknet_cfg, weights = a.cfg, a.weights
         names = Path(cfg.names) if cfg.names else a.names
-    key = _hash_files(darknet_cfg, weights, *( [names] if names else []))[:12]
+    # The exporter's own source is part of the key: a fixed exporter never reuses a stale export.
+    import daemon.models.darknet as dk
+    import daemon.models.export as ex
+
+    key = _hash_files(darknet_cfg, weights, *([names] if names else []),
+                      Path(dk.__file__), Path(ex.__file__))[:12]
     out = cache / "models" / f"{darknet_cfg.stem}-{key}.onnx"
     if not out.is_file():
         log.info("exporting %s + %s to ONNX: %s", darknet_cfg.name, weights.name, out)
