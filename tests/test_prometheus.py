@@ -43,8 +43,9 @@ def test_promtool_test_rules() -> None:
 
 
 @needs_promtool
-def test_promtool_check_config() -> None:
-    proc = promtool("check", "config", "prometheus.yml")
+@pytest.mark.parametrize("config", ["prometheus.yml", "federation.yml"])
+def test_promtool_check_config(config: str) -> None:
+    proc = promtool("check", "config", config)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -65,7 +65,11 @@ def _values(unit: configparser.RawConfigParser, section: str, key: str) -> list[
 
 @pytest.mark.parametrize(
     ("source", "name"),
-    [("detectd.service", "detectd.service"), ("detectd@.service", "detectd@gpu0.service")],
+    [
+        ("detectd.service", "detectd.service"),
+        ("detectd@.service", "detectd@gpu0.service"),
+        ("detectd-proxy.service", "detectd-proxy.service"),
+    ],
 )
 def test_systemd_analyze_verify(tmp_path: Path, source: str, name: str) -> None:
     binary = _detectd_binary(tmp_path)
@@ -111,3 +115,10 @@ def test_unit_settings(source: str) -> None:
     assert service["ExecStartPre"] == f"{INSTALLED} check-config --config {config}"
     assert service["ExecStart"] == f"{INSTALLED} run --config {config}"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_proxy_unit_runs_the_proxy_command() -> None:
+    service = _parse(UNITS / "detectd-proxy.service")["Service"]
+    assert service["ExecStart"].startswith(f"{INSTALLED} proxy --frontend ")
+    assert "--backend " in service["ExecStart"]
+    assert service["DynamicUser"] == "yes" and service["PrivateDevices"] == "yes"  # no GPU needed
