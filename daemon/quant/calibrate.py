@@ -521,7 +521,8 @@ def _collect(
     proto: onnx.ModelProto, info: Any, src: FrameSource, settings: CalibrationSettings,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[dict[str, TensorStats], int, np.ndarray, list[LetterboxInfo]]:
-    """Decode, letterbox, run and histogram; every 5th frame (up to `holdout`) is kept aside."""
+    """Decode, letterbox, run and histogram. Every 5th frame is kept aside for scoring, and
+    once `count` frames are calibrated, the following ones, until `holdout` are kept."""
     collector = ActivationCollector(proto, threads=settings.threads)
     w, h = info.width, info.height
     batch = np.empty((settings.batch, 3, h, w), np.float32)
@@ -531,12 +532,10 @@ def _collect(
     held_infos: list[LetterboxInfo] = []
     seen = 0
     for frame in src.frames():
-        to_holdout = seen % 5 == 4 and len(held) < settings.holdout
-        if not to_holdout and n_cal + filled >= settings.count:
-            if len(held) >= settings.holdout:
-                break
-            seen += 1
-            continue
+        cal_full = n_cal + filled >= settings.count
+        to_holdout = len(held) < settings.holdout and (seen % 5 == 4 or cal_full)
+        if cal_full and not to_holdout:
+            break
         seen += 1
         if to_holdout:
             x, li = letterbox_av(frame, w, h)
