@@ -347,3 +347,28 @@ def test_proxy_fans_in_two_daemons(tmp_path: Path) -> None:
             proxy.send_signal(signal.SIGTERM)
             out, _ = proxy.communicate(timeout=20)
         assert proxy.returncode == 0, out
+
+
+def test_curve_key_paths_expand_environment_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # systemd's LoadCredential= hands the secret over in $CREDENTIALS_DIRECTORY.
+    from daemon.publish.curve import CurveError, configure_client, configure_server, generate_keypair
+
+    generate_keypair(tmp_path, "server")
+    generate_keypair(tmp_path, "alice")
+    (tmp_path / "authorized").mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    ctx = zmq.Context()
+    pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+    server = configure_server(pub, "$CREDENTIALS_DIRECTORY/server.key_secret", "${CREDENTIALS_DIRECTORY}/authorized")
+    try:
+        assert pub.curve_server and server.allowed_keys() == 0
+        configure_client(sub, "$CREDENTIALS_DIRECTORY/server.key", "$CREDENTIALS_DIRECTORY/alice.key_secret")
+        with pytest.raises(CurveError, match="not a secret key file"):
+            configure_client(sub, "$CREDENTIALS_DIRECTORY/server.key", "$CREDENTIALS_DIRECTORY/alice.key")
+        with pytest.raises(CurveError, match="does not exist"):
+            configure_server(pub, "$CREDENTIALS_DIRECTORY/server.key_secret", "$CREDENTIALS_DIRECTORY/nope")
+    finally:
+        server.stop()
+        pub.close(0)
+        sub.close(0)
+        ctx.term()
