@@ -97,7 +97,11 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
 # "user:pass@host" without a scheme (seen in some FFmpeg/ffprobe messages and in configs).
 _BARE_USERINFO = re.compile(r"(?<![\w/@*])([\w.~%!$&+,;=-]+):([^\s@/'\"]+)@(?=[\w.-]+[:/\s]|[\w.-]+$)")
 # key=value pairs outside URLs ("password=secret" in a message).
-_KV_IN_TEXT = re.compile(r"(?P<name>\b[A-Za-z][\w.-]*)(?P<eq>\s*[=:]\s*)(?P<value>[^\s&;,'\"]+)")
+# Only the credential names are matched (not any word before a colon), so that a preceding
+# "failed: password=x" cannot swallow the pair into a harmless-looking match.
+_KV_IN_TEXT = re.compile(
+    r"(?P<name>(?<![\w.-])(?:password|passwd|pwd|secret|token|access[-_.]?token|api[-_.]?key|signature))"
+    r"(?P<eq>\s*[=:]\s*)(?P<value>[^\s&;,'\"]+)", re.IGNORECASE)
 
 
 def _redact_url_match(m: re.Match[str]) -> str:
@@ -115,7 +119,7 @@ def redact_text(text: str) -> str:
         out = _BARE_USERINFO.sub(f"{MASK}@", out)
 
         def kv(m: re.Match[str]) -> str:
-            if m.group("value") != MASK and _norm(m.group("name")) in _TEXT_KEYS:
+            if not m.group("value").startswith(MASK) and _norm(m.group("name")) in _TEXT_KEYS:
                 return f"{m.group('name')}{m.group('eq')}{MASK}"
             return m.group(0)
 

@@ -91,3 +91,11 @@ def test_redactors_never_raise() -> None:
         redact_url(bad)
         redact_text(bad)
     assert redact_text(12345) == "12345"  # type: ignore[arg-type]
+
+
+def test_pair_after_a_colon_word_is_redacted() -> None:
+    # "failed: password=pw1" once matched as the pair (failed, password=pw1) and leaked.
+    from daemon.redact import redact_text
+
+    assert redact_text("open failed: password=pw1") == "open failed: password=***"
+    assert redact_text("missing key: streams") == "missing key: streams"
