@@ -1,0 +1,489 @@
+"""The CUDA side of the GPU backend, on cuda-python's ``cuda.bindings`` (driver API + NVRTC).
+
+- :func:`check` turns cuda-python's ``(err, *values)`` results into values or a raised
+  :class:`CudaError`; every driver and NVRTC call goes through it.
+- :class:`SlotRing` is the bookkeeping of in-flight slots (which frames are in which slot, in
+  which order), pure Python, so that a result can never be attributed to the wrong frame; it is
+  tested on the CPU.
+- :class:`GpuPipeline` owns N >= 2 slots, each with its own CUDA stream, pinned host staging
+  for raw uint8 RGB frames, device buffers for the network input and outputs, pinned host output
+  buffers and a completion event. A submission copies the raw frames (one byte per channel) to the
+  device, letterboxes them there with the NVRTC-compiled kernel of ``daemon.vision.gpu_letterbox``
+  straight into the network input, runs the slot's executor (a TensorRT execution context, or a
+  named stand-in in the GPU check), copies the outputs back and records the event -- all
+  asynchronous on the slot's stream, so while the CPU post-processes slot k, slot k+1 copies and
+  computes.
+
+``cuda.bindings`` is imported lazily: importing this module never needs a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from collections import deque
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "CudaError",
+    "CudaDevice",
+    "GpuPipeline",
+    "SlotBusy",
+    "SlotRing",
+    "StaleTicket",
+    "Ticket",
+    "check",
+    "cuda_unavailable_reason",
+]
+
+
+class CudaError(RuntimeError):
+    """A CUDA driver, runtime or NVRTC call failed; the message names the call and the error."""
+
+
+def _bindings() -> tuple[Any, Any]:
+    try:
+        from cuda.bindings import driver, nvrtc  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cuda as driver  # type: ignore[no-redef]  # older cuda-python
+        from cuda import nvrtc  # type: ignore[no-redef]
+    return driver, nvrtc
+
+
+def _error_text(err: Any) -> str:
+    name = getattr(err, "name", None) or str(err)
+    try:
+        driver, nvrtc = _bindings()
+        if type(err).__name__ == "CUresult":
+            _, text = driver.cuGetErrorString(err)
+        elif type(err).__name__ == "nvrtcResult":
+            _, text = nvrtc.nvrtcGetErrorString(err)
+        else:
+            text = None
+        if text:
+            return f"{name}: {text.decode() if isinstance(text, bytes) else text}"
+    except Exception:
+        pass
+    return name
+
+
+def check(result: Any, what: str = "CUDA call") -> Any:
+    """Unwrap a cuda-python result ``(err, *values)``: raise :class:`CudaError` unless ``err``
+    is success (0), else return nothing, the single value, or the tuple of values."""
+    if not isinstance(result, tuple):
+        result = (result,)
+    err, values = result[0], result[1:]
+    if int(err) != 0:
+        raise CudaError(f"{what} failed: {_error_text(err)}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else values
+
+
+def _handle(obj: Any) -> int:
+    """The raw address of a cuda-python handle (CUstream, CUdeviceptr, ...), as TensorRT wants."""
+    try:
+        return int(obj)
+    except TypeError:
+        return int(obj.getPtr())
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when cuda-python imports and a CUDA device answers, else why not (for logs/skips)."""
+    try:
+        driver, _ = _bindings()
+    except ImportError as exc:
+        return f"cuda-python is not installed ({exc})"
+    try:
+        check(driver.cuInit(0), "cuInit")
+        if check(driver.cuDeviceGetCount(), "cuDeviceGetCount") < 1:
+            return "no CUDA device"
+    except Exception as exc:  # no driver library, no device node, ...
+        return f"no usable CUDA driver/device ({exc})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Slot bookkeeping (pure Python)
+# --------------------------------------------------------------------------------------------
+
+
+class SlotBusy(RuntimeError):
+    """Every slot is in flight: collect one first."""
+
+
+class StaleTicket(RuntimeError):
+    """A ticket whose slot was already collected (and maybe reused): its results are gone."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    slot: int
+    generation: int  # the slot's use count when submitted: a reused slot never matches
+    seq: int  # submission order, for FIFO collection
+    tags: tuple[Hashable, ...]  # the frames in this slot, in batch order
+
+
+class SlotRing:
+    """Which frames are in which in-flight slot. ``acquire`` hands out a free slot for a batch of
+    frame tags; ``release`` checks that the ticket is the one in flight in its slot and returns
+    its tags, so results read from that slot's buffers go to exactly those frames."""
+
+    def __init__(self, n: int) -> None:
+        if n < 1:
+            raise ValueError("need at least one slot")
+        self.n = n
+        self._free: deque[int] = deque(range(n))
+        self._generation = [0] * n
+        self._in_flight: dict[int, Ticket] = {}
+        self._seq = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, tags: Sequence[Hashable], timeout: float | None = 0.0) -> Ticket:
+        """A ticket for a free slot; waits up to ``timeout`` seconds (None: forever) for one."""
+        with self._cond:
+            if not self._free and timeout != 0.0:
+                self._cond.wait_for(lambda: bool(self._free), timeout)
+            if not self._free:
+                raise SlotBusy(f"all {self.n} slots are in flight")
+            slot = self._free.popleft()
+            self._generation[slot] += 1
+            t = Ticket(slot, self._generation[slot], self._seq, tuple(tags))
+            self._seq += 1
+            self._in_flight[slot] = t
+            return t
+
+    def release(self, ticket: Ticket) -> tuple[Hashable, ...]:
+        with self._cond:
+            current = self._in_flight.get(ticket.slot)
+            if current != ticket:
+                raise StaleTicket(f"slot {ticket.slot} no longer holds submission {ticket.seq}")
+            del self._in_flight[ticket.slot]
+            self._free.append(ticket.slot)
+            self._cond.notify()
+            return ticket.tags
+
+    def holds(self, ticket: Ticket) -> bool:
+        with self._cond:
+            return self._in_flight.get(ticket.slot) == ticket
+
+    def oldest(self) -> Ticket | None:
+        with self._cond:
+            return min(self._in_flight.values(), key=lambda t: t.seq, default=None)
+
+    @property
+    def in_flight(self) -> int:
+        with self._cond:
+            return len(self._in_flight)
+
+
+# --------------------------------------------------------------------------------------------
+# Device, memory, kernels
+# --------------------------------------------------------------------------------------------
+
+
+class CudaDevice:
+    """The device's primary context (the one the CUDA runtime, and so TensorRT, uses), made
+    current on every thread that calls in."""
+
+    def __init__(self, ordinal: int = 0) -> None:
+        self.driver, self.nvrtc = _bindings()
+        d = self.driver
+        check(d.cuInit(0), "cuInit")
+        self.device = check(d.cuDeviceGet(ordinal), "cuDeviceGet")
+        self.context = check(d.cuDevicePrimaryCtxRetain(self.device), "cuDevicePrimaryCtxRetain")
+        self.make_current()
+        raw = check(d.cuDeviceGetName(256, self.device), "cuDeviceGetName")
+        self.name = raw.split(b"\0", 1)[0].decode() if isinstance(raw, bytes) else str(raw)
+        attr = d.CUdevice_attribute
+        self.cc = (
+            check(d.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self.device)),
+            check(d.cuDeviceGetAttribute(attr.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self.device)),
+        )
+        self._released = False
+
+    @property
+    def compute_capability(self) -> str:
+        return f"{self.cc[0]}.{self.cc[1]}"
+
+    def make_current(self) -> None:
+        check(self.driver.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
+
+    def alloc(self, nbytes: int) -> int:
+        return _handle(check(self.driver.cuMemAlloc(max(1, nbytes)), "cuMemAlloc"))
+
+    def free(self, ptr: int) -> None:
+        check(self.driver.cuMemFree(ptr), "cuMemFree")
+
+    def alloc_pinned(self, nbytes: int) -> int:
+        return _handle(check(self.driver.cuMemAllocHost(max(1, nbytes)), "cuMemAllocHost"))
+
+    def free_pinned(self, ptr: int) -> None:
+        check(self.driver.cuMemFreeHost(ptr), "cuMemFreeHost")
+
+    def stream(self) -> Any:
+        flags = self.driver.CUstream_flags.CU_STREAM_NON_BLOCKING
+        return check(self.driver.cuStreamCreate(flags), "cuStreamCreate")
+
+    def event(self, timing: bool = False) -> Any:
+        f = self.driver.CUevent_flags
+        flags = f.CU_EVENT_DEFAULT if timing else f.CU_EVENT_DISABLE_TIMING
+        return check(self.driver.cuEventCreate(flags), "cuEventCreate")
+
+    def compile(self, source: str, names: Sequence[str], program: str = "detectd.cu") -> dict[str, Any]:
+        """Compile CUDA C++ with NVRTC for this device and return its kernels by name."""
+        nvrtc, d = self.nvrtc, self.driver
+        prog = check(nvrtc.nvrtcCreateProgram(source.encode(), program.encode(), 0, [], []),
+                     "nvrtcCreateProgram")
+        try:
+            opts = [f"--gpu-architecture=sm_{self.cc[0]}{self.cc[1]}".encode(), b"--std=c++17",
+                    b"-default-device"]
+            err = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)[0]
+            if int(err) != 0:
+                size = check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+                log = b" " * size
+                check(nvrtc.nvrtcGetProgramLog(prog, log), "nvrtcGetProgramLog")
+                raise CudaError(f"NVRTC could not compile {program}: {_error_text(err)}\n"
+                                f"{log.decode(errors='replace')}")
+            size = check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+            cubin = b" " * size
+            check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+        finally:
+            nvrtc.nvrtcDestroyProgram(prog)
+        module = check(d.cuModuleLoadData(cubin), "cuModuleLoadData")
+        return {n: check(d.cuModuleGetFunction(module, n.encode()), f"cuModuleGetFunction({n})")
+                for n in names}
+
+    def launch(self, kernel: Any, grid: tuple[int, int, int], block: tuple[int, int, int],
+               stream: Any, args: Sequence[Any]) -> None:
+        """Launch with ctypes-typed arguments (c_void_p for device pointers)."""
+        holders = [a if isinstance(a, ctypes._SimpleCData) else ctypes.c_void_p(a) for a in args]
+        ptrs = np.array([ctypes.addressof(h) for h in holders], dtype=np.uint64)
+        check(self.driver.cuLaunchKernel(kernel, *grid, *block, 0, stream, ptrs.ctypes.data, 0),
+              "cuLaunchKernel")
+
+    def h2d(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        check(self.driver.cuMemcpyHtoDAsync(dst, src, nbytes, stream), "cuMemcpyHtoDAsync")
+
+    def d2h(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
+        check(self.driver.cuMemcpyDtoHAsync(dst, src, nbytes, stream), "cuMemcpyDtoHAsync")
+
+    def record(self, event: Any, stream: Any) -> None:
+        check(self.driver.cuEventRecord(event, stream), "cuEventRecord")
+
+    def wait(self, event: Any) -> None:
+        check(self.driver.cuEventSynchronize(event), "cuEventSynchronize")
+
+    def elapsed_ms(self, start: Any, end: Any) -> float:
+        return float(check(self.driver.cuEventElapsedTime(start, end), "cuEventElapsedTime"))
+
+    def sync_stream(self, stream: Any) -> None:
+        check(self.driver.cuStreamSynchronize(stream), "cuStreamSynchronize")
+
+
+def pinned_array(ptr: int, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A numpy view of pinned host memory (no copy)."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape)) * dt.itemsize
+    return np.frombuffer((ctypes.c_uint8 * n).from_address(ptr), dtype=dt).reshape(shape)
+
+
+# --------------------------------------------------------------------------------------------
+# The slot pipeline
+# --------------------------------------------------------------------------------------------
+
+
+class Executor(Protocol):
+    """What runs the network on one slot's buffers: a TensorRT execution context bound to them,
+    or, in the GPU check, a stand-in kernel."""
+
+    def execute(self, stream: Any, batch: int) -> None: ...
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    name: str
+    shape: tuple[int, ...]  # per image, without the batch dimension
+    dtype: Any = np.float32
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Slot:
+    index: int
+    stream: Any
+    done: Any  # event recorded after the last copy back
+    input_ptr: int  # float32 (max_batch, 3, H, W) on the device: the network input
+    output_ptrs: list[int]
+    host_outputs: list[np.ndarray]  # pinned, (max_batch, *shape)
+    host_input: np.ndarray  # pinned float32, for ``submit_batch``
+    staging_ptr: int = 0  # pinned uint8 raw frames
+    staging_dev: int = 0
+    staging_bytes: int = 0
+    executor: Any = None
+    batch: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class GpuPipeline:
+    """N in-flight slots over one device; see the module docstring."""
+
+    def __init__(
+        self,
+        device: CudaDevice,
+        width: int,
+        height: int,
+        max_batch: int,
+        outputs: Sequence[OutputSpec],
+        make_executor: Callable[[Slot], Executor] | None,
+        num_slots: int = 2,
+    ) -> None:
+        from daemon.vision.gpu_letterbox import GpuLetterbox
+
+        if num_slots < 1:
+            raise ValueError("num_slots must be >= 1")
+        self.device, self.width, self.height, self.max_batch = device, width, height, max_batch
+        self.outputs = list(outputs)
+        self.ring = SlotRing(num_slots)
+        self.letterbox = GpuLetterbox(device)
+        self._image_floats = 3 * height * width
+        self.slots: list[Slot] = []
+        device.make_current()
+        for i in range(num_slots):
+            host_in_ptr = device.alloc_pinned(max_batch * self._image_floats * 4)
+            slot = Slot(
+                index=i,
+                stream=device.stream(),
+                done=device.event(),
+                input_ptr=device.alloc(max_batch * self._image_floats * 4),
+                output_ptrs=[device.alloc(max_batch * o.nbytes) for o in self.outputs],
+                host_outputs=[
+                    pinned_array(device.alloc_pinned(max_batch * o.nbytes), (max_batch, *o.shape), o.dtype)
+                    for o in self.outputs
+                ],
+                host_input=pinned_array(host_in_ptr, (max_batch, 3, height, width), np.float32),
+            )
+            slot.extra["host_input_ptr"] = host_in_ptr
+            slot.extra["host_output_ptrs"] = [o.ctypes.data for o in slot.host_outputs]
+            slot.executor = make_executor(slot) if make_executor else None
+            self.slots.append(slot)
+        self._closed = False
+
+    # -- submission ---------------------------------------------------------------------------
+
+    def _ensure_staging(self, slot: Slot, nbytes: int) -> None:
+        if nbytes <= slot.staging_bytes:
+            return
+        d = self.device
+        if slot.staging_bytes:
+            d.free_pinned(slot.staging_ptr)
+            d.free(slot.staging_dev)
+        cap = max(nbytes, 1 << 20)
+        slot.staging_ptr, slot.staging_dev, slot.staging_bytes = d.alloc_pinned(cap), d.alloc(cap), cap
+
+    def _finish(self, slot: Slot, n: int) -> None:
+        d = self.device
+        if slot.executor is not None:
+            slot.executor.execute(slot.stream, n)
+        for o, dev, host in zip(self.outputs, slot.output_ptrs, slot.extra["host_output_ptrs"]):
+            d.d2h(host, dev, n * o.nbytes, slot.stream)
+        d.record(slot.done, slot.stream)
+
+    def submit_frames(self, images: Sequence[np.ndarray], infos: Sequence[Any],
+                      tags: Sequence[Hashable] | None = None, timeout: float | None = None) -> Ticket:
+        """Raw RGB uint8 (H, W, 3) frames + their ``LetterboxInfo`` -> a ticket. Only the raw
+        bytes cross the bus; resize, padding, HWC->CHW and /255 run in the kernel."""
+        n = len(images)
+        if not 1 <= n <= self.max_batch or len(infos) != n:
+            raise ValueError(f"need 1..{self.max_batch} images with one LetterboxInfo each, got {n}/{len(infos)}")
+        for img in images:
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+                raise ValueError(f"expected RGB uint8 HxWx3 frames, got {img.dtype} {img.shape}")
+
+        def fill(slot: Slot) -> None:
+            sizes = [img.nbytes for img in images]
+            self._ensure_staging(slot, sum(sizes))
+            staging = pinned_array(slot.staging_ptr, (slot.staging_bytes,), np.uint8)
+            offsets, off = [], 0
+            for img, size in zip(images, sizes):
+                # The one CPU pass over the pixels: into pinned memory, 1 byte per channel.
+                np.copyto(staging[off:off + size].reshape(img.shape), img)
+                offsets.append(off)
+                off += size
+            self.device.h2d(slot.staging_dev, slot.staging_ptr, off, slot.stream)
+            for b, (img, info, o) in enumerate(zip(images, infos, offsets)):
+                self.letterbox.enqueue(
+                    slot.staging_dev + o, img.shape[1], img.shape[0], img.shape[1] * 3,
+                    slot.input_ptr + b * self._image_floats * 4, self.width, self.height, info,
+                    slot.stream)
+
+        return self._submit(n, tags, timeout, fill)
+
+    def _submit(self, n: int, tags: Sequence[Hashable] | None, timeout: float | None,
+                fill: Callable[[Slot], None]) -> Ticket:
+        """Take a slot, enqueue ``fill`` (the input side), the executor and the copies back."""
+        ticket = self.ring.acquire(tags if tags is not None else range(n), timeout)
+        try:
+            slot = self.slots[ticket.slot]
+            self.device.make_current()
+            fill(slot)
+            slot.batch = n
+            self._finish(slot, n)
+        except BaseException:
+            self.ring.release(ticket)
+            raise
+        return ticket
+
+    def submit_batch(self, batch: np.ndarray, tags: Sequence[Hashable] | None = None,
+                     timeout: float | None = None) -> Ticket:
+        """An already letterboxed float32 (N, 3, H, W) batch (the ``Backend.infer`` path)."""
+        n = batch.shape[0]
+        if batch.shape[1:] != (3, self.height, self.width) or not 1 <= n <= self.max_batch:
+            raise ValueError(f"expected (1..{self.max_batch}, 3, {self.height}, {self.width}), got {batch.shape}")
+
+        def fill(slot: Slot) -> None:
+            np.copyto(slot.host_input[:n], batch, casting="same_kind")
+            self.device.h2d(slot.input_ptr, slot.extra["host_input_ptr"], n * self._image_floats * 4,
+                            slot.stream)
+
+        return self._submit(n, tags, timeout, fill)
+
+    def collect(self, ticket: Ticket) -> list[np.ndarray]:
+        """Wait for a submission and return its outputs (copies, batch first, in output order).
+        The slot is free again afterwards."""
+        if not self.ring.holds(ticket):
+            raise StaleTicket(f"slot {ticket.slot} no longer holds submission {ticket.seq}")
+        slot = self.slots[ticket.slot]
+        self.device.make_current()
+        self.device.wait(slot.done)
+        n = slot.batch
+        results = [h[:n].copy() for h in slot.host_outputs]
+        self.ring.release(ticket)  # raises StaleTicket if the slot moved on: results not returned
+        return results
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        d = self.device
+        d.make_current()
+        for slot in self.slots:
+            try:
+                d.sync_stream(slot.stream)
+            except CudaError:
+                pass
+            for p in [slot.input_ptr, *slot.output_ptrs] + ([slot.staging_dev] if slot.staging_bytes else []):
+                d.free(p)
+            for p in [slot.extra["host_input_ptr"], *slot.extra["host_output_ptrs"]] + (
+                    [slot.staging_ptr] if slot.staging_bytes else []):
+                d.free_pinned(p)
+            d.driver.cuStreamDestroy(slot.stream)
+            d.driver.cuEventDestroy(slot.done)
+        self.letterbox.close()

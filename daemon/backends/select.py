@@ -1,0 +1,57 @@
+"""``model.backend: auto``: TensorRT when it imports and a GPU answers, else ONNX Runtime.
+
+A pure function of two probes, so every branch is tested on a CPU with injected probes; the
+real probes import ``tensorrt`` and ask the CUDA driver (through cuda-python) for a device.
+The choice and its reason are logged once, so an operator sees why a GPU machine fell back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Selection", "probe_gpu", "probe_tensorrt", "select_backend"]
+
+# A probe returns None when the thing is usable, else a one-line reason why not.
+Probe = Callable[[], "str | None"]
+
+
+@dataclass(frozen=True)
+class Selection:
+    backend: str  # "tensorrt" | "onnxruntime"
+    reason: str
+
+
+def probe_tensorrt() -> str | None:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install raising OSError at load
+        return f"the tensorrt package does not import ({type(exc).__name__}: {exc})"
+    return None
+
+
+def probe_gpu() -> str | None:
+    from daemon.backends.cuda import cuda_unavailable_reason
+
+    return cuda_unavailable_reason()
+
+
+def select_backend(requested: str = "auto", *, tensorrt_probe: Probe = probe_tensorrt,
+                   gpu_probe: Probe = probe_gpu) -> Selection:
+    """The backend to run for ``model.backend`` = ``requested``, and why."""
+    if requested != "auto":
+        sel = Selection(requested, f"model.backend is {requested!r}")
+    else:
+        no_gpu = gpu_probe()
+        no_trt = tensorrt_probe() if no_gpu is None else None
+        if no_gpu is not None:
+            sel = Selection("onnxruntime", f"auto: no GPU ({no_gpu})")
+        elif no_trt is not None:
+            sel = Selection("onnxruntime", f"auto: a GPU is present but {no_trt}")
+        else:
+            sel = Selection("tensorrt", "auto: tensorrt imports and a CUDA GPU is present")
+    log.info("inference backend: %s (%s)", sel.backend, sel.reason)
+    return sel

@@ -1,0 +1,375 @@
+"""The TensorRT backend: build (or load from the engine cache), warm up, run N in-flight slots.
+
+Kept thin and written against TensorRT's documented Python API, 10.x and 11.x:
+
+- build: ``trt.Builder`` -> ``create_network(flags)`` -> ``trt.OnnxParser.parse`` ->
+  ``create_builder_config`` (one optimization profile over batch 1..max_batch, a persisted
+  timing cache via ``create_timing_cache``/``set_timing_cache``, an ``IProgressMonitor`` where the
+  version has it) -> ``build_serialized_network``. Precision (:func:`build_recipe`):
+  TensorRT 11 only has strongly typed networks, so precision comes from the model itself: INT8
+  from the Q/DQ ONNX (``detectd calibrate --target tensorrt``), FP16 from an FP16-cast copy of the
+  FP32 ONNX (:func:`to_fp16_onnx`), FP32 from the FP32 ONNX. TensorRT 10 builds the same Q/DQ
+  model by explicit quantization in a weakly typed network (``BuilderFlag.INT8``, plus ``FP16``
+  for the layers outside Q/DQ pairs), and FP16 with ``BuilderFlag.FP16``.
+- load: ``trt.Runtime.deserialize_cuda_engine`` through :class:`EngineCache` (a None there is a
+  cache miss and a rebuild); then one warm-up inference before the daemon reports ready.
+- run: per slot, ``create_execution_context`` with ``set_tensor_address`` bound once to that
+  slot's device buffers, then per batch ``set_input_shape`` + ``execute_async_v3(stream)``; the
+  copies, the GPU letterbox and the completion events are :class:`GpuPipeline`'s.
+- TensorRT's logger goes to Python logging (``daemon.backends.tensorrt.trt``).
+
+What ran where: see the README's GPU section. TensorRT cannot be installed on this project's
+machines, so this module's TensorRT calls have run only where ``tensorrt`` imports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from daemon.backends.base import BackendError
+from daemon.backends.engine_cache import EngineCache, EngineKey, atomic_write_bytes, default_engine_dir, sha256_file
+
+log = logging.getLogger(__name__)
+trt_log = logging.getLogger(__name__ + ".trt")
+
+__all__ = ["BuildRecipe", "TensorRTBackend", "build_engine", "build_recipe", "create_tensorrt_backend",
+           "engine_key", "to_fp16_onnx"]
+
+# What the engine's input is fed with: part of the engine cache key (daemon.vision.gpu_letterbox).
+PREPROCESS = {"layout": "NCHW", "colour": "RGB", "scale": "1/255", "pad": 0.5,
+              "resize": "swscale-bilinear-tent", "kernel": "letterbox_u8rgb_to_f32nchw/1"}
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    strongly_typed: bool
+    flags: tuple[str, ...]  # trt.BuilderFlag member names to set
+    onnx_transform: str | None  # "fp16": build from an FP16-cast copy of the model
+
+
+def build_recipe(trt_major: int, precision: str) -> BuildRecipe:
+    """How to get ``precision`` out of TensorRT ``trt_major`` (see the module docstring)."""
+    if precision not in ("int8", "fp16", "fp32"):
+        raise ValueError(f"precision must be int8, fp16 or fp32, got {precision!r}")
+    if trt_major >= 11:
+        return BuildRecipe(True, (), "fp16" if precision == "fp16" else None)
+    if trt_major == 10:
+        flags = {"int8": ("INT8", "FP16"), "fp16": ("FP16",), "fp32": ()}[precision]
+        return BuildRecipe(False, flags, None)
+    raise ValueError(f"TensorRT {trt_major}.x is not supported (10.x or 11.x needed)")
+
+
+def to_fp16_onnx(model_bytes: bytes) -> bytes:
+    """An FP16 copy of an FP32 ONNX model with FP32 inputs/outputs (Casts at the edges), for
+    strongly typed builds. Float initializers become float16 except the ones an operator needs
+    in float32 (``Resize`` scales/roi). Runs in ONNX Runtime too, which is how it is tested."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load_from_string(model_bytes)
+    g = model.graph
+    keep32: set[str] = set()
+    for node in g.node:
+        if node.op_type in ("Resize", "Upsample"):
+            keep32.update(node.input[1:])
+    for init in g.initializer:
+        if init.data_type == TensorProto.FLOAT and init.name not in keep32:
+            arr = numpy_helper.to_array(init).astype(np.float16)
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    for node in g.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.t.data_type == TensorProto.FLOAT and node.output[0] not in keep32:
+                    a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16)))
+        if node.op_type == "Cast":
+            for a in node.attribute:
+                if a.name == "to" and a.i == TensorProto.FLOAT:
+                    a.i = TensorProto.FLOAT16
+    float_inputs = {i.name for i in g.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
+    float_outputs = [o.name for o in g.output if o.type.tensor_type.elem_type == TensorProto.FLOAT]
+    rename = {n: f"{n}__fp16" for n in float_inputs}
+    for node in g.node:
+        for k, name in enumerate(node.input):
+            if name in rename:
+                node.input[k] = rename[name]
+    out_rename = {n: f"{n}__fp16" for n in float_outputs}
+    for node in g.node:
+        for k, name in enumerate(node.output):
+            if name in out_rename:
+                node.output[k] = out_rename[name]
+        for k, name in enumerate(node.input):
+            if name in out_rename:
+                node.input[k] = out_rename[name]
+    casts_in = [helper.make_node("Cast", [n], [rename[n]], to=TensorProto.FLOAT16, name=f"{n}_to_fp16")
+                for n in float_inputs]
+    casts_out = [helper.make_node("Cast", [out_rename[n]], [n], to=TensorProto.FLOAT, name=f"{n}_to_fp32")
+                 for n in float_outputs]
+    nodes = casts_in + list(g.node) + casts_out
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]  # stale float32 annotations; shapes are re-inferred by the consumer
+    return model.SerializeToString()
+
+
+# ------------------------------------------------------------------------------------------------
+# TensorRT glue (only runs where ``tensorrt`` imports)
+# ------------------------------------------------------------------------------------------------
+
+
+def _trt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendError(
+            "TensorRT is not installed: `pip install tensorrt` (NVIDIA's index) on a machine "
+            f"with an NVIDIA GPU, or use model.backend: onnxruntime ({exc})") from exc
+    return trt
+
+
+def _major(trt: Any) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+def make_logger(trt: Any) -> Any:
+    """A ``trt.ILogger`` that forwards to Python logging (TensorRT's INFO is chatty: DEBUG)."""
+    S = trt.ILogger.Severity
+    levels = {S.INTERNAL_ERROR: logging.CRITICAL, S.ERROR: logging.ERROR,
+              S.WARNING: logging.WARNING, S.INFO: logging.DEBUG, S.VERBOSE: logging.DEBUG}
+
+    class PythonLogger(trt.ILogger):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            trt_log.log(levels.get(severity, logging.INFO), "%s", msg)
+
+    return PythonLogger()
+
+
+def make_progress_monitor(trt: Any, report: Callable[[str], None],
+                          cancel: threading.Event | None = None) -> Any | None:
+    """An ``IProgressMonitor`` (TensorRT >= 10.0) reporting phases and steps; returning False
+    from ``step_complete`` cancels the build (used on shutdown)."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class Progress(trt.IProgressMonitor):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._steps: dict[str, int] = {}
+            self._lock = threading.Lock()  # TensorRT may call from several threads
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self._lock:
+                self._steps[phase_name] = num_steps
+            report(f"build: {phase_name} ({num_steps} steps)" if parent_phase is None
+                   else f"build:   {parent_phase} > {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self._lock:
+                total = self._steps.get(phase_name, 0)
+            if total >= 10 and (step + 1) % max(1, total // 10) == 0:
+                report(f"build:   {phase_name} {step + 1}/{total}")
+            return not (cancel is not None and cancel.is_set())
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                self._steps.pop(phase_name, None)
+
+    return Progress()
+
+
+def build_engine(onnx_path: Path, precision: str, max_batch: int, *, timing_cache: Path | None = None,
+                 opt_batch: int | None = None, report: Callable[[str], None] = log.info,
+                 cancel: threading.Event | None = None, logger: Any = None) -> bytes:
+    """Build a serialized plan from ``onnx_path`` (see :func:`build_recipe`)."""
+    trt = _trt()
+    logger = logger or make_logger(trt)
+    recipe = build_recipe(_major(trt), precision)
+    data = Path(onnx_path).read_bytes()
+    if recipe.onnx_transform == "fp16":
+        data = to_fp16_onnx(data)
+    builder = trt.Builder(logger)
+    flags = 0
+    if recipe.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(data, str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BackendError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    for name in recipe.flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        t = network.get_input(i)
+        c, h, w = tuple(t.shape)[1:]
+        if min(c, h, w) < 1:
+            raise BackendError(f"input {t.name} needs fixed C, H, W; got {tuple(t.shape)}")
+        opt = opt_batch or max_batch
+        profile.set_shape(t.name, (1, c, h, w), (opt, c, h, w), (max_batch, c, h, w))
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b"")
+    config.set_timing_cache(cache, False)
+    monitor = make_progress_monitor(trt, report, cancel)
+    if monitor is not None:
+        config.progress_monitor = monitor
+    report(f"building a TensorRT {trt.__version__} {precision} engine from {Path(onnx_path).name} "
+           f"(batch 1..{max_batch}); this takes a minute or more the first time")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BackendError(f"TensorRT could not build an engine from {onnx_path} (see the log above)")
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(plan))
+
+
+def engine_key(onnx_path: Path, precision: str, max_batch: int, width: int, height: int,
+               trt_version: str, gpu_name: str, compute_capability: str) -> EngineKey:
+    return EngineKey(
+        onnx_sha256=sha256_file(onnx_path), tensorrt_version=trt_version, gpu_name=gpu_name,
+        compute_capability=compute_capability, precision=precision, max_batch=max_batch,
+        preprocess={**PREPROCESS, "width": width, "height": height}, model_name=Path(onnx_path).stem)
+
+
+class _ContextExecutor:
+    """One slot's execution context, its tensor addresses bound to that slot's buffers."""
+
+    def __init__(self, engine: Any, input_name: str, output_names: Sequence[str], slot: Any,
+                 chw: tuple[int, int, int]) -> None:
+        self.ctx = engine.create_execution_context()
+        if self.ctx is None:
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+        self.input_name, self.chw = input_name, chw
+        self.ctx.set_tensor_address(input_name, slot.input_ptr)
+        for name, ptr in zip(output_names, slot.output_ptrs):
+            self.ctx.set_tensor_address(name, ptr)
+        self._batch = 0
+
+    def execute(self, stream: Any, batch: int) -> None:
+        if batch != self._batch:
+            if not self.ctx.set_input_shape(self.input_name, (batch, *self.chw)):
+                raise BackendError(f"batch {batch} is outside the engine's optimization profile")
+            self._batch = batch
+        if not self.ctx.execute_async_v3(int(stream)):
+            raise BackendError("execute_async_v3 failed (see the TensorRT log)")
+
+
+class TensorRTBackend:
+    """``Backend`` + ``infer_frames``; ``submit_frames``/``collect`` for callers that pipeline."""
+
+    name = "tensorrt"
+
+    def __init__(self, engine: Any, precision: str, max_batch: int, width: int, height: int,
+                 input_name: str, output_names: Sequence[str], device: Any, num_slots: int = 2) -> None:
+        from daemon.backends.cuda import GpuPipeline, OutputSpec
+
+        trt = _trt()
+        self.engine, self.precision, self.max_batch = engine, precision, max_batch
+        self.width, self.height = width, height
+        self.output_names = list(output_names)
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        if inputs != [input_name] or set(self.output_names) - set(names):
+            raise BackendError(f"engine tensors {names} do not match the model ({input_name}, {output_names})")
+        # Output sizes at max batch: ask a context, since they depend on the input shape.
+        probe = engine.create_execution_context()
+        probe.set_input_shape(input_name, (max_batch, 3, height, width))
+        specs = []
+        for n in self.output_names:
+            shape = tuple(probe.get_tensor_shape(n))
+            dtype = trt.nptype(engine.get_tensor_dtype(n))
+            specs.append(OutputSpec(n, shape[1:], dtype))
+        del probe
+        chw = (3, height, width)
+        self.pipeline = GpuPipeline(
+            device, width, height, max_batch, specs,
+            lambda slot: _ContextExecutor(engine, input_name, self.output_names, slot, chw), num_slots)
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Letterboxed float32 NCHW -> raw head outputs; chunks of max_batch use alternating slots."""
+        outs: list[list[np.ndarray]] = []
+        in_flight: list[Any] = []
+        for i in range(0, batch.shape[0], self.max_batch):
+            if len(in_flight) >= self.pipeline.ring.n:
+                outs.append(self.pipeline.collect(in_flight.pop(0)))
+            in_flight.append(self.pipeline.submit_batch(batch[i:i + self.max_batch], timeout=None))
+        outs.extend(self.pipeline.collect(t) for t in in_flight)
+        return [np.concatenate([o[k] for o in outs]) for k in range(len(self.output_names))]
+
+    def submit_frames(self, images: Sequence[np.ndarray], infos: Sequence[Any], tags: Sequence[Any] | None = None) -> Any:
+        return self.pipeline.submit_frames(images, infos, tags, timeout=None)
+
+    def collect(self, ticket: Any) -> list[np.ndarray]:
+        return self.pipeline.collect(ticket)
+
+    def infer_frames(self, images: Sequence[np.ndarray], infos: Sequence[Any]) -> list[list[np.ndarray]]:
+        """Raw RGB uint8 frames -> per frame, its head outputs (each with batch dimension 1).
+        Chunks of ``max_batch`` go to alternating slots, so chunk k+1 copies while k computes."""
+        chunks = [range(i, min(i + self.max_batch, len(images))) for i in range(0, len(images), self.max_batch)]
+        results: list[list[np.ndarray]] = []
+        in_flight: list[tuple[Any, range]] = []
+        for ch in chunks:
+            if len(in_flight) >= self.pipeline.ring.n:
+                t, r = in_flight.pop(0)
+                results.extend(_split(self.collect(t), len(r)))
+            in_flight.append((self.submit_frames([images[i] for i in ch], [infos[i] for i in ch]), ch))
+        for t, r in in_flight:
+            results.extend(_split(self.collect(t), len(r)))
+        return results
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+
+def _split(outputs: list[np.ndarray], n: int) -> list[list[np.ndarray]]:
+    return [[o[i:i + 1] for o in outputs] for i in range(n)]
+
+
+def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_slots: int = 2,
+                            report: Callable[[str], None] = log.info,
+                            cancel: threading.Event | None = None) -> TensorRTBackend:
+    """Load the engine for this model from the cache, building it on a miss; warm it up.
+
+    ``model_path`` is the ONNX file to build from: the Q/DQ model (``target="tensorrt"``) for
+    ``int8``, the FP32 model for ``fp16``/``fp32``.
+    """
+    from daemon.backends.cuda import CudaDevice, cuda_unavailable_reason
+
+    trt = _trt()
+    why = cuda_unavailable_reason()
+    if why:
+        raise BackendError(f"model.backend: tensorrt needs a CUDA GPU: {why}")
+    device = CudaDevice(int(os.environ.get("DETECTD_CUDA_DEVICE", "0")))
+    onnx_path = Path(model_path)
+    max_batch = int(getattr(model_cfg, "max_batch", 1))
+    precision = str(getattr(model_cfg, "precision", "fp32"))
+    key = engine_key(onnx_path, precision, max_batch, info.width, info.height,
+                     str(trt.__version__), device.name, device.compute_capability)
+    cache = EngineCache(default_engine_dir(getattr(model_cfg, "cache_dir", None)))
+    logger = make_logger(trt)
+    runtime = trt.Runtime(logger)
+
+    loaded = cache.load_or_build(
+        key,
+        lambda: build_engine(onnx_path, precision, max_batch, timing_cache=cache.timing_cache_path(key),
+                             report=report, cancel=cancel, logger=logger),
+        runtime.deserialize_cuda_engine,
+    )
+    report(f"TensorRT engine {'built' if loaded.built else 'loaded'}: {loaded.plan_path}")
+    backend = TensorRTBackend(loaded.engine, precision, max_batch, info.width, info.height,
+                              info.input_name, info.output_names, device, num_slots)
+    backend._runtime = runtime  # type: ignore[attr-defined]  # outlives the engine
+    backend._logger = logger  # type: ignore[attr-defined]
+    # Warm-up: the daemon reports READY only after this returns.
+    backend.infer(np.full((1, 3, info.height, info.width), 0.5, np.float32))
+    return backend
