@@ -3,7 +3,14 @@
 One thread per stream decodes (``sources/``); this module's loop, on the main thread, takes fair
 batches from the scheduler, letterboxes them straight into a preallocated batch buffer, runs the
 backend, decodes boxes, publishes one message per frame and records every stage's time. Only
-that loop touches the ZeroMQ socket. Signal handlers only set flags (uvicorn's lesson).
+that loop touches the ZeroMQ socket. Signal handlers only set flags (uvicorn's lesson); the loop
+acts on them: SIGTERM/SIGINT drain and stop, SIGHUP reloads the config (streams added, removed
+or changed without touching the others), a second SIGINT exits at once.
+
+One more thread, the supervisor, polls every stream's reconnect policy a few times a second: it
+notices a stall while a source thread is blocked in a read, and exports the seconds since each
+stream's last frame. systemd's watchdog is fed from the main loop, and only while frames flow or
+every stream is legitimately waiting to reconnect.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import numpy as np
 from daemon import __version__
 from daemon.backends import Backend, choose_backend, create_backend
 from daemon.backends.base import warmup
-from daemon.config import Config, StreamConfig
+from daemon.config import Config, ConfigError, StreamConfig, load_config
 from daemon.frames import FrameResult
 from daemon.metrics import Metrics, MetricsServer
 from daemon.models.info import ModelInfo
@@ -34,6 +41,10 @@ from daemon.vision.letterbox import letterbox_frame
 from daemon.vision.yolo import postprocess
 
 log = logging.getLogger("detectd")
+
+SUPERVISE_INTERVAL = 0.25  # seconds between the supervisor's polls of every stream
+# Sections a reload cannot change in place: the model is loaded and warm, the sockets bound.
+RESTART_SECTIONS = ("model", "publish", "metrics", "preview")
 
 
 @dataclass
@@ -48,8 +59,14 @@ class _Window:
 
 class Daemon:
     def __init__(self, cfg: Config, *, backend: Backend | None = None, info: ModelInfo | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, config_path: str | os.PathLike[str] | None = None) -> None:
         self.cfg = cfg
+        self.config_path = config_path
+        self.reload_requested = threading.Event()
+        self.retired: list[StreamSource] = []  # removed by a reload, threads still finishing
+        self.frames_total = 0  # frames processed (published or not), for the watchdog
+        self._wd_frames = 0
+        self._supervisor: threading.Thread | None = None
         self.metrics = metrics or Metrics()
         self.stop_requested = threading.Event()
         self.force_exit = False
@@ -100,6 +117,8 @@ class Daemon:
         self.batch_buf = np.empty((self.cfg.model.max_batch, 3, h, w), np.float32)
         for s in self.cfg.streams:
             self.add_stream(s)
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._supervisor.start()
         self.ready = True
         self.metrics.ready.set(1)
         if self.notifier is not None:
@@ -117,13 +136,79 @@ class Daemon:
         self.sources[s.id] = src
         src.start()
 
-    def remove_stream(self, sid: str) -> None:
+    def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None:
+        """Stop a stream without waiting for its thread (a read may block for read_timeout):
+        the thread is retired, touches no metric or event any more, and ends on its own."""
         src = self.sources.pop(sid, None)
         if src is not None:
-            src.stop()
+            src.retire()
+            self.retired.append(src)
         dropped = self.scheduler.remove_stream(sid)
-        if dropped:
+        if forget_metrics:
+            self.metrics.remove_stream(sid)
+        elif dropped:
             self.metrics.frames_dropped.labels(sid, "shutdown").inc(dropped)
+        self.retired = [s for s in self.retired if not s.finished.is_set()]
+
+    def _supervise(self) -> None:
+        while not self.stop_requested.wait(SUPERVISE_INTERVAL):
+            now = time.monotonic()
+            for src in list(self.sources.values()):
+                try:
+                    src.supervise(now)
+                except Exception:  # never let one stream's surprise stop the supervision of all
+                    log.exception("stream %s: supervision failed", src.cfg.id)
+
+    # -- reload (SIGHUP) -------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the config file and apply what can change in place: streams added, removed
+        or changed (restarted), logging and shutdown settings. An invalid file changes nothing.
+        Model, publish, metrics and preview changes need a restart: logged, not applied."""
+        if self.notifier is not None:
+            self.notifier.reloading()
+        try:
+            ok = self._reload()
+        finally:
+            if self.notifier is not None:
+                self.notifier.ready()
+        self.metrics.config_reloads.labels("ok" if ok else "error").inc()
+        return ok
+
+    def _reload(self) -> bool:
+        if self.config_path is None:
+            log.warning("reload: no config file to re-read (started without --config)")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload: %s rejected, the running config is kept: %s", self.config_path,
+                      "; ".join(exc.problems))
+            return False
+        except Exception as exc:  # never let a reload take the daemon down
+            log.error("reload: %s rejected, the running config is kept: %s", self.config_path, exc)
+            return False
+        keep = [k for k in RESTART_SECTIONS if getattr(new, k) != getattr(self.cfg, k)]
+        if keep:
+            log.warning("reload: %s changed: that needs a restart (systemctl restart detectd); "
+                        "running on with the old %s settings", ", ".join(keep), ", ".join(keep))
+            new = new.model_copy(update={k: getattr(self.cfg, k) for k in keep})
+        old = {s.id: s for s in self.cfg.streams}
+        want = {s.id: s for s in new.streams}
+        removed = [sid for sid in old if sid not in want]
+        added = [sid for sid in want if sid not in old]
+        changed = [sid for sid in want if sid in old and want[sid] != old[sid]]
+        for sid in removed:
+            self.remove_stream(sid)
+        for sid in changed:
+            self.remove_stream(sid, forget_metrics=False)
+        self.cfg = new
+        for sid in changed + added:
+            self.add_stream(want[sid])
+        logging.getLogger().setLevel(new.logging.level.upper())
+        log.info("reload: streams added %s, removed %s, restarted %s, %d unchanged",
+                 added or "none", removed or "none", changed or "none",
+                 len(want) - len(added) - len(changed))
+        return True
 
     # -- the loop ------------------------------------------------------------------------
     def process(self, batch: list[Any]) -> None:
@@ -164,6 +249,7 @@ class Daemon:
             self.window.latencies.append(latency)
             for hook in self.hooks:
                 hook(result, labels)
+        self.frames_total += n
 
     def all_sources_finished(self) -> bool:
         return all(s.finished.is_set() for s in self.sources.values())
@@ -181,32 +267,44 @@ class Daemon:
 
     def run_loop(self) -> None:
         assert self.publisher is not None
-        interval = self.cfg.logging.status_interval
-        next_status = time.monotonic() + interval if interval else float("inf")
+        next_status = time.monotonic() + (self.cfg.logging.status_interval or float("inf"))
+        wd_interval = self.notifier.watchdog_interval() if self.notifier is not None else None
+        next_wd = time.monotonic()
         drain_deadline: float | None = None
+        drained = 0
         while True:
             if self.stop_requested.is_set() and drain_deadline is None:
                 drain_deadline = time.monotonic() + self.cfg.shutdown.drain_timeout
+                drained = self.frames_total
                 log.info("stopping: draining %d queued frames (deadline %.1fs)",
                          self.scheduler.pending(), self.cfg.shutdown.drain_timeout)
+                if self.notifier is not None:
+                    self.notifier.stopping()
                 for src in self.sources.values():
                     src.stop()
+            elif self.reload_requested.is_set() and drain_deadline is None:
+                self.reload_requested.clear()
+                self.reload()
             batch = self.scheduler.next_batch(timeout=0.1)
             if batch:
                 self.process(batch)
             self.publisher.flush_events()
             now = time.monotonic()
-            if self.notifier is not None and self.frames_flowing():
+            if wd_interval is not None and now >= next_wd and drain_deadline is None and self.watchdog_ok():
                 self.notifier.watchdog()
+                next_wd = now + wd_interval
             if now >= next_status:
                 self.status_line()
-                next_status = now + interval
+                interval = self.cfg.logging.status_interval
+                next_status = now + interval if interval else float("inf")
             if drain_deadline is not None:
                 if self.scheduler.pending() == 0 and self.all_sources_finished():
+                    log.info("drained: %d frames in flight published", self.frames_total - drained)
                     break
                 if now >= drain_deadline:
                     left = self.scheduler.pending()
-                    log.warning("drain deadline reached: %d frames not published", left)
+                    log.warning("drain deadline reached: %d frames published, %d not published",
+                                self.frames_total - drained, left)
                     break
             elif not batch and self.sources and self.all_sources_finished() and self.scheduler.pending() == 0:
                 log.info("every source has ended: exiting")
@@ -215,13 +313,24 @@ class Daemon:
     def frames_flowing(self) -> bool:
         return self.window.frames > 0 or self.scheduler.pending() > 0
 
+    def watchdog_ok(self) -> bool:
+        """Feed systemd's watchdog only while frames were processed since the last feed, or
+        every stream is legitimately idle (waiting to reconnect, or finished): an alive but
+        stuck daemon (a hung backend, a stream up but silent past its stall detection) gets
+        restarted by systemd."""
+        moved = self.frames_total != self._wd_frames
+        self._wd_frames = self.frames_total
+        return moved or all(s.idle_ok for s in self.sources.values())
+
     def shutdown(self) -> None:
+        self.stop_requested.set()  # also ends the supervisor
         if self.notifier is not None:
             self.notifier.stopping()
         for src in self.sources.values():
             src.stop()
-        for src in self.sources.values():
-            src.join(2.0)
+        deadline = time.monotonic() + 2.0
+        for src in [*self.sources.values(), *self.retired]:
+            src.join(max(0.0, deadline - time.monotonic()))
         self.scheduler.close()
         if self.publisher is not None:
             self.publisher.close()
@@ -241,10 +350,11 @@ class Daemon:
 
         signal.signal(signal.SIGINT, on_stop)
         signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGHUP, lambda _s, _f: self.reload_requested.set())
 
 
-def run(cfg: Config) -> int:
-    d = Daemon(cfg)
+def run(cfg: Config, config_path: str | os.PathLike[str] | None = None) -> int:
+    d = Daemon(cfg, config_path=config_path)
     d.install_signals()
     try:
         from daemon.systemd import Notifier

@@ -34,10 +34,24 @@ class StreamConfig(Strict):
     realtime: bool = False
     # Live/realtime sources: decoded frames older than this are dropped before inference.
     max_age_ms: float = Field(default=500.0, gt=0)
-    # Connected but no frame for this long -> stalled, reconnect.
+    # Live sources: connected but no frame for this long -> ``stalled``, the connection is
+    # dropped and reopened with backoff. Also bounds each blocking read (PyAV's read timeout is
+    # min(read_timeout, stall_timeout)). Files (realtime or not) are never declared stalled.
     stall_timeout: float = Field(default=10.0, gt=0)
+    # Seconds for av.open() (connect, RTSP handshake, probing) before the attempt fails.
     open_timeout: float = Field(default=10.0, gt=0)
+    # Seconds one blocking read may take (also FFmpeg's RTSP/HTTP socket ``timeout`` option).
     read_timeout: float = Field(default=10.0, gt=0)
+    # Reconnect backoff (live sources): the n-th consecutive failure waits
+    # uniform(0, min(backoff_cap, backoff_base * 2**n)) seconds ("full jitter"), never less than
+    # 0.1 s. ``attempts`` go back to 0 once the stream has delivered frames for ``stable_after``
+    # seconds after connecting, so a server that accepts and drops at once keeps backing off.
+    backoff_base: float = Field(default=0.5, gt=0)
+    backoff_cap: float = Field(default=30.0, gt=0)
+    stable_after: float = Field(default=10.0, ge=0)
+    # After the server refused the credentials (401/403): wait this long (plus up to 10%)
+    # before the next attempt, whatever the attempt count; retried forever (passwords get fixed).
+    auth_backoff: float = Field(default=60.0, gt=0)
     # Decoded frames waiting for inference, per stream. Full -> oldest dropped (live) or the
     # decoder waits (files with realtime: false, which never drop).
     queue_size: int = Field(default=2, ge=1, le=256)
@@ -58,6 +72,12 @@ class StreamConfig(Strict):
         if not v.strip():
             raise ValueError("url is empty")
         return v
+
+    @model_validator(mode="after")
+    def _backoff(self) -> "StreamConfig":
+        if self.backoff_cap < self.backoff_base:
+            raise ValueError(f"backoff_cap ({self.backoff_cap}) must be >= backoff_base ({self.backoff_base})")
+        return self
 
     @property
     def is_file(self) -> bool:

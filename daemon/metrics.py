@@ -26,6 +26,7 @@ STAGE_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
                    1.0, 1.5, 2.5, 5.0, 10.0)
 STREAM_STATES = ("connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped", "error")
+ERROR_KINDS = ("network", "auth", "eof", "decode", "stall", "timeout")
 DROP_REASONS = ("stale", "superseded", "queue_full", "corrupt", "zmq_hwm", "shutdown")
 
 
@@ -58,6 +59,23 @@ class Metrics:
                                      ["stream"], registry=r)
         self.stream_since_frame = Gauge("detectd_stream_seconds_since_frame",
                                         "Seconds since the stream's last decoded frame.", ["stream"], registry=r)
+        self.stream_errors = Counter("detectd_stream_errors_total",
+                                     "Connection failures per stream, by kind (network, auth, eof, "
+                                     "decode, stall, timeout).", ["stream", "kind"], registry=r)
+        self.stream_last_error = Gauge("detectd_stream_last_error_info",
+                                       "1 for the kind of the stream's last connection failure "
+                                       "(the message itself is in the logs and events: it may "
+                                       "name hosts).", ["stream", "kind"], registry=r)
+        self.stream_last_error_time = Gauge("detectd_stream_last_error_timestamp_seconds",
+                                            "Unix time of the stream's last connection failure.",
+                                            ["stream"], registry=r)
+        self.stream_backpressure = Gauge("detectd_stream_backpressure",
+                                         "1 while frames arrive faster than the pipeline takes "
+                                         "them (the stream's queue was full at its last frame); "
+                                         "not a stall.", ["stream"], registry=r)
+        self.config_reloads = Counter("detectd_config_reloads_total",
+                                      "SIGHUP config reloads, by result (ok, error).", ["result"],
+                                      registry=r)
         self.batch_size = Histogram("detectd_batch_size", "Frames per inference batch.",
                                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64), registry=r)
         self.detections = Counter("detectd_detections_total", "Detections published, per stream and label.",
@@ -76,13 +94,17 @@ class Metrics:
         self.stream_up.labels(stream).set(0)
         self.stream_reconnects.labels(stream)
         self.stream_attempts.labels(stream).set(0)
+        self.stream_backpressure.labels(stream).set(0)
+        for kind in ERROR_KINDS:
+            self.stream_errors.labels(stream, kind)
         for reason in DROP_REASONS:
             self.frames_dropped.labels(stream, reason)
         self.set_state(stream, "connecting")
 
     def remove_stream(self, stream: str) -> None:
         for m in (self.frames_decoded, self.frames_published, self.frame_latency, self.stream_up,
-                  self.stream_reconnects, self.stream_attempts, self.stream_since_frame):
+                  self.stream_reconnects, self.stream_attempts, self.stream_since_frame,
+                  self.stream_last_error_time, self.stream_backpressure):
             try:
                 m.remove(stream)
             except KeyError:
@@ -97,6 +119,19 @@ class Metrics:
                 self.stream_state.remove(stream, state)
             except KeyError:
                 pass
+        for kind in ERROR_KINDS:
+            for m in (self.stream_errors, self.stream_last_error):
+                try:
+                    m.remove(stream, kind)
+                except KeyError:
+                    pass
+
+    def set_last_error(self, stream: str, kind: str, at: float) -> None:
+        """Count a connection failure and make ``kind`` the stream's last error."""
+        self.stream_errors.labels(stream, kind).inc()
+        for k in ERROR_KINDS:
+            self.stream_last_error.labels(stream, k).set(1 if k == kind else 0)
+        self.stream_last_error_time.labels(stream).set(at)
 
     def set_state(self, stream: str, state: str) -> None:
         for s in STREAM_STATES:

@@ -8,8 +8,9 @@ Drop policy, every drop counted in ``detectd_frames_dropped_total{stream,reason}
   a frame is either fresh or gone.
 - files with ``realtime: false``: never dropped; a full queue makes the decoder wait.
 
-Batches are formed round-robin, one frame per stream per round, starting each batch at the stream
-after the one that started the previous batch, so a busy stream never starves another. Once one
+Batches are formed round-robin, one frame per stream per round, each take starting at the stream
+after the last one served (across batches too), so a busy stream never starves another and, with
+more streams than ``max_batch``, every stream gets the same share. Once one
 frame is in hand the scheduler waits at most ``max_wait`` for the batch to fill.
 """
 
@@ -78,16 +79,25 @@ class Scheduler:
             self.cond.notify_all()
             return True
 
+    def is_full(self, stream: str) -> bool:
+        """The stream's queue is full: its next frame pushes out an older one (live) or waits
+        (files). Sources report it to the reconnect policy as backpressure, not a stall."""
+        with self.cond:
+            q = self.queues.get(stream)
+            return q is not None and len(q.frames) >= q.size
+
     def pending(self) -> int:
         with self.cond:
             return sum(len(q.frames) for q in self.queues.values())
 
     def _take_round(self, batch: list[Frame], now: float) -> None:
         n = len(self.order)
+        start = self._rr % n
         for k in range(n):
             if len(batch) >= self.max_batch:
                 return
-            sid = self.order[(self._rr + k) % n]
+            pos = (start + k) % n
+            sid = self.order[pos]
             q = self.queues[sid]
             while q.frames:
                 f = q.frames.popleft()
@@ -95,6 +105,9 @@ class Scheduler:
                     self.metrics.frames_dropped.labels(sid, "stale").inc()
                     continue
                 batch.append(f)
+                # The next take starts after this stream: with more streams than max_batch,
+                # batches walk around the ring instead of favouring its first streams.
+                self._rr = (pos + 1) % n
                 break
 
     def next_batch(self, timeout: float) -> list[Frame]:
@@ -126,8 +139,6 @@ class Scheduler:
                     if now >= deadline or self.closed:
                         break
                     self.cond.wait(deadline - now)
-            if self.order:
-                self._rr = (self._rr + 1) % len(self.order)
             self.cond.notify_all()  # room freed for waiting decoders
         return batch
 

@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from daemon import app
 
     try:
-        return app.run(cfg)
+        return app.run(cfg, config_path=args.config)
     except OSError as exc:  # bind failures and the like: name the key, no traceback
         logging.getLogger("detectd").error("%s", exc)
         return 1
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("run", help="run the daemon", description=(
         "Run the daemon: decode the configured streams, detect, publish on ZeroMQ and serve "
-        "metrics. SIGINT/SIGTERM drain and exit 0; a second SIGINT forces exit."))
+        "metrics. SIGINT/SIGTERM drain and exit 0; a second SIGINT forces exit; SIGHUP re-reads "
+        "the config (streams added, removed or changed without touching the others)."))
     p.add_argument("--config", "-c", required=True, help="path of the YAML config")
     p.set_defaults(func=run)

@@ -3,18 +3,26 @@
 - Every packet is decoded (dropping packets before decoding breaks P/B frames); freshness is
   enforced on *decoded* frames by the scheduler.
 - A packet the decoder rejects is skipped and counted (``frames_dropped_total{reason="corrupt"}``);
-  the good frames around it still come through. A demuxer error mid-file resumes demuxing after
-  the bad data, up to a bound of consecutive errors.
+  the good frames around it still come through. A demuxer error resumes demuxing after the bad
+  data, up to a bound of consecutive errors.
 - Files: ``loop`` seeks back to the start; ``realtime`` paces frames at the file's own timestamps.
   Without ``realtime`` a file is decoded as fast as the pipeline takes it, with frame threading.
-- Live sources: RTSP over TCP with open/read timeouts; a lost stream is reopened after a delay
-  chosen by the reconnect policy (exponential backoff with full jitter, never giving up, never
-  spinning). Credentials in URLs never reach logs or events (``redact``).
+  A file that cannot be read (missing, not a video, cut before its index) is a permanent
+  ``error``: retrying cannot help.
+- Live sources: RTSP over TCP with open/read timeouts. When and whether to (re)connect is decided
+  by the pure state machine of ``policy.py`` (backoff with full jitter and a cap, long waits after
+  an authentication failure, stall detection); this module only turns its transitions into
+  metrics, ``events/<id>/`` messages and log lines. A blocking read is bounded by PyAV's
+  ``timeout=(open, read)``; a stall is noticed on time by :meth:`StreamSource.supervise`, called
+  by the daemon's supervisor thread, which asks the session to end.
+- Credentials in URLs never reach logs, events or metric labels (``daemon.redact``); metric labels
+  carry the stream id and fixed words only.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable, Protocol
@@ -24,16 +32,21 @@ import av
 from daemon.config import StreamConfig
 from daemon.frames import Frame
 from daemon.metrics import Metrics
-from daemon.sources.backoff import ReconnectPolicy, classify_error, redact
+from daemon.redact import redact_text, redact_url
+from daemon.sources.errors import classify_error
+from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
 
 log = logging.getLogger(__name__)
 
 EventFn = Callable[..., None]
 MAX_CONSECUTIVE_DEMUX_ERRORS = 50
+RETRYING = (State.BACKOFF, State.STALLED, State.AUTH_FAILED)
 
 
 class FrameSink(Protocol):
     def put(self, frame: Frame, stop: threading.Event | None = None) -> bool: ...
+
+    def is_full(self, stream: str) -> bool: ...
 
 
 class PermanentError(Exception):
@@ -51,7 +64,20 @@ def open_options(cfg: StreamConfig) -> dict[str, str]:
     return opts
 
 
+def policy_config(cfg: StreamConfig) -> PolicyConfig:
+    return PolicyConfig(
+        base=cfg.backoff_base, cap=max(cfg.backoff_cap, cfg.backoff_base), stable_after=cfg.stable_after,
+        auth_backoff=cfg.auth_backoff, stall_timeout=cfg.stall_timeout,
+        # av.open() is bounded by open_timeout, and FFmpeg's probing by the socket timeout: an
+        # attempt still in flight after both is hung, and the supervisor declares it stalled.
+        connect_timeout=cfg.open_timeout + cfg.read_timeout + 2.0,
+        restart_on_eof=not cfg.is_file,
+    )
+
+
 class StreamSource:
+    """One stream: a decoding thread driven by its :class:`ReconnectPolicy`."""
+
     def __init__(self, cfg: StreamConfig, sink: FrameSink, metrics: Metrics, on_event: EventFn,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
@@ -60,10 +86,15 @@ class StreamSource:
         self.on_event = on_event
         self.clock = clock
         self.stop_event = threading.Event()
-        self.policy = ReconnectPolicy(stall_timeout=cfg.stall_timeout)
+        self.policy = ReconnectPolicy(policy_config(cfg))
         self.finished = threading.Event()  # set when the thread has ended for good
+        self.retired = False  # removed by a reload: touch no metric or event any more
+        self.failed = False  # a permanent error (state "error")
         self.frame_index = 0
-        self.safe_url = redact(cfg.url)
+        self.safe_url = redact_url(cfg.url)
+        self._abort = threading.Event()  # the supervisor saw a stall: end the current session
+        self._announced_up = False  # an "up" event was sent for the current connection
+        self._lock = threading.Lock()  # transitions are applied by two threads
         self.thread = threading.Thread(target=self._run, name=f"source-{cfg.id}", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -71,126 +102,195 @@ class StreamSource:
         self.thread.start()
 
     def stop(self) -> None:
+        self.policy.stop(self.clock())
         self.stop_event.set()
+
+    def retire(self) -> None:
+        """Stop for good and leave the stream's metrics and events to a successor."""
+        self.retired = True
+        self.stop()
 
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)
 
-    # -- the thread ------------------------------------------------------------------------
-    def _event(self, event: str, reason: str | None = None, **extra: Any) -> None:
-        self.on_event(self.cfg.id, event, reason, **extra)
+    @property
+    def idle_ok(self) -> bool:
+        """No frames expected right now, legitimately: waiting to reconnect, or finished."""
+        return self.finished.is_set() or self.failed or self.policy.waiting_to_reconnect or \
+            self.policy.state in (State.ENDED, State.STOPPED)
 
-    def _set_state(self, state: str) -> None:
-        self.metrics.set_state(self.cfg.id, state)
-
-    def _run(self) -> None:
+    # -- supervision (another thread) -------------------------------------------------------
+    def supervise(self, now: float) -> None:
+        """Called every few hundred ms by the daemon's supervisor thread: exports the seconds
+        since the last frame and notices a stall while the source thread is blocked in a read."""
+        if self.retired:
+            return
         sid = self.cfg.id
+        since = self.policy.seconds_since_frame(now)
+        if since is not None:
+            self.metrics.stream_since_frame.labels(sid).set(round(since, 3))
+        self.metrics.stream_attempts.labels(sid).set(self.policy.attempts)
+        self.metrics.stream_backpressure.labels(sid).set(1 if self.policy.backpressure else 0)
+        if self.cfg.is_file or self.finished.is_set():
+            return  # local files do not stall; a slow pipeline only makes them wait
+        d = self.policy.poll(now)
+        if d.action is Action.STALL:
+            self._abort.set()  # the source thread leaves the session at its next packet/timeout
+            self._apply(d.transition)
+
+    # -- events and metrics ------------------------------------------------------------------
+    def _event(self, event: str, reason: str | None = None, **extra: Any) -> None:
+        if not self.retired:
+            self.on_event(self.cfg.id, event, reason, **extra)
+
+    def _apply(self, tr: Transition | None, **extra: Any) -> None:
+        """Turn one state change of the policy into metrics, events and a log line."""
+        if tr is None or self.retired:
+            return
+        sid = self.cfg.id
+        with self._lock:
+            self.metrics.set_state(sid, tr.new.value)
+            self.metrics.stream_attempts.labels(sid).set(self.policy.attempts)
+            if tr.new in RETRYING:
+                kind = "stall" if tr.new is State.STALLED else (self.policy.last_error_kind or "network")
+                self.metrics.set_last_error(sid, kind, time.time())
+                reason = tr.reason or kind
+                if self._announced_up:
+                    self._announced_up = False
+                    self._event("down", reason, state=tr.new.value)
+                if tr.new is State.STALLED:
+                    self._event("stalled", reason, state=tr.new.value)
+                elif tr.new is State.AUTH_FAILED:
+                    self._event("auth_failed", reason, state=tr.new.value)
+                delay = self.policy.next_delay(self.clock())
+                self._event("reconnecting", reason, state=tr.new.value, attempt=self.policy.attempts,
+                            delay=round(delay, 3))
+                log.warning("stream %s: %s; %s, reconnecting in %.2fs (attempt %d)", sid, reason,
+                            tr.new.value, delay, self.policy.attempts)
+            elif tr.new is State.ENDED:
+                self._event("ended", "end of file", state=tr.new.value)
+                log.info("stream %s: end of file after %d frames", sid, self.frame_index)
+
+    def _fail(self, reason: str) -> None:
+        """A permanent error: announce it and stop this stream (the others go on)."""
+        reason = redact_text(reason)
+        self.failed = True
+        log.error("stream %s: %s", self.cfg.id, reason)
+        if not self.retired:
+            self.metrics.set_state(self.cfg.id, "error")
+        self._event("error", reason, state="error")
+        self.policy.stop(self.clock())
+
+    # -- the thread ------------------------------------------------------------------------
+    def _run(self) -> None:
         try:
             while not self.stop_event.is_set():
-                now = self.clock()
-                self.policy.on_connect_attempt(now)
-                self._set_state("connecting")
-                try:
-                    ended = self._session()
-                except PermanentError as exc:
-                    log.error("stream %s: %s", sid, exc)
-                    self._set_state("error")
-                    self._event("error", str(exc))
-                    return
-                except Exception as exc:  # FFmpeg, OS and timeout errors: reconnect
-                    kind = classify_error(exc)
-                    if self.cfg.is_file and kind in ("not_found", "invalid"):
-                        reason = redact(f"{type(exc).__name__}: {exc}")
-                        log.error("stream %s: cannot read %s: %s", sid, self.safe_url, reason)
-                        self._set_state("error")
-                        self._event("error", reason)
-                        return
-                    ended = False
-                    self._lost(kind, exc)
-                if ended:
-                    self._set_state("ended")
-                    self._event("ended", "end of file")
-                    log.info("stream %s: end of file after %d frames", sid, self.frame_index)
-                    return
-                if self.stop_event.is_set():
+                d = self.policy.poll(self.clock())
+                if d.action is Action.CONNECT:
+                    self._attempt()
+                elif d.action is Action.WAIT:
+                    # Wake up at least twice a second: stop() is seen at once (Event), and a
+                    # delay shortened by an event is not overslept.
+                    self.stop_event.wait(min(max(d.delay, 0.01), 0.5))
+                elif d.action is Action.STALL:  # only if the supervisor has not polled yet
+                    self._apply(d.transition)
+                else:  # END, STOP
                     break
-                delay = self.policy.next_delay(self.clock())
-                self.metrics.stream_reconnects.labels(sid).inc()
-                self.metrics.stream_attempts.labels(sid).set(self.policy.attempts)
-                self._set_state("auth_failed" if self.policy.last_kind == "auth" else "backoff")
-                self._event("reconnecting", self.policy.last_error, attempt=self.policy.attempts,
-                            delay=round(delay, 3))
-                log.info("stream %s: reconnecting in %.2fs (attempt %d)", sid, delay, self.policy.attempts)
-                self.stop_event.wait(delay)
+        except Exception:  # a bug here must not die silently: say so, and mark the stream
+            log.exception("stream %s: source thread failed", self.cfg.id)
+            self.failed = True
+            if not self.retired:
+                self.metrics.set_state(self.cfg.id, "error")
         finally:
-            if not self.metrics_state_final():
-                self._set_state("stopped")
+            if not self.retired and not self.failed and self.policy.state is not State.ENDED:
+                self.metrics.set_state(self.cfg.id, "stopped")
             self.finished.set()
 
-    def metrics_state_final(self) -> bool:
-        v = self.metrics.stream_state.labels(self.cfg.id, "ended")._value.get()
-        e = self.metrics.stream_state.labels(self.cfg.id, "error")._value.get()
-        return bool(v or e)
-
-    def _lost(self, kind: str, exc: BaseException) -> None:
-        reason = redact(f"{type(exc).__name__}: {exc}") if str(exc) else kind
-        was_up = self.policy.state == "up"
-        self.policy.on_error(self.clock(), kind, reason)
-        self.metrics.stream_up.labels(self.cfg.id).set(0)
-        if was_up:
-            self._event("down", reason)
-        if kind == "auth":
-            self._event("auth_failed", reason)
-        log.warning("stream %s: %s (%s)", self.cfg.id, reason, kind)
+    def _attempt(self) -> None:
+        now = self.clock()
+        first = self.policy.connect_attempts_total == 0
+        self._abort.clear()
+        self._apply(self.policy.on_connect_attempt(now))
+        if not first and not self.retired:
+            self.metrics.stream_reconnects.labels(self.cfg.id).inc()
+        try:
+            outcome = self._session()
+        except PermanentError as exc:
+            self._fail(str(exc))
+            return
+        except Exception as exc:  # FFmpeg, OS and timeout errors
+            if self.stop_event.is_set():
+                return
+            if self.cfg.is_file:
+                # A local file that fails to open or read fails the same way next time.
+                self._fail(f"cannot read {self.safe_url}: {type(exc).__name__}: {exc}")
+                return
+            kind = "stall" if self._abort.is_set() else classify_error(exc)
+            self._apply(self.policy.on_error(self.clock(), kind, f"{type(exc).__name__}: {exc}"))
+            return
+        if self.stop_event.is_set():
+            return
+        if outcome == "end":
+            self._apply(self.policy.on_error(self.clock(), "eof", "end of file"))
+        elif outcome == "aborted":
+            self._apply(self.policy.on_error(self.clock(), "stall", "no frame in time"))
+        else:  # a live stream's demuxer ended: the server went away
+            self._apply(self.policy.on_error(self.clock(), "eof", "the stream ended"))
 
     def _open(self) -> Any:
         url = self.cfg.url[5:] if self.cfg.url.startswith("file:") else self.cfg.url
+        read_timeout = self.cfg.read_timeout
         if self.cfg.is_file:
-            import os
-
             if not os.path.exists(url):
                 raise PermanentError(f"file not found: {url}")
             if os.path.isdir(url):
                 raise PermanentError(f"is a directory, not a video: {url}")
+        else:
+            read_timeout = min(read_timeout, self.cfg.stall_timeout)
         try:
-            return av.open(url, options=open_options(self.cfg),
-                           timeout=(self.cfg.open_timeout, self.cfg.read_timeout))
+            return av.open(url, options=open_options(self.cfg), timeout=(self.cfg.open_timeout, read_timeout))
         except av.error.InvalidDataError as exc:
             if self.cfg.is_file:
                 raise PermanentError(f"not a readable video (cut before its index, or not a video): {url}: {exc}") from None
             raise
 
-    def _session(self) -> bool:
-        """One open-to-close run. True when a file reached its end for good."""
+    def _session(self) -> str:
+        """One open-to-close run: "end" (a file reached its end for good), "aborted" (a stall
+        seen by the supervisor), "stopped", or "eof" (a live stream ended)."""
         sid = self.cfg.id
         with self._open() as container:
             if not container.streams.video:
                 raise PermanentError(f"{self.safe_url} has no video stream")
+            if self.stop_event.is_set():
+                return "stopped"
+            self._apply(self.policy.on_connected(self.clock()))
             vstream = container.streams.video[0]
             if self.cfg.is_file and not self.cfg.realtime:
                 vstream.thread_type = "AUTO"  # frame threads: throughput over latency, files only
             rate = float(vstream.average_rate) if vstream.average_rate else 25.0
             pacer = _Pacer(rate, self.stop_event) if self.cfg.realtime and self.cfg.is_file else None
-            first = True
+            self._announced_up = False
             while True:
                 got_any = False
                 errors = 0
                 demux = container.demux(vstream)
                 while True:
                     if self.stop_event.is_set():
-                        return False
+                        return "stopped"
+                    if self._abort.is_set():
+                        return "aborted"
                     try:
                         packet = next(demux)
                     except StopIteration:
                         break
                     except (av.error.InvalidDataError, av.error.UndefinedError) as exc:
-                        if not self.cfg.is_file:
-                            raise
-                        # Bad bytes in a file: count, and resume demuxing past them.
+                        # Bad bytes: count, and resume demuxing past them.
                         errors += 1
                         self.metrics.frames_dropped.labels(sid, "corrupt").inc()
                         if errors > MAX_CONSECUTIVE_DEMUX_ERRORS:
-                            log.warning("stream %s: giving up on damaged data: %s", sid, exc)
+                            if not self.cfg.is_file:
+                                raise
+                            log.warning("stream %s: giving up on damaged data: %s", sid, redact_text(str(exc)))
                             break
                         demux = container.demux(vstream)
                         continue
@@ -200,27 +300,23 @@ class StreamSource:
                         frames = packet.decode()
                     except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as exc:
                         self.metrics.frames_dropped.labels(sid, "corrupt").inc()
-                        log.debug("stream %s: skipped a damaged packet: %s", sid, exc)
+                        self._apply(self.policy.on_error(self.clock(), "decode", str(exc)))
+                        log.debug("stream %s: skipped a damaged packet: %s", sid, redact_text(str(exc)))
                         continue
                     dt = time.perf_counter() - t0
                     for vf in frames:
-                        now = self.clock()
-                        if first:
-                            first = False
-                            self.policy.on_connected(now)
-                            self.policy.on_frame(now)
-                            self._set_state("up")
-                            self.metrics.stream_attempts.labels(sid).set(0)
-                            self._event("up", None, width=vf.width, height=vf.height)
+                        if not self._announced_up:
+                            self._announced_up = True
+                            self._event("up", None, state="up", width=vf.width, height=vf.height)
                             log.info("stream %s: up (%s, %dx%d)", sid, self.safe_url, vf.width, vf.height)
                         if pacer is not None and not pacer.wait(vf.time):
-                            return False
+                            return "stopped"
                         self._emit(vf, dt / max(1, len(frames)))
                         got_any = True
                 if self.stop_event.is_set():
-                    return False
+                    return "stopped"
                 if not self.cfg.is_file:
-                    raise EOFError("the stream ended")
+                    return "eof"
                 if self.cfg.loop and got_any:
                     container.seek(0)
                     if pacer is not None:
@@ -228,16 +324,19 @@ class StreamSource:
                     continue
                 if not got_any and self.frame_index == 0:
                     raise PermanentError(f"no decodable video frame in {self.safe_url}")
-                return True
+                return "end"
 
     def _emit(self, vf: Any, decode_seconds: float) -> None:
         now = self.clock()
-        self.policy.on_frame(now)
-        frame = Frame(stream=self.cfg.id, index=self.frame_index, width=vf.width, height=vf.height,
+        sid = self.cfg.id
+        self._apply(self.policy.on_frame(now, queue_full=self.sink.is_full(sid)))
+        frame = Frame(stream=sid, index=self.frame_index, width=vf.width, height=vf.height,
                       pts=vf.time, captured_at=time.time(), t_decoded=now, native=vf,
                       decode_seconds=decode_seconds)
         self.frame_index += 1
-        self.metrics.frames_decoded.labels(self.cfg.id).inc()
+        if self.retired:
+            return
+        self.metrics.frames_decoded.labels(sid).inc()
         self.metrics.stage_seconds.labels("decode").observe(decode_seconds)
         self.sink.put(frame, self.stop_event)
 
