@@ -186,11 +186,18 @@ def main() -> int:
     frames = decoded_frames(video, args.frames)
     frames360 = decoded_frames(video, args.frames, (640, 360))
 
-    rows: dict[str, list[float]] = {"bare_ort": [], "daemon": [], "opencv": []}
+    from daemon.config import CalibrationConfig
+    from daemon.quant.calibrate import ensure_int8_model
+
+    int8_model = ensure_int8_model(model, CalibrationConfig(), target="cpu")  # cached after first
+    rows: dict[str, list[float]] = {"bare_ort": [], "daemon": [], "opencv": [], "bare_ort_int8": [],
+                                    "daemon_int8": []}
     for r in range(args.rounds):  # interleaved rounds: drift on a shared machine hits all alike
         rows["bare_ort"].append(bench_bare_ort(model, info, frames, args.threads))
         rows["daemon"].append(bench_daemon(video, args.threads))
         rows["opencv"].append(bench_opencv(a.cfg, a.weights, frames, args.threads))
+        rows["bare_ort_int8"].append(bench_bare_ort(int8_model, info, frames, args.threads))
+        rows["daemon_int8"].append(bench_daemon(video, args.threads, "int8"))
         print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f} fps" for k, v in rows.items()), flush=True)
     fps = {k: float(np.median(v)) for k, v in rows.items()}
     over = bench_overhead(model, info, frames360)
@@ -199,14 +206,21 @@ def main() -> int:
     print(f"threads: {args.threads}; frames: demo video 640x272 ({args.frames} for bare ORT/OpenCV, all 250 for the daemon)")
     print(f"{'pipeline':<34}{'frames/s':>10}{'vs bare ORT':>14}")
     for k, label in (("bare_ort", "bare ONNX Runtime session.run"), ("daemon", "detectd end to end (fp32)"),
-                     ("opencv", "OpenCV DNN Darknet (+decode/NMS)")):
+                     ("opencv", "OpenCV DNN Darknet (+decode/NMS)"),
+                     ("bare_ort_int8", "bare ONNX Runtime, INT8 (cpu Q/DQ)"),
+                     ("daemon_int8", "detectd end to end (int8)")):
         print(f"{label:<34}{fps[k]:>10.1f}{fps[k] / fps['bare_ort']:>13.2f}x")
+    print(f"\nINT8 vs FP32: bare ORT {fps['bare_ort_int8'] / fps['bare_ort']:.2f}x frames/s, "
+          f"daemon {fps['daemon_int8'] / fps['daemon']:.2f}x frames/s; "
+          f"daemon INT8 vs bare ORT INT8 {fps['daemon_int8'] / fps['bare_ort_int8']:.2f}x")
     print("\nper-frame overhead besides decode and inference, 640x360 (ms):")
     for k, v in over.items():
         print(f"  {k:<12}{v:7.3f}")
     out = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "threads": args.threads,
            "fps": fps, "rounds": rows, "ratio_daemon_vs_bare": fps["daemon"] / fps["bare_ort"],
-           "ratio_opencv_vs_bare": fps["opencv"] / fps["bare_ort"], "overhead_ms_640x360": over}
+           "ratio_opencv_vs_bare": fps["opencv"] / fps["bare_ort"],
+           "ratio_daemon_int8_vs_fp32": fps["daemon_int8"] / fps["daemon"],
+           "throughput": [{"name": k, "fps": v, "rounds": rows[k]} for k, v in fps.items()], "overhead_ms_640x360": over}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.json}")
