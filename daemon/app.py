@@ -97,11 +97,9 @@ class Daemon:
                  self.info.width, self.info.height, len(self.info.labels))
 
     def start(self) -> None:
-        self.load_model()
-        assert self.backend is not None and self.info is not None
-        self.model_desc = {"name": self.info.path.stem, "precision": self.backend.precision,
-                           "backend": self.backend.name}
-        self.metrics.build_info.labels(__version__, self.backend.name, self.backend.precision).set(1)
+        # Sockets first, model second: a subscriber already waiting for the endpoint (a consumer
+        # started alongside, a test) connects while the model loads and misses no first message.
+        # READY=1 and /readyz still wait for the warm model.
         p = self.cfg.publish
         self.publisher = Publisher(p.endpoint, self.metrics, sndhwm=p.sndhwm, skip_empty=p.skip_empty,
                                    curve=p.curve)
@@ -113,6 +111,11 @@ class Daemon:
             raise OSError(f"metrics.listen: cannot listen on {self.cfg.metrics.listen}: {exc}") from exc
         self.http.start()
         log.info("metrics on http://%s:%d/metrics", host, self.http.port)
+        self.load_model()
+        assert self.backend is not None and self.info is not None
+        self.model_desc = {"name": self.info.path.stem, "precision": self.backend.precision,
+                           "backend": self.backend.name}
+        self.metrics.build_info.labels(__version__, self.backend.name, self.backend.precision).set(1)
         w, h = self.info.width, self.info.height
         self.batch_buf = np.empty((self.cfg.model.max_batch, 3, h, w), np.float32)
         for s in self.cfg.streams:

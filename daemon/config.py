@@ -36,7 +36,7 @@ class StreamConfig(Strict):
     max_age_ms: float = Field(default=500.0, gt=0)
     # Live sources: connected but no frame for this long -> ``stalled``, the connection is
     # dropped and reopened with backoff. Also bounds each blocking read (PyAV's read timeout is
-    # min(read_timeout, stall_timeout)). Files (realtime or not) are never declared stalled.
+    # min(read_timeout, stall_timeout + 1)). Files (realtime or not) are never declared stalled.
     stall_timeout: float = Field(default=10.0, gt=0)
     # Seconds for av.open() (connect, RTSP handshake, probing) before the attempt fails.
     open_timeout: float = Field(default=10.0, gt=0)
@@ -93,6 +93,14 @@ class CalibrationConfig(Strict):
     # "demo" = the demo video + photos; else an image list file, a directory, a video or URL.
     source: str = "demo"
     count: int = Field(default=500, ge=1, le=100000)
+    # Video sources: take every k-th decoded frame; 0 = spread `count` over the file.
+    every: int = Field(default=0, ge=0)
+    # Frames kept out of calibration to score INT8 against FP32 (mAP@0.5 agreement).
+    holdout: int = Field(default=50, ge=0)
+    # Clipping thresholds: percentile (default; see README "INT8"), entropy (TensorRT's
+    # EntropyCalibrator2, KL divergence), mse, max.
+    method: Literal["percentile", "entropy", "mse", "max"] = "percentile"
+    percentile: float = Field(default=99.99, gt=50, le=100)
 
 
 class ModelConfig(Strict):

@@ -246,7 +246,9 @@ class StreamSource:
             if os.path.isdir(url):
                 raise PermanentError(f"is a directory, not a video: {url}")
         else:
-            read_timeout = min(read_timeout, self.cfg.stall_timeout)
+            # A little over stall_timeout: the supervisor declares the stall first (with a clear
+            # reason), and the blocked read ends soon after even if nobody else notices.
+            read_timeout = min(read_timeout, self.cfg.stall_timeout + 1.0)
         try:
             return av.open(url, options=open_options(self.cfg), timeout=(self.cfg.open_timeout, read_timeout))
         except av.error.InvalidDataError as exc:
