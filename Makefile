@@ -3,24 +3,38 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= config.yaml
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: run test venv sysdeps bench clean
+.PHONY: run test venv venv-test sysdeps bench clean
 
-venv: $(STAMP)
-
-# Re-run pip whenever the project's dependencies change.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+# Debian's python3 needs python3-venv (ensurepip) for `python3 -m venv`: install it when missing.
+$(BIN)/python:
+	@$(PY) -c 'import ensurepip, venv' 2>/dev/null || { \
+	  echo "installing python3-venv (Debian) for 'python3 -m venv'"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-venv >/dev/null; }
+	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime dependencies only; re-run pip whenever pyproject.toml changes.
+$(RUN_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+# Plus what the tests and benchmarks need (OpenCV as an independent reference, playwright, ...).
+$(TEST_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
-	touch $(STAMP)
+	touch $@ $(RUN_STAMP)
+
+venv: $(RUN_STAMP)
+venv-test: $(TEST_STAMP)
 
 run: venv
 	$(BIN)/detectd fetch-model
 	$(BIN)/detectd run --config $(CONFIG)
 
-# Debian packages the tests need (RTSP server, Prometheus, Chromium, ...), installed when missing.
+# Debian packages the tests need (RTSP server, Prometheus, Chromium, systemd-analyze), when missing.
 sysdeps:
 	@pkgs=$$(grep -v '^#' .ci/apt-packages.txt | xargs); \
 	missing=""; for p in $$pkgs; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -30,11 +44,13 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-test: venv sysdeps
+# pytest exits 5 when it collected no test: a broken suite, not a pass.
+test: venv-test sysdeps
 	$(BIN)/detectd fetch-model
-	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
-bench: venv
+bench: venv-test
 	$(BIN)/python bench/e2e.py
 
 clean:

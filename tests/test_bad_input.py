@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, free_port
@@ -64,87 +65,125 @@ def test_run_with_invalid_config_exits_2(tmp_path: Path) -> None:
     assert r.returncode == 2 and "streams[0].fps: unknown key" in r.stderr
 
 
-def _make_bad_media(tmp: Path, demo: Path) -> dict[str, Path]:
+def _remux(src_path: Path, dst_path: Path, fmt: str | None = None, damage: set[int] = frozenset()) -> None:
+    """Copy the demo's H.264 packets into another container; packets whose index is in
+    ``damage`` get random bytes of the same size (the decoder rejects them)."""
+    rng = np.random.default_rng(7)
+    with av.open(str(src_path)) as src, av.open(str(dst_path), "w", format=fmt) as dst:
+        vin = src.streams.video[0]
+        vout = dst.add_stream_from_template(vin)
+        for i, packet in enumerate(p for p in src.demux(vin) if p.dts is not None):
+            if i in damage:
+                bad = av.Packet(rng.integers(0, 256, packet.size, np.uint8).tobytes())
+                bad.pts, bad.dts, bad.time_base = packet.pts, packet.dts, packet.time_base
+                packet = bad
+            packet.stream = vout
+            dst.mux(packet)
+
+
+def decodable_frames(path: Path) -> tuple[int, int]:
+    """(frames, packets rejected) decoding ``path`` independently, packet by packet."""
+    frames = errors = 0
+    with av.open(str(path)) as c:
+        for packet in c.demux(video=0):
+            try:
+                frames += len(packet.decode())
+            except av.FFmpegError:
+                errors += 1
+    return frames, errors
+
+
+@pytest.fixture(scope="module")
+def broken_run(tmp_path_factory: pytest.TempPathFactory, fp32_onnx: Path, demo_video: Path) -> Any:
+    """One daemon with one good stream and every kind of broken one."""
+    import socket
+
+    from tests.conftest import DaemonProc, write_config
+
+    tmp = tmp_path_factory.mktemp("bad")
     notvideo = tmp / "notes.mp4"
     notvideo.write_text("this is not a video\n" * 100)
-    # An MP4 whose index (moov, written last) is cut off.
     full = tmp / "full.mp4"
-    with av.open(str(demo)) as src, av.open(str(full), "w") as dst:
-        vin = src.streams.video[0]
-        vout = dst.add_stream_from_template(vin)
-        for packet in src.demux(vin):
-            if packet.dts is None:
-                continue
-            packet.stream = vout
-            dst.mux(packet)
+    _remux(demo_video, full)  # MP4: the index (moov) is written last
     cut = tmp / "cut.mp4"
-    data = full.read_bytes()
-    cut.write_bytes(data[: len(data) // 2])
-    # MPEG-TS with damaged packets in the middle: the rest must still decode.
-    ts = tmp / "good.ts"
-    with av.open(str(demo)) as src, av.open(str(ts), "w", format="mpegts") as dst:
-        vin = src.streams.video[0]
-        vout = dst.add_stream_from_template(vin)
-        for packet in src.demux(vin):
-            if packet.dts is None:
-                continue
-            packet.stream = vout
-            dst.mux(packet)
-    raw = bytearray(ts.read_bytes())
-    n = len(raw) // 188
-    for k in range(n // 3, n // 3 + 40, 2):  # scramble payloads of 20 TS packets
-        raw[k * 188 + 4: (k + 1) * 188] = bytes((i * 37 + k) & 0xFF for i in range(184))
-    bad_ts = tmp / "damaged.ts"
-    bad_ts.write_bytes(bytes(raw))
-    return {"notvideo": notvideo, "cut": cut, "damaged": bad_ts}
-
-
-def test_broken_streams_never_stop_the_others(run_daemon: Any, demo_video: Path, tmp_path: Path) -> None:
-    media = _make_bad_media(tmp_path, demo_video)
-    with av.open(str(media["damaged"])) as c:
-        decodable = 0
-        try:
-            for _ in c.decode(video=0):
-                decodable += 1
-        except av.FFmpegError:
-            pass
-    dead_port = free_port()
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    damaged = tmp / "damaged.mkv"
+    _remux(demo_video, damaged, "matroska", damage=set(range(60, 200, 7)))
+    # "Unreachable": a port that refuses, and one that accepts TCP and never answers RTSP.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(16)
     streams = [
         {"id": "good", "url": str(demo_video)},
-        {"id": "missing", "url": str(tmp_path / "nope.mp4")},
-        {"id": "notvideo", "url": str(media["notvideo"])},
-        {"id": "cut", "url": str(media["cut"])},
-        {"id": "damaged", "url": str(media["damaged"])},
-        {"id": "rtsp", "url": f"rtsp://user:secret@127.0.0.1:{dead_port}/cam", "open_timeout": 2,
-         "read_timeout": 2},
+        {"id": "missing", "url": str(tmp / "nope.mp4")},
+        {"id": "notvideo", "url": str(notvideo)},
+        {"id": "cut", "url": str(cut)},
+        {"id": "damaged", "url": str(damaged)},
+        {"id": "refused", "url": f"rtsp://user:secret@127.0.0.1:{free_port()}/cam",
+         "open_timeout": 2, "read_timeout": 2},
+        {"id": "silent", "url": f"rtsp://127.0.0.1:{blackhole.getsockname()[1]}/cam",
+         "open_timeout": 2, "read_timeout": 2},
     ]
-    d = run_daemon(streams, wait=False)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        d.collect(0.5)
-        ends = {s for s in ("good", "damaged") if any(e["event"] == "ended" for e in events_of(d.messages, s))}
-        if ends == {"good", "damaged"}:
-            break
-    d.collect(2)
-    text = d.scrape()
-    d.signal(signal.SIGTERM)
-    assert d.proc.wait(20) == 0, d.log()
-    log = d.log()
+    path, cfg = write_config(tmp / "bad.yaml", streams)
+    d = DaemonProc(path, cfg)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            d.collect(0.5)
+            ended = {s for s in ("good", "damaged")
+                     if any(e["event"] == "ended" for e in events_of(d.messages, s))}
+            silent_retries = [e for e in events_of(d.messages, "silent") if e["event"] == "reconnecting"]
+            if ended == {"good", "damaged"} and silent_retries:
+                break
+        d.collect(2)
+        d.metrics_text = d.scrape()
+        d.signal(signal.SIGTERM)
+        d.rc = d.proc.wait(20)
+        d.log_text = d.log()
+        d.damaged_path = damaged
+        yield d
+    finally:
+        blackhole.close()
+        d.close()
 
-    assert len(detections_of(d.messages, "good")) == 250
-    # The damaged file: every frame the decoder could make is published, the damage counted.
-    damaged = detections_of(d.messages, "damaged")
-    assert len(damaged) >= min(decodable, 200), (len(damaged), decodable)
-    for sid, words in (("missing", "file not found"), ("notvideo", "not a readable video"),
-                       ("cut", "not a readable video")):
-        errs = [e for e in events_of(d.messages, sid) if e["event"] == "error"]
-        assert errs and words in errs[0]["reason"], (sid, events_of(d.messages, sid))
-        assert f"stream {sid}:" in log
-        assert not detections_of(d.messages, sid)
-    rt = events_of(d.messages, "rtsp")
-    assert any(e["event"] == "reconnecting" for e in rt), rt
-    assert sample(text, "detectd_stream_reconnects_total", stream="rtsp") >= 1
-    assert sample(text, "detectd_stream_up", stream="rtsp") == 0
-    # Credentials never leave the process.
-    assert "secret" not in log
-    assert all("secret" not in str(e) for e in rt)
+
+def test_good_stream_unaffected_and_clean_exit(broken_run: Any) -> None:
+    assert broken_run.rc == 0, broken_run.log_text
+    assert len(detections_of(broken_run.messages, "good")) == 250
+
+
+@pytest.mark.parametrize("sid, words", [
+    ("missing", "file not found"),
+    ("notvideo", "not a readable video"),
+    ("cut", "not a readable video"),
+])
+def test_unreadable_file_is_an_error_naming_the_stream(broken_run: Any, sid: str, words: str) -> None:
+    errs = [e for e in events_of(broken_run.messages, sid) if e["event"] == "error"]
+    assert errs and words in errs[0]["reason"], (sid, events_of(broken_run.messages, sid))
+    assert f"stream {sid}:" in broken_run.log_text
+    assert not detections_of(broken_run.messages, sid)
+
+
+def test_damaged_packets_skipped_and_counted_good_frames_published(broken_run: Any) -> None:
+    frames, rejected = decodable_frames(broken_run.damaged_path)
+    assert rejected >= 1, "the fixture must really contain packets the decoder rejects"
+    published = detections_of(broken_run.messages, "damaged")
+    assert len(published) == frames, (len(published), frames)
+    corrupt = sample(broken_run.metrics_text, "detectd_frames_dropped_total", stream="damaged", reason="corrupt")
+    assert corrupt == rejected
+    assert any(e["event"] == "ended" for e in events_of(broken_run.messages, "damaged"))
+
+
+@pytest.mark.parametrize("sid", ["refused", "silent"])
+def test_unreachable_rtsp_retries_without_blocking_others(broken_run: Any, sid: str) -> None:
+    ev = events_of(broken_run.messages, sid)
+    assert any(e["event"] == "reconnecting" for e in ev), ev
+    assert sample(broken_run.metrics_text, "detectd_stream_reconnects_total", stream=sid) >= 1
+    assert sample(broken_run.metrics_text, "detectd_stream_up", stream=sid) == 0
+    assert not detections_of(broken_run.messages, sid)
+
+
+def test_credentials_never_leave_the_process(broken_run: Any) -> None:
+    assert "secret" not in broken_run.log_text
+    assert "secret" not in broken_run.metrics_text
+    assert all("secret" not in str(m) for _, m in broken_run.messages)

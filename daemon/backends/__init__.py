@@ -28,6 +28,9 @@ def choose_backend(requested: str) -> tuple[str, str]:
 
 def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any) -> Backend:
     if name == "onnxruntime":
+        if model_cfg.precision == "fp16":
+            raise BackendError("model.precision: fp16 exists for TensorRT engines only; "
+                               "use fp32 or int8 with onnxruntime")
         from daemon.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(model_path, info.input_name, info.output_names,

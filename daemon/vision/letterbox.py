@@ -3,8 +3,8 @@
 The pixels are touched twice in all: libswscale (through PyAV's ``reformat``) scales *and*
 converts the decoder's YUV to RGB in one pass, and one numpy ufunc call converts uint8 HWC to
 float32 CHW, scales by 1/255 and writes straight into the padded network input (which may be a
-slice of a batch buffer, so batching costs no extra copy). The grey border is written once per
-buffer and geometry, not per frame.
+slice of a batch buffer, so batching costs no extra copy). Only the border strips are painted
+grey, never the whole buffer.
 
 Padding is 0.5, Darknet's own ``letterbox_image`` grey, so detections match Darknet/OpenCV.
 """
