@@ -349,9 +349,12 @@ class _Pacer:
     def __init__(self, rate: float, stop: threading.Event) -> None:
         self.period = 1.0 / rate if rate > 0 else 0.04
         self.stop = stop
+        self.due: float | None = None  # when the last frame was due
         self.reset()
 
     def reset(self) -> None:
+        """Start over (a loop back to the start): the next frame comes one period after the last
+        one, as from a camera, not at once (which would run a looped file fast)."""
         self.t0: float | None = None
         self.pts0 = 0.0
         self.n = 0
@@ -359,11 +362,13 @@ class _Pacer:
     def wait(self, pts: float | None) -> bool:
         now = time.monotonic()
         if self.t0 is None:
-            self.t0, self.pts0 = now, pts or 0.0
+            self.t0 = now if self.due is None else max(now, self.due + self.period)
+            self.pts0 = pts or 0.0
         # Missing or non-increasing timestamps fall back to the nominal frame rate.
         offset = (pts - self.pts0) if pts is not None and pts >= self.pts0 else self.n * self.period
         self.n += 1
-        delay = self.t0 + offset - now
+        self.due = self.t0 + offset
+        delay = self.due - now
         if delay > 0:
             return not self.stop.wait(delay)
         return not self.stop.is_set()
