@@ -61,6 +61,11 @@ def resolve_model(cfg: ModelConfig, target: str = "cpu", progress: bool = True) 
     if cfg.precision == "int8":
         from daemon.quant.calibrate import ensure_int8_model
 
-        return Path(ensure_int8_model(path, cfg.calibration, target=target,
-                                      cache_dir=cfg.cache_dir))
+        from daemon.models import assets
+
+        # Always in detectd's own cache (writable under systemd's CacheDirectory), never beside
+        # a user's model file, which may sit on a read-only path.
+        int8_dir = assets.cache_dir(cfg.cache_dir) / "models"
+        int8_dir.mkdir(parents=True, exist_ok=True)
+        return Path(ensure_int8_model(path, cfg.calibration, target=target, cache_dir=int8_dir))
     return path
