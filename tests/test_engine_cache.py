@@ -28,7 +28,9 @@ def key(**over: object) -> EngineKey:
     base = dict(onnx_sha256=SHA, tensorrt_version="10.13.0", gpu_name="NVIDIA H100 80GB HBM3",
                 compute_capability="9.0", precision="int8", max_batch=4,
                 preprocess={"width": 416, "height": 416, "pad": 0.5, "scaler": "swscale-bilinear"},
-                model_name="yolov3-tiny")
+                model_name="yolov3-tiny",
+                build={"strongly_typed": True, "flags": [], "onnx_transform": None,
+                       "fp16_transform_version": None})
     base.update(over)
     return EngineKey(**base)  # type: ignore[arg-type]
 
@@ -41,6 +43,10 @@ def key(**over: object) -> EngineKey:
     ("precision", "fp16"),
     ("max_batch", 8),
     ("preprocess", {"width": 608, "height": 608, "pad": 0.5, "scaler": "swscale-bilinear"}),
+    ("build", {"strongly_typed": False, "flags": ["FP16", "INT8"], "onnx_transform": None,
+               "fp16_transform_version": None}),
+    ("build", {"strongly_typed": True, "flags": [], "onnx_transform": "fp16", "fp16_transform_version": 3}),
+    ("key_format", 1),
 ])
 def test_every_field_changes_the_key(field: str, value: object) -> None:
     a, b = key(), key(**{field: value})
@@ -229,6 +235,18 @@ def test_default_dir_prefers_systemd_cache_directory(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("CACHE_DIRECTORY")
     assert default_engine_dir() == tmp_path / "own" / "engines"
     assert default_engine_dir(tmp_path / "x") == tmp_path / "x" / "engines"
+
+
+def test_key_file_of_the_previous_format_is_a_miss(tmp_path: Path) -> None:
+    # A key file written before the recipe joined the key (format 1, no "build") must not hit.
+    cache = EngineCache(tmp_path)
+    cache.store(key(), b"plan")
+    meta = json.loads(cache.key_path(key()).read_text())
+    del meta["key"]["build"]
+    meta["key"]["key_format"] = 1
+    cache.key_path(key()).write_text(json.dumps(meta))
+    found = cache.lookup(key())
+    assert not found.hit and "build" in found.reason and "key_format" in found.reason
 
 
 def test_key_is_a_frozen_value() -> None:

@@ -30,13 +30,16 @@ def ok() -> None:
     (ok, ok, "tensorrt", "tensorrt imports and a CUDA GPU"),
     (lambda: "no CUDA device", ok, "onnxruntime", "no GPU (no CUDA device)"),
     (ok, lambda: "the tensorrt package does not import", "onnxruntime", "a GPU is present but"),
-    (lambda: "cuda-python is not installed", lambda: "nope", "onnxruntime", "no GPU"),
+    (lambda: "cuda-python is not installed (No module named 'cuda')", lambda: "nope", "onnxruntime",
+     "cannot look for a GPU: cuda-python is not installed"),
 ])
 def test_auto_selection(gpu, trt, expected: str, why: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="daemon.backends.select"):
         sel = select_backend("auto", tensorrt_probe=trt, gpu_probe=gpu)
     assert sel.backend == expected and why in sel.reason
     assert expected in caplog.text and why in caplog.text
+    if "cuda-python" in why:
+        assert "no GPU" not in sel.reason  # missing cuda-python says nothing about the GPU
 
 
 @pytest.mark.parametrize("name", ["onnxruntime", "tensorrt"])
@@ -207,8 +210,10 @@ def test_build_recipe_per_version() -> None:
     assert r11.strongly_typed and r11.flags == () and r11.onnx_transform is None
     assert build_recipe(11, "fp16").onnx_transform == "fp16"
     assert build_recipe(11, "fp32").flags == ()
-    r10 = build_recipe(10, "int8")
-    assert not r10.strongly_typed and set(r10.flags) == {"INT8", "FP16"}
+    r10 = build_recipe(10, "int8")  # STRONGLY_TYPED exists in every 10.x
+    assert r10.strongly_typed and r10.flags == ()
+    r10w = build_recipe(10, "int8", strongly_typed_available=False)
+    assert not r10w.strongly_typed and set(r10w.flags) == {"INT8", "FP16"}
     assert build_recipe(10, "fp16").flags == ("FP16",)
     assert build_recipe(10, "fp32").flags == ()
     with pytest.raises(ValueError):
@@ -222,9 +227,9 @@ def test_fp16_copy_runs_and_agrees_with_fp32() -> None:
     from daemon.backends.tensorrt import to_fp16_onnx
     from daemon.models.assets import cache_dir
 
-    models = sorted((cache_dir() / "models").glob("yolov3-tiny-*.onnx"))
+    models = _fp32_models()
     if not models:
-        pytest.skip("no exported YOLOv3-Tiny ONNX in the cache (run `detectd export-onnx`)")
+        pytest.skip("no exported FP32 YOLOv3-Tiny ONNX in the cache (run `detectd export-onnx`)")
     data = models[0].read_bytes()
     fp32, fp16 = ort.InferenceSession(data), ort.InferenceSession(to_fp16_onnx(data))
     name = fp32.get_inputs()[0].name
@@ -233,6 +238,67 @@ def test_fp16_copy_runs_and_agrees_with_fp32() -> None:
     for a, b in zip(fp32.run(None, {name: x}), fp16.run(None, {name: x})):
         assert b.dtype == np.float32 and a.shape == b.shape
         assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+
+
+def _fp32_models() -> list[Path]:
+    """Exported FP32 models only: the cache also holds INT8 Q/DQ variants (``*.int8-*.onnx``)."""
+    import onnx
+
+    from daemon.backends.tensorrt import qdq_node_count
+    from daemon.models.assets import cache_dir
+
+    out = []
+    for p in sorted((cache_dir() / "models").glob("yolov3-tiny-*.onnx")):
+        if ".int8-" in p.name or qdq_node_count(onnx.load(str(p), load_external_data=False)):
+            continue
+        out.append(p)
+    return out
+
+
+def _qdq_models() -> list[Path]:
+    from daemon.models.assets import cache_dir
+
+    return sorted((cache_dir() / "models").glob("yolov3-tiny-*.int8-*.onnx"))
+
+
+def test_fp16_transform_refuses_qdq_models() -> None:
+    from daemon.backends.tensorrt import to_fp16_onnx
+
+    models = _qdq_models()
+    if not models:
+        pytest.skip("no INT8 Q/DQ model in the cache (run `detectd calibrate`)")
+    with pytest.raises(ValueError, match="QuantizeLinear/DequantizeLinear"):
+        to_fp16_onnx(models[0].read_bytes())
+
+
+def test_int8_build_refuses_a_model_without_qdq(tmp_path: Path) -> None:
+    """Checked before TensorRT is touched, so it runs here: the error names the file."""
+    from daemon.backends.base import BackendError
+    from daemon.backends.tensorrt import check_int8_model
+
+    models = _fp32_models()
+    if not models:
+        pytest.skip("no exported FP32 YOLOv3-Tiny ONNX in the cache")
+    with pytest.raises(BackendError, match=f"{models[0].name}.*no QuantizeLinear/DequantizeLinear"):
+        check_int8_model(models[0])
+    for q in _qdq_models():
+        check_int8_model(q)  # a Q/DQ model passes
+
+
+def test_engine_key_includes_recipe(tmp_path: Path) -> None:
+    from daemon.backends.engine_cache import KEY_FORMAT
+    from daemon.backends.tensorrt import build_recipe, engine_key
+
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"model")
+    args = (onnx_file, "int8", 4, 416, 416, "10.13.0", "NVIDIA H100", "9.0")
+    strong = engine_key(*args, recipe=build_recipe(10, "int8"))
+    weak = engine_key(*args, recipe=build_recipe(10, "int8", strongly_typed_available=False))
+    assert strong != weak and strong.digest() != weak.digest()
+    assert strong.build["strongly_typed"] is True and weak.build["flags"] == ["FP16", "INT8"]
+    assert KEY_FORMAT >= 2 and strong.key_format == KEY_FORMAT
+    fp16 = engine_key(onnx_file, "fp16", 4, 416, 416, "11.0.0", "NVIDIA H100", "9.0")
+    assert fp16.build["onnx_transform"] == "fp16" and fp16.build["fp16_transform_version"] >= 1
 
 
 def test_build_engine_without_tensorrt_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,7 +6,8 @@
   which order), pure Python, so that a result can never be attributed to the wrong frame; it is
   tested on the CPU.
 - :class:`GpuPipeline` owns N >= 2 slots, each with its own CUDA stream, pinned host staging
-  for raw uint8 RGB frames, device buffers for the network input and outputs, pinned host output
+  for the raw uint8 frames (the decoder's yuv420p/nv12 planes, 1.5 bytes per pixel, through
+  :meth:`GpuPipeline.submit_yuv`; or RGB24), device buffers for the network input and outputs, pinned host output
   buffers and a completion event. A submission copies the raw frames (one byte per channel) to the
   device, letterboxes them there with the NVRTC-compiled kernel of ``daemon.vision.gpu_letterbox``
   straight into the network input, runs the slot's executor (a TensorRT execution context, or a
@@ -375,6 +376,7 @@ class GpuPipeline:
             slot.executor = make_executor(slot) if make_executor else None
             self.slots.append(slot)
         self._closed = False
+        self.last_h2d_bytes = 0  # raw bytes the last submit_yuv/submit_frames copied to the device
 
     # -- submission ---------------------------------------------------------------------------
 
@@ -418,11 +420,75 @@ class GpuPipeline:
                 offsets.append(off)
                 off += size
             self.device.h2d(slot.staging_dev, slot.staging_ptr, off, slot.stream)
+            self.last_h2d_bytes = off
             for b, (img, info, o) in enumerate(zip(images, infos, offsets)):
                 self.letterbox.enqueue(
                     slot.staging_dev + o, img.shape[1], img.shape[0], img.shape[1] * 3,
                     slot.input_ptr + b * self._image_floats * 4, self.width, self.height, info,
                     slot.stream)
+
+        return self._submit(n, tags, timeout, fill)
+
+    def submit_yuv(self, frames: Sequence[Any], infos: Sequence[Any] | None = None,
+                   tags: Sequence[Hashable] | None = None, timeout: float | None = None) -> Ticket:
+        """Decoded frames as they come from the decoder -> a ticket.
+
+        ``frames``: PyAV ``VideoFrame``s, or ``(y, u, v)`` tuples of uint8 planes (yuv420p). A
+        yuv420p or nv12 frame crosses the bus as its planes (1.5 bytes per pixel) and the
+        colour conversion runs in the kernel (``daemon.vision.gpu_letterbox``); a frame of any
+        other pixel format is converted to RGB24 on the CPU (``to_ndarray(format="rgb24")``)
+        and takes the RGB kernel (3 bytes per pixel). ``infos``: one ``LetterboxInfo`` per
+        frame, or None to compute them. A batch may mix formats and sizes.
+        """
+        from daemon.vision.gpu_letterbox import yuv_planes
+        from daemon.vision.letterbox import letterbox_params
+
+        n = len(frames)
+        if not 1 <= n <= self.max_batch or (infos is not None and len(infos) != n):
+            raise ValueError(f"need 1..{self.max_batch} frames (and one LetterboxInfo each), got {n}")
+        planes: list[tuple[str, list[np.ndarray], int, int]] = []  # kind, arrays, w, h
+        for f in frames:
+            if isinstance(f, tuple) or getattr(getattr(f, "format", None), "name", None) in ("yuv420p", "nv12"):
+                fmt, y, u, v = yuv_planes(f)
+                planes.append((fmt, [y, u] + ([v] if v is not None else []), y.shape[1], y.shape[0]))
+            elif isinstance(f, np.ndarray):
+                if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+                    raise ValueError(f"expected RGB uint8 HxWx3 arrays, got {f.dtype} {f.shape}")
+                planes.append(("rgb24", [f], f.shape[1], f.shape[0]))
+            else:  # another pixel format: the CPU converts, the GPU still resizes
+                rgb = f.to_ndarray(format="rgb24")
+                planes.append(("rgb24", [rgb], rgb.shape[1], rgb.shape[0]))
+        infos = list(infos) if infos is not None else [
+            letterbox_params(w, h, self.width, self.height) for _, _, w, h in planes]
+        self.last_h2d_bytes = sum(a.nbytes for _, arrs, _, _ in planes for a in arrs)
+
+        def fill(slot: Slot) -> None:
+            self._ensure_staging(slot, self.last_h2d_bytes)
+            staging = pinned_array(slot.staging_ptr, (slot.staging_bytes,), np.uint8)
+            offsets: list[list[int]] = []
+            off = 0
+            for _, arrs, _, _ in planes:
+                offs = []
+                for a in arrs:  # packed, no row padding: the only CPU pass over the pixels
+                    np.copyto(staging[off:off + a.nbytes].reshape(a.shape), a)
+                    offs.append(off)
+                    off += a.nbytes
+                offsets.append(offs)
+            self.device.h2d(slot.staging_dev, slot.staging_ptr, off, slot.stream)
+            base = slot.staging_dev
+            for b, ((kind, arrs, w, h), info, offs) in enumerate(zip(planes, infos, offsets)):
+                out = slot.input_ptr + b * self._image_floats * 4
+                if kind == "rgb24":
+                    self.letterbox.enqueue(base + offs[0], w, h, w * 3, out, self.width, self.height,
+                                           info, slot.stream)
+                elif kind == "nv12":
+                    self.letterbox.enqueue_yuv(base + offs[0], w, base + offs[1], base + offs[1] + 1,
+                                               arrs[1].shape[1], 2, w, h, out, self.width, self.height,
+                                               info, slot.stream)
+                else:
+                    self.letterbox.enqueue_yuv(base + offs[0], w, base + offs[1], base + offs[2],
+                                               arrs[1].shape[1], 1, w, h, out, self.width, self.height,
+                                               info, slot.stream)
 
         return self._submit(n, tags, timeout, fill)
 

@@ -26,12 +26,12 @@ import json
 import logging
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from daemon.quant.cache import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 # Bumped whenever the meaning of a key field or the file layout changes: old entries then miss.
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: the build recipe (typing, flags, FP16 transform version) joined the key
 
 T = TypeVar("T")
 
@@ -82,8 +82,32 @@ def default_engine_dir(override: str | os.PathLike[str] | None = None) -> Path:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> None:
     """Write ``data`` to ``path`` so a reader sees the old file or the whole new one, never a
-    part (a temporary file beside it, fsynced, then ``os.replace``): the quant cache's writer."""
-    write_atomic(Path(path), bytes(data))
+    part (a temporary file beside it, fsynced, then ``os.replace``; the temporary is removed if
+    anything fails, so a failed write leaves the old file and nothing else)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
 
 
 def _slug(text: str) -> str:
@@ -104,6 +128,8 @@ class EngineKey:
     # Input geometry and how frames are turned into it (layout, colour order, scale, pad, scaler).
     preprocess: Mapping[str, Any] = field(default_factory=dict)
     model_name: str = "model"
+    # How the plan was built: strongly typed or not, builder flags, ONNX transform and its version.
+    build: Mapping[str, Any] = field(default_factory=dict)
     key_format: int = KEY_FORMAT
 
     def __post_init__(self) -> None:
@@ -120,6 +146,7 @@ class EngineKey:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocess"] = dict(self.preprocess)
+        d["build"] = dict(self.build)
         return d
 
     def canonical(self) -> str:

@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Selection", "probe_gpu", "probe_tensorrt", "select_backend"]
 
+# How cuda_unavailable_reason starts when cuda-python itself is missing (then nothing is known
+# about the GPU).
+NO_CUDA_PYTHON = "cuda-python is not installed"
+
 # A probe returns None when the thing is usable, else a one-line reason why not.
 Probe = Callable[[], "str | None"]
 
@@ -47,7 +51,11 @@ def select_backend(requested: str = "auto", *, tensorrt_probe: Probe = probe_ten
     else:
         no_gpu = gpu_probe()
         no_trt = tensorrt_probe() if no_gpu is None else None
-        if no_gpu is not None:
+        if no_gpu is not None and no_gpu.startswith(NO_CUDA_PYTHON):
+            # Not knowing is not the same as not having: say what is missing.
+            sel = Selection("onnxruntime", f"auto: cannot look for a GPU: {no_gpu}; install "
+                            "cuda-python (`pip install cuda-python`) to use TensorRT")
+        elif no_gpu is not None:
             sel = Selection("onnxruntime", f"auto: no GPU ({no_gpu})")
         elif no_trt is not None:
             sel = Selection("onnxruntime", f"auto: a GPU is present but {no_trt}")

@@ -7,10 +7,16 @@ Kept thin and written against TensorRT's documented Python API, 10.x and 11.x:
   timing cache via ``create_timing_cache``/``set_timing_cache``, an ``IProgressMonitor`` where the
   version has it) -> ``build_serialized_network``. Precision (:func:`build_recipe`):
   TensorRT 11 only has strongly typed networks, so precision comes from the model itself: INT8
-  from the Q/DQ ONNX (``detectd calibrate --target tensorrt``), FP16 from an FP16-cast copy of the
-  FP32 ONNX (:func:`to_fp16_onnx`), FP32 from the FP32 ONNX. TensorRT 10 builds the same Q/DQ
-  model by explicit quantization in a weakly typed network (``BuilderFlag.INT8``, plus ``FP16``
-  for the layers outside Q/DQ pairs), and FP16 with ``BuilderFlag.FP16``.
+  from the Q/DQ ONNX (``detectd calibrate --target tensorrt``; a model without Q/DQ nodes is
+  refused), FP16 from an FP16-cast copy of the FP32 ONNX (:func:`to_fp16_onnx`, which refuses
+  Q/DQ models), FP32 from the FP32 ONNX. TensorRT 10 builds the INT8 Q/DQ model strongly typed
+  too (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``, present in every 10.x; 10.12 deprecates
+  weak typing), falling back to explicit quantization in a weakly typed network
+  (``BuilderFlag.INT8`` + ``FP16``) only where the flag is missing; FP16 with
+  ``BuilderFlag.FP16``. The recipe (typing, flags, FP16 transform version) is part of the
+  engine cache key. A timing cache TensorRT rejects is deleted and replaced by an empty one.
+  ``cancel`` (a ``threading.Event``, e.g. the daemon's stop event) makes the progress monitor's
+  ``step_complete`` return False, which abandons the build (:class:`BuildCancelled`).
 - load: ``trt.Runtime.deserialize_cuda_engine`` through :class:`EngineCache` (a None there is a
   cache miss and a rebuild); then one warm-up inference before the daemon reports ready.
 - run: per slot, ``create_execution_context`` with ``set_tensor_address`` bound once to that
@@ -40,12 +46,17 @@ from daemon.backends.engine_cache import EngineCache, EngineKey, atomic_write_by
 log = logging.getLogger(__name__)
 trt_log = logging.getLogger(__name__ + ".trt")
 
-__all__ = ["BuildRecipe", "TensorRTBackend", "build_engine", "build_recipe", "create_tensorrt_backend",
-           "engine_key", "to_fp16_onnx"]
+__all__ = ["BuildCancelled", "BuildRecipe", "TensorRTBackend", "build_engine", "build_recipe",
+           "check_int8_model", "create_tensorrt_backend", "engine_key", "load_timing_cache",
+           "to_fp16_onnx"]
 
 # What the engine's input is fed with: part of the engine cache key (daemon.vision.gpu_letterbox).
 PREPROCESS = {"layout": "NCHW", "colour": "RGB", "scale": "1/255", "pad": 0.5,
-              "resize": "swscale-bilinear-tent", "kernel": "letterbox_u8rgb_to_f32nchw/1"}
+              "resize": "swscale-bilinear-tent", "kernel": "letterbox_u8rgb_to_f32nchw/1",
+              "yuv": "bt601-limited/letterbox_yuv420_to_f32nchw/1"}
+
+# Bumped whenever to_fp16_onnx changes what it writes: part of the engine cache key.
+FP16_TRANSFORM_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -55,16 +66,55 @@ class BuildRecipe:
     onnx_transform: str | None  # "fp16": build from an FP16-cast copy of the model
 
 
-def build_recipe(trt_major: int, precision: str) -> BuildRecipe:
-    """How to get ``precision`` out of TensorRT ``trt_major`` (see the module docstring)."""
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as it goes into the engine cache key."""
+        return {"strongly_typed": self.strongly_typed, "flags": sorted(self.flags),
+                "onnx_transform": self.onnx_transform,
+                "fp16_transform_version": FP16_TRANSFORM_VERSION if self.onnx_transform == "fp16" else None}
+
+
+def build_recipe(trt_major: int, precision: str, strongly_typed_available: bool = True) -> BuildRecipe:
+    """How to get ``precision`` out of TensorRT ``trt_major`` (see the module docstring).
+
+    ``strongly_typed_available``: whether ``NetworkDefinitionCreationFlag.STRONGLY_TYPED``
+    exists (every 10.x release has it; pass ``hasattr(...)``). INT8 from a Q/DQ model is built
+    strongly typed wherever it can be: TensorRT 10.12 deprecates weakly typed networks and the
+    INT8/FP16 builder flags, and 11 removes them; in a strongly typed network the Q/DQ pairs
+    fix the INT8 layers and every other layer keeps the model's FP32. Only a 10.x without the
+    flag falls back to the weakly typed recipe (``BuilderFlag.INT8`` + ``FP16``).
+    """
     if precision not in ("int8", "fp16", "fp32"):
         raise ValueError(f"precision must be int8, fp16 or fp32, got {precision!r}")
     if trt_major >= 11:
         return BuildRecipe(True, (), "fp16" if precision == "fp16" else None)
     if trt_major == 10:
+        if precision == "int8" and strongly_typed_available:
+            return BuildRecipe(True, (), None)
         flags = {"int8": ("INT8", "FP16"), "fp16": ("FP16",), "fp32": ()}[precision]
         return BuildRecipe(False, flags, None)
     raise ValueError(f"TensorRT {trt_major}.x is not supported (10.x or 11.x needed)")
+
+
+QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def qdq_node_count(model: Any) -> int:
+    """How many QuantizeLinear/DequantizeLinear nodes an ONNX ``ModelProto`` has (main graph)."""
+    return sum(1 for n in model.graph.node if n.op_type in QDQ_OPS)
+
+
+def check_int8_model(onnx_path: Path, data: bytes | None = None) -> None:
+    """Refuse an INT8 build from a model without Q/DQ nodes: TensorRT would build it in float
+    (strongly typed) or fail (11.x has no calibrator), and the cache would call it int8."""
+    import onnx
+
+    model = onnx.load_from_string(data if data is not None else Path(onnx_path).read_bytes())
+    if qdq_node_count(model) == 0:
+        raise BackendError(
+            f"{onnx_path} has no QuantizeLinear/DequantizeLinear nodes, so TensorRT cannot build "
+            "an INT8 engine from it: build int8 from the Q/DQ model of `detectd calibrate "
+            "--target tensorrt` (what `detectd build-engine` picks without --onnx), or use "
+            "--precision fp16/fp32 with this model")
 
 
 def to_fp16_onnx(model_bytes: bytes) -> bytes:
@@ -75,6 +125,9 @@ def to_fp16_onnx(model_bytes: bytes) -> bytes:
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load_from_string(model_bytes)
+    if qdq_node_count(model):
+        raise ValueError("to_fp16_onnx: the model has QuantizeLinear/DequantizeLinear nodes (an "
+                         "INT8 Q/DQ model); an FP16 engine is built from the FP32 model, not a Q/DQ one")
     g = model.graph
     keep32: set[str] = set()
     for node in g.node:
@@ -187,16 +240,59 @@ def make_progress_monitor(trt: Any, report: Callable[[str], None],
     return Progress()
 
 
+class BuildCancelled(BackendError):
+    """The build was cancelled through the ``cancel`` event (a stop request): nothing cached."""
+
+
+def recipe_for(trt: Any, precision: str) -> BuildRecipe:
+    return build_recipe(_major(trt), precision,
+                        hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"))
+
+
+def load_timing_cache(config: Any, path: Path | None) -> Any:
+    """``config.create_timing_cache`` from ``path``; a file TensorRT rejects (truncated, from
+    another version) is logged, deleted and replaced by an empty cache, so a bad cache costs
+    build time, never the build."""
+    data = b""
+    if path is not None and path.is_file():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            log.warning("cannot read the TensorRT timing cache %s (%s): starting empty", path, exc)
+    if data:
+        try:
+            cache = config.create_timing_cache(data)
+        except Exception as exc:  # TensorRT raises RuntimeError/TypeError variants
+            cache, why = None, f"{type(exc).__name__}: {exc}"
+        else:
+            why = "TensorRT returned no cache"
+        if cache is not None:
+            log.info("TensorRT timing cache loaded: %s (%d bytes)", path, len(data))
+            return cache
+        log.warning("TensorRT timing cache %s is unusable (%s): deleted, starting with an empty one",
+                    path, why)
+        try:
+            assert path is not None
+            path.unlink()
+        except OSError:
+            pass
+    return config.create_timing_cache(b"")
+
+
 def build_engine(onnx_path: Path, precision: str, max_batch: int, *, timing_cache: Path | None = None,
                  opt_batch: int | None = None, report: Callable[[str], None] = log.info,
                  cancel: threading.Event | None = None, logger: Any = None) -> bytes:
     """Build a serialized plan from ``onnx_path`` (see :func:`build_recipe`)."""
     trt = _trt()
     logger = logger or make_logger(trt)
-    recipe = build_recipe(_major(trt), precision)
+    recipe = recipe_for(trt, precision)
     data = Path(onnx_path).read_bytes()
+    if precision == "int8":
+        check_int8_model(onnx_path, data)
     if recipe.onnx_transform == "fp16":
         data = to_fp16_onnx(data)
+    if cancel is not None and cancel.is_set():
+        raise BuildCancelled(f"engine build from {onnx_path} cancelled before it started")
     builder = trt.Builder(logger)
     flags = 0
     if recipe.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -218,14 +314,20 @@ def build_engine(onnx_path: Path, precision: str, max_batch: int, *, timing_cach
         opt = opt_batch or max_batch
         profile.set_shape(t.name, (1, c, h, w), (opt, c, h, w), (max_batch, c, h, w))
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache and timing_cache.is_file() else b"")
+    cache = load_timing_cache(config, timing_cache)
     config.set_timing_cache(cache, False)
     monitor = make_progress_monitor(trt, report, cancel)
     if monitor is not None:
         config.progress_monitor = monitor
+    elif cancel is not None:
+        log.warning("TensorRT %s has no IProgressMonitor: a stop request cannot interrupt the "
+                    "build, it takes effect when the build ends", trt.__version__)
     report(f"building a TensorRT {trt.__version__} {precision} engine from {Path(onnx_path).name} "
            f"(batch 1..{max_batch}); this takes a minute or more the first time")
     plan = builder.build_serialized_network(network, config)
+    if cancel is not None and cancel.is_set():
+        # step_complete returned False: TensorRT abandons the build and returns None.
+        raise BuildCancelled(f"engine build from {onnx_path} cancelled (stop requested)")
     if plan is None:
         raise BackendError(f"TensorRT could not build an engine from {onnx_path} (see the log above)")
     if timing_cache is not None:
@@ -234,11 +336,17 @@ def build_engine(onnx_path: Path, precision: str, max_batch: int, *, timing_cach
 
 
 def engine_key(onnx_path: Path, precision: str, max_batch: int, width: int, height: int,
-               trt_version: str, gpu_name: str, compute_capability: str) -> EngineKey:
+               trt_version: str, gpu_name: str, compute_capability: str,
+               recipe: BuildRecipe | None = None) -> EngineKey:
+    """The cache key; ``recipe`` (default: the one for ``trt_version``, strongly typed available)
+    goes in too, so a change of build flags or of the FP16 transform never reuses a plan."""
+    if recipe is None:
+        recipe = build_recipe(int(trt_version.split(".")[0]), precision)
     return EngineKey(
         onnx_sha256=sha256_file(onnx_path), tensorrt_version=trt_version, gpu_name=gpu_name,
         compute_capability=compute_capability, precision=precision, max_batch=max_batch,
-        preprocess={**PREPROCESS, "width": width, "height": height}, model_name=Path(onnx_path).stem)
+        preprocess={**PREPROCESS, "width": width, "height": height}, model_name=Path(onnx_path).stem,
+        build=recipe.to_dict())
 
 
 class _ContextExecutor:
@@ -312,9 +420,19 @@ class TensorRTBackend:
     def collect(self, ticket: Any) -> list[np.ndarray]:
         return self.pipeline.collect(ticket)
 
-    def infer_frames(self, images: Sequence[np.ndarray], infos: Sequence[Any]) -> list[list[np.ndarray]]:
-        """Raw RGB uint8 frames -> per frame, its head outputs (each with batch dimension 1).
-        Chunks of ``max_batch`` go to alternating slots, so chunk k+1 copies while k computes."""
+    def submit_yuv(self, frames: Sequence[Any], infos: Sequence[Any] | None = None,
+                   tags: Sequence[Any] | None = None) -> Any:
+        """Decoded PyAV frames (yuv420p/nv12 planes go to the GPU as they are; other formats via
+        RGB24) -> a ticket; see :meth:`GpuPipeline.submit_yuv`. Blocks while every slot is in
+        flight."""
+        return self.pipeline.submit_yuv(frames, infos, tags, timeout=None)
+
+    def infer_frames(self, images: Sequence[Any], infos: Sequence[Any] | None = None
+                     ) -> list[list[np.ndarray]]:
+        """Decoded frames -> per frame, its head outputs (each with batch dimension 1). Frames
+        are PyAV ``VideoFrame``s (the YUV kernel for yuv420p/nv12, RGB otherwise) or RGB uint8
+        arrays; ``infos`` may be None (computed). Chunks of ``max_batch`` go to alternating
+        slots, so chunk k+1 copies while k computes."""
         chunks = [range(i, min(i + self.max_batch, len(images))) for i in range(0, len(images), self.max_batch)]
         results: list[list[np.ndarray]] = []
         in_flight: list[tuple[Any, range]] = []
@@ -322,7 +440,8 @@ class TensorRTBackend:
             if len(in_flight) >= self.pipeline.ring.n:
                 t, r = in_flight.pop(0)
                 results.extend(_split(self.collect(t), len(r)))
-            in_flight.append((self.submit_frames([images[i] for i in ch], [infos[i] for i in ch]), ch))
+            sub_infos = None if infos is None else [infos[i] for i in ch]
+            in_flight.append((self.pipeline.submit_yuv([images[i] for i in ch], sub_infos, None, timeout=None), ch))
         for t, r in in_flight:
             results.extend(_split(self.collect(t), len(r)))
         return results
@@ -341,7 +460,9 @@ def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_s
     """Load the engine for this model from the cache, building it on a miss; warm it up.
 
     ``model_path`` is the ONNX file to build from: the Q/DQ model (``target="tensorrt"``) for
-    ``int8``, the FP32 model for ``fp16``/``fp32``.
+    ``int8`` (a model without Q/DQ nodes is refused), the FP32 model for ``fp16``/``fp32``.
+    ``cancel``: set it (the daemon passes its stop event) to abandon a build in progress through
+    TensorRT's progress monitor; :class:`BuildCancelled` is raised and nothing is cached.
     """
     from daemon.backends.cuda import CudaDevice, cuda_unavailable_reason
 
@@ -353,8 +474,11 @@ def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_s
     onnx_path = Path(model_path)
     max_batch = int(getattr(model_cfg, "max_batch", 1))
     precision = str(getattr(model_cfg, "precision", "fp32"))
+    if cancel is not None and cancel.is_set():
+        raise BuildCancelled("stop requested before the TensorRT engine was loaded")
     key = engine_key(onnx_path, precision, max_batch, info.width, info.height,
-                     str(trt.__version__), device.name, device.compute_capability)
+                     str(trt.__version__), device.name, device.compute_capability,
+                     recipe_for(trt, precision))
     cache = EngineCache(default_engine_dir(getattr(model_cfg, "cache_dir", None)))
     logger = make_logger(trt)
     runtime = trt.Runtime(logger)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     why = probe_gpu()
     if why:
-        print(f"detectd build-engine: an NVIDIA GPU is needed: {why}", file=sys.stderr)
+        print(f"detectd build-engine: an NVIDIA GPU and cuda-python are needed: {why}", file=sys.stderr)
         return 2
 
     from daemon.backends.base import BackendError
@@ -37,7 +39,12 @@ def run(args: argparse.Namespace) -> int:
             # INT8 builds from the Q/DQ model made for TensorRT; fp16/fp32 from the FP32 model.
             path = resolve_model(cfg, target="tensorrt")
         info = ModelInfo.from_onnx(path)
-        backend = create_tensorrt_backend(path, info, cfg, report=lambda m: print(m, flush=True))
+        # SIGTERM/SIGINT abandon the build through TensorRT's progress monitor (nothing cached).
+        cancel = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: cancel.set())
+        backend = create_tensorrt_backend(path, info, cfg, report=lambda m: print(m, flush=True),
+                                          cancel=cancel)
         backend.close()
     except (BackendError, OSError, ValueError) as exc:
         print(f"detectd build-engine: {exc}", file=sys.stderr)
