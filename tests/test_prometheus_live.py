@@ -1,6 +1,7 @@
 """A real Prometheus (Debian's package) scrapes a real ``detectd run`` on loopback; every query of
 the Grafana dashboard, its template variables and the alert rules are evaluated through
-Prometheus' HTTP API.
+Prometheus' HTTP API. A second real Prometheus federates the first with the shipped
+``deploy/prometheus/federation.yml`` job, and every dashboard query is evaluated against it too.
 
 The daemon runs the demo video twice (``loop: true``, paced like cameras) plus an RTSP source
 that refuses connections, so that streams up and down, reconnects and drops all have series.
@@ -18,6 +19,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,12 +35,6 @@ pytestmark = [
 ]
 
 RATE_INTERVAL = "20s"
-# Metrics the dashboard shows that the daemon may not export yet (work of another issue in
-# progress). A query on one of them that comes back empty because the daemon does not export the
-# metric at all is reported as an expected failure naming it, not as a broken dashboard.
-PENDING_METRICS = {
-    "detectd_stream_seconds_since_frame": "issue 5 (reliability): the daemon does not set it yet",
-}
 
 
 def substitute(expr: str) -> str:
@@ -66,12 +62,29 @@ class PromAPI:
         return list(data["result"])
 
 
+@dataclass
+class Stack:
+    daemon: Daemon
+    site: PromAPI  # scrapes the daemon with the shipped prometheus.yml job and alert rules
+    fed: PromAPI  # a "global" Prometheus federating `site` with the shipped federation.yml job
+
+
+def start_prometheus(tmp: Path, name: str, cfg: dict[str, Any], port: int) -> subprocess.Popen[bytes]:
+    (tmp / f"{name}.yml").write_text(yaml.safe_dump(cfg))
+    with open(tmp / f"{name}.log", "wb") as log:
+        return subprocess.Popen(
+            ["prometheus", f"--config.file={tmp / f'{name}.yml'}", f"--storage.tsdb.path={tmp / name}-data",
+             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+        )
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, PromAPI]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prom")
     daemon = Daemon(tmp, [demo_stream("cam1"), demo_stream("cam2"),
                           {"id": "broken", "url": f"rtsp://127.0.0.1:{free_port()}/live"}])
-    port = free_port()
+    site_port, fed_port = free_port(), free_port()
     shutil.copy(ROOT / "deploy" / "prometheus" / "detectd-alerts.yml", tmp / "detectd-alerts.yml")
     # The shipped scrape job, pointed at this daemon and scraped every second.
     shipped = yaml.safe_load((ROOT / "deploy" / "prometheus" / "prometheus.yml").read_text())
@@ -79,34 +92,42 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Pr
     job["static_configs"] = [{"targets": [f"127.0.0.1:{daemon.metrics_port}"]}]
     job.pop("file_sd_configs", None)
     job["scrape_interval"] = "1s"
-    cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-           "rule_files": ["detectd-alerts.yml"], "scrape_configs": [job]}
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-    with daemon, open(tmp / "prometheus.log", "wb") as log:
-        prom = subprocess.Popen(
-            ["prometheus", f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
-        )
+    site_cfg = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": ["detectd-alerts.yml"], "scrape_configs": [job]}
+    # The shipped federation job, its match[] selectors unchanged, pointed at the site Prometheus.
+    fed_job = yaml.safe_load((ROOT / "deploy" / "prometheus" / "federation.yml").read_text())["scrape_configs"][0]
+    fed_job["static_configs"] = [{"targets": [f"127.0.0.1:{site_port}"]}]
+    fed_job["scrape_interval"] = "1s"
+    fed_cfg = {"global": {"scrape_interval": "1s"}, "scrape_configs": [fed_job]}
+    procs: list[subprocess.Popen[bytes]] = []
+    with daemon:
         try:
-            api = PromAPI(f"http://127.0.0.1:{port}")
+            procs.append(start_prometheus(tmp, "site", site_cfg, site_port))
+            procs.append(start_prometheus(tmp, "global", fed_cfg, fed_port))
+            site, fed = PromAPI(f"http://127.0.0.1:{site_port}"), PromAPI(f"http://127.0.0.1:{fed_port}")
 
-            def ready() -> bool:
-                try:
-                    return bool(api.query('up{job="detectd"} == 1'))
-                except OSError:
-                    return False
+            def ready(api: PromAPI) -> Any:
+                def check() -> bool:
+                    try:
+                        # Through federation too: the daemon's series, with the site's labels.
+                        return bool(api.query('detectd_build_info{job="detectd"}'))
+                    except OSError:
+                        return False
+                return check
 
-            assert wait_for(ready, 60), (tmp / "prometheus.log").read_text()[-3000:]
+            assert wait_for(ready(site), 60), (tmp / "site.log").read_text()[-3000:]
+            assert wait_for(ready(fed), 60), (tmp / "global.log").read_text()[-3000:]
             # Enough scrapes for a rate over RATE_INTERVAL, and frames for the histograms.
             time.sleep(12)
-            yield daemon, api
+            yield Stack(daemon, site, fed)
         finally:
-            prom.terminate()
-            try:
-                prom.wait(20)
-            except subprocess.TimeoutExpired:
-                prom.kill()
+            for prom in procs:
+                prom.terminate()
+            for prom in procs:
+                try:
+                    prom.wait(20)
+                except subprocess.TimeoutExpired:
+                    prom.kill()
 
 
 def _finite(result: list[dict[str, Any]]) -> bool:
@@ -117,48 +138,56 @@ def _finite(result: list[dict[str, Any]]) -> bool:
     return False
 
 
-def test_every_dashboard_query_returns_data(stack: tuple[Daemon, PromAPI]) -> None:
-    daemon, api = stack
-    queries = dashboard_queries()
-    assert len(queries) >= 15
+def empty_panel_queries(api: PromAPI) -> dict[str, str]:
+    """Every dashboard query that returns no series or only NaN, with what was wrong."""
+    empty: dict[str, str] = {}
+    for title, expr, target in dashboard_queries():
+        e = substitute(expr)
+        result = api.query(e) if target.get("instant") else api.query_range(e)
+        if not result:
+            empty[f"{title}: {e}"] = "no series"
+        elif not _finite(result):
+            empty[f"{title}: {e}"] = "only NaN"
+    return empty
+
+
+def assert_every_panel_has_data(api: PromAPI, daemon: Daemon) -> None:
+    assert len(dashboard_queries()) >= 15
     empty: dict[str, str] = {}
 
-    def evaluate() -> None:
+    def all_answered() -> bool:
         empty.clear()
-        for title, expr, target in queries:
-            e = substitute(expr)
-            result = api.query(e) if target.get("instant") else api.query_range(e)
-            if not result:
-                empty[f"{title}: {e}"] = "no series"
-            elif not _finite(result):
-                empty[f"{title}: {e}"] = "only NaN"
-
-    exported = daemon.metric_text()
-    missing = [m for m in PENDING_METRICS if f"\n{m}" not in exported]
-
-    def is_pending(key: str) -> bool:
-        return any(m in key for m in missing)
+        empty.update(empty_panel_queries(api))
+        return not empty
 
     # The slowest series (stage histograms need frames inside the rate window) may take a while.
-    wait_for(lambda: evaluate() or all(is_pending(k) for k in empty), 90, interval=3)
-    pending = {k: v for k, v in empty.items() if is_pending(k)}
-    broken = {k: v for k, v in empty.items() if k not in pending}
-    assert not broken, json.dumps(broken, indent=1) + "\n" + daemon.log()
-    if pending:
-        pytest.xfail("metrics not exported by the daemon yet: " + "; ".join(
-            f"{m} ({why})" for m, why in PENDING_METRICS.items() if any(m in k for k in pending)))
+    wait_for(all_answered, 90, interval=3)
+    assert not empty, json.dumps(empty, indent=1) + "\n" + daemon.log()
 
 
-def test_template_variables_resolve(stack: tuple[Daemon, PromAPI]) -> None:
-    _, api = stack
+def test_every_dashboard_query_returns_data(stack: Stack) -> None:
+    assert_every_panel_has_data(stack.site, stack.daemon)
+
+
+def test_every_dashboard_query_returns_data_through_federation(stack: Stack) -> None:
+    """The global Prometheus of deploy/prometheus/federation.yml answers every panel too."""
+    assert_every_panel_has_data(stack.fed, stack.daemon)
+    instances = stack.fed.get("/api/v1/label/instance/values", **{"match[]": "detectd_build_info"})
+    assert instances == [f"127.0.0.1:{stack.daemon.metrics_port}"]  # the daemon's, not the site's
+    assert stack.fed.query('up{job="detectd"} == 1')
+
+
+@pytest.mark.parametrize("which", ["site", "fed"])
+def test_template_variables_resolve(stack: Stack, which: str) -> None:
+    api = getattr(stack, which)
     instances = api.get("/api/v1/label/instance/values", **{"match[]": "detectd_build_info"})
     assert instances and all(i.startswith("127.0.0.1:") for i in instances)
     streams = api.get("/api/v1/label/stream/values", **{"match[]": 'detectd_stream_up{instance=~".*"}'})
     assert set(streams) == {"cam1", "cam2", "broken"}
 
 
-def test_alert_rules_evaluate_against_real_metrics(stack: tuple[Daemon, PromAPI]) -> None:
-    _, api = stack
+def test_alert_rules_evaluate_against_real_metrics(stack: Stack) -> None:
+    api = stack.site
     groups = api.get("/api/v1/rules")["groups"]
     rules = {r["name"]: r for g in groups for r in g["rules"]}
     assert len(rules) == 7
