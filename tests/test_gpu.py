@@ -114,7 +114,7 @@ def _onnx() -> Path:
     from daemon.models.assets import cache_dir
 
     models = sorted((cache_dir() / "models").glob("yolov3-tiny-*.onnx"))
-    models = [m for m in models if "int8" not in m.name and "qdq" not in m.name]
+    models = [m for m in models if ".int8-" not in m.name and "qdq" not in m.name]
     if not models:
         pytest.skip("no exported YOLOv3-Tiny ONNX in the cache (run `detectd export-onnx`)")
     return models[0]
@@ -177,3 +177,145 @@ def test_tensorrt_corrupt_plan_is_rebuilt(tmp_path: Path) -> None:
     plan.write_bytes(b"\0" * plan.stat().st_size)
     create_tensorrt_backend(path, info, _Cfg("fp32", 1, str(tmp_path))).close()
     assert plan.read_bytes() != b"\0" * plan.stat().st_size
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_NO_GPU is not None, reason=f"no GPU: {_NO_GPU}")
+def test_gpu_yuv_letterbox_matches_its_twin(device: Any) -> None:
+    """The YUV kernel (yuv420p planes and nv12) against its float64 twin, odd sizes included,
+    in one batch with an RGB frame (mixed formats in one submission)."""
+    av = pytest.importorskip("av", reason="PyAV missing")
+    from daemon.backends.cuda import GpuPipeline, OutputSpec
+    from daemon.vision.gpu_letterbox import letterbox_yuv_reference
+
+    w = h = 416
+    pipe = GpuPipeline(device, w, h, 3, [OutputSpec("input", (3, h, w))],
+                       lambda slot: CopyInput(device, slot, 3 * h * w * 4), num_slots=2)
+    try:
+        for img in _frames():
+            f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+            n = f.reformat(format="nv12")
+            got = pipe.collect(pipe.submit_yuv([f, n, img]))[0]
+            assert pipe.last_h2d_bytes < img.nbytes  # planes (~1.5 B/px) + one RGB frame (3 B/px)
+            ref, _ = letterbox_yuv_reference(f, w, h)
+            assert np.abs(got[0] - ref).max() <= 1e-4
+            assert np.abs(got[1] - ref).max() <= 1e-4
+            assert np.abs(got[2] - letterbox_reference(img, w, h)[0]).max() <= 1e-4
+    finally:
+        pipe.close()
+
+
+# --- TensorRT: int8 Q/DQ engine, corrupt plan past the checksum, timing cache ----------------
+
+
+def _qdq_onnx() -> Path:
+    from daemon.models.assets import cache_dir
+
+    models = sorted((cache_dir() / "models").glob("yolov3-tiny-*.int8-tensorrt.*.onnx"))
+    if not models:
+        pytest.skip("no TensorRT Q/DQ model in the cache (run `detectd calibrate --target tensorrt`)")
+    return models[0]
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_NO_GPU is not None or _NO_TRT is not None, reason=f"TensorRT GPU test: {_NO_GPU or _NO_TRT}")
+def test_tensorrt_int8_engine_agrees_with_onnxruntime_on_the_same_qdq_model(tmp_path: Path) -> None:
+    """The INT8 engine built from the Q/DQ model against ONNX Runtime running that same model,
+    on real letterboxed frames; int8 rounding differs between the two, so the bound is loose
+    (5% of the output range) and the mean error must be small."""
+    import onnxruntime as ort
+
+    av = pytest.importorskip("av", reason="PyAV missing")
+    from daemon.backends.tensorrt import create_tensorrt_backend
+    from daemon.models.assets import cache_dir
+    from daemon.models.info import ModelInfo
+    from daemon.vision.letterbox import letterbox_av
+
+    path = _qdq_onnx()
+    info = ModelInfo.from_onnx(path)
+    video = cache_dir() / "media" / "bikes.mp4"
+    if not video.is_file():
+        pytest.skip("bikes.mp4 not in the cache")
+    with av.open(str(video)) as c:
+        x = np.stack([letterbox_av(f, info.width, info.height)[0]
+                      for _, f in zip(range(2), c.decode(video=0))])
+    backend = create_tensorrt_backend(path, info, _Cfg("int8", 2, str(tmp_path)))
+    try:
+        got = backend.infer(x)
+    finally:
+        backend.close()
+    want = ort.InferenceSession(str(path)).run(info.output_names, {info.input_name: x})
+    for a, b in zip(want, got):
+        assert a.shape == b.shape
+        rng = float(np.abs(a).max())
+        assert np.abs(a - b).max() <= 0.05 * rng and np.abs(a - b).mean() <= 0.01 * rng
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_NO_GPU is not None or _NO_TRT is not None, reason=f"TensorRT GPU test: {_NO_GPU or _NO_TRT}")
+def test_tensorrt_plan_corrupt_past_its_checksum_is_a_miss(tmp_path: Path) -> None:
+    """A corrupt plan whose key file vouches for it (plan_sha256/plan_size rewritten) passes the
+    cache's own check, reaches deserialize_cuda_engine, fails there and is rebuilt."""
+    import json
+
+    from daemon.backends.engine_cache import sha256_bytes
+    from daemon.backends.tensorrt import create_tensorrt_backend
+    from daemon.models.info import ModelInfo
+
+    path = _onnx()
+    info = ModelInfo.from_onnx(path)
+    create_tensorrt_backend(path, info, _Cfg("fp32", 1, str(tmp_path))).close()
+    plan = next((tmp_path / "engines").glob("*.plan"))
+    key_file = plan.with_suffix(".json")
+    bad = bytearray(plan.read_bytes())
+    bad[len(bad) // 2: len(bad) // 2 + 4096] = b"\xa5" * 4096
+    bad[:16] = b"\0" * 16  # the header too: deserialization must refuse it
+    plan.write_bytes(bytes(bad))
+    meta = json.loads(key_file.read_text())
+    meta["plan_sha256"], meta["plan_size"] = sha256_bytes(bytes(bad)), len(bad)
+    key_file.write_text(json.dumps(meta))
+    reports: list[str] = []
+    create_tensorrt_backend(path, info, _Cfg("fp32", 1, str(tmp_path)), report=reports.append).close()
+    assert any("built" in r for r in reports)
+    assert plan.read_bytes() != bytes(bad)
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_NO_GPU is not None or _NO_TRT is not None, reason=f"TensorRT GPU test: {_NO_GPU or _NO_TRT}")
+def test_tensorrt_timing_cache_written_reused_and_survives_corruption(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from daemon.backends.tensorrt import build_engine
+
+    path = _onnx()
+    tc = tmp_path / "timing.cache"
+    build_engine(path, "fp32", 1, timing_cache=tc)
+    first = tc.read_bytes()
+    assert len(first) > 0
+    with caplog.at_level(logging.INFO, logger="daemon.backends.tensorrt"):
+        build_engine(path, "fp32", 1, timing_cache=tc)  # reuses it
+    assert "timing cache loaded" in caplog.text
+    assert len(tc.read_bytes()) >= len(first)
+    tc.write_bytes(b"not a timing cache")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="daemon.backends.tensorrt"):
+        assert build_engine(path, "fp32", 1, timing_cache=tc)  # builds anyway
+    assert "unusable" in caplog.text
+    assert tc.read_bytes() != b"not a timing cache"  # replaced by the new build's cache
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(_NO_GPU is not None or _NO_TRT is not None, reason=f"TensorRT GPU test: {_NO_GPU or _NO_TRT}")
+def test_tensorrt_build_cancelled_by_the_stop_event(tmp_path: Path) -> None:
+    import threading
+
+    from daemon.backends.tensorrt import BuildCancelled, create_tensorrt_backend
+    from daemon.models.info import ModelInfo
+
+    path = _onnx()
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(BuildCancelled):
+        create_tensorrt_backend(path, ModelInfo.from_onnx(path), _Cfg("fp32", 1, str(tmp_path)), cancel=stop)
+    assert not list((tmp_path / "engines").glob("*.plan")) if (tmp_path / "engines").exists() else True
