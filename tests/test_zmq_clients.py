@@ -4,7 +4,8 @@
   Schemas; a subscription to ``cam1`` never receives ``cam10``;
 - ``detectd subscribe`` prints JSON lines;
 - seq gaps and publisher restarts are told apart (real PUB socket, payloads from the daemon's own
-  encoder);
+  encoder), and one Subscriber survives a real ``detectd run`` stopped and restarted on the same
+  endpoint, counting the restart;
 - CURVE: a listed client receives every message, an unlisted one and a plain one receive nothing;
 - ``detectd proxy`` fans two real daemons in to one endpoint.
 """
@@ -104,7 +105,9 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon,
 
             def enough(raw: list[tuple[bytes, bytes]]) -> bool:
                 topics = [t for t, _ in raw]
-                return b"events/short/" in topics and topics.count(b"events/broken/") >= 2 and sum(
+                # "short" plays its 10 s once, then ends: wait for that event, not just its "up".
+                ended = any(t == b"events/short/" and json.loads(p).get("event") == "ended" for t, p in raw)
+                return ended and topics.count(b"events/broken/") >= 2 and sum(
                     t == b"detections/cam1/" for t in topics) >= 10
 
             raw = collect(sub, 60, enough)
@@ -131,14 +134,17 @@ def test_client_decodes_real_messages(captured: tuple[Daemon, list[tuple[bytes, 
     assert {m.stream for m in dets} >= {"cam1", "cam10"}
     with_objects = [m for m in dets if len(m.detections)]
     assert with_objects, "the demo video shows cars and people"
-    m = with_objects[0]
-    assert isinstance(m.detections, Detections)
-    assert m.detections.boxes.shape == (len(m.labels), 4)
-    assert set(m.labels) & {"car", "person", "bicycle", "bus", "truck"}
-    assert (m.width, m.height) == (640, 272)
-    assert np.all(m.detections.boxes[:, 2] <= m.width) and np.all(m.detections.boxes[:, 3] <= m.height)
-    assert m.model.backend == "onnxruntime" and 0 <= m.latency < 30
-    assert m.to_dict()["detections"][0]["label"] == m.labels[0]
+    for m in with_objects:
+        assert isinstance(m.detections, Detections)
+        assert m.detections.boxes.shape == (len(m.labels), 4)
+        assert (m.width, m.height) == (640, 272)
+        assert np.all(m.detections.boxes[:, 2] <= m.width) and np.all(m.detections.boxes[:, 3] <= m.height)
+        assert m.model.backend == "onnxruntime" and 0 <= m.latency < 30
+        assert m.to_dict()["detections"][0]["label"] == m.labels[0]
+    # Any single frame may show only an odd object (a "cell phone" false positive); over all of
+    # cam1's frames, the street's cars and people appear.
+    cam1_labels = {label for m in dets if m.stream == "cam1" for label in m.labels}
+    assert {"car", "person"} <= cam1_labels, cam1_labels
     assert {(e.stream, e.event) for e in events} >= {("short", "ended"), ("broken", "reconnecting")}
     contiguous(msgs)  # one subscriber, loopback, connected from the start: nothing lost
     for e in events:
@@ -222,6 +228,43 @@ def test_gaps_and_restarts_over_a_real_socket() -> None:
     assert sub.seq.restarts == {("detections", "cam1"): 1}
     assert sub.malformed == 1
     assert got[0].labels == ("car",) and got[0].detections.boxes.tolist() == [[1, 2, 30, 40]]
+
+
+def test_subscriber_survives_a_daemon_restart(tmp_path: Path) -> None:
+    """A real ``detectd run`` is stopped (SIGTERM) and started again on the same endpoint: the one
+    Subscriber, never recreated, reconnects on its own, receives again, and counts the restart
+    (seq back near 0) instead of reporting a gap."""
+    d = Daemon(tmp_path, [demo_stream("cam1")])
+    gaps: list[Gap] = []
+    with Subscriber(d.endpoint, streams=["cam1"], kinds=["detections"], on_gap=gaps.append) as sub:
+
+        def receive(n: int, seconds: float) -> list[DetectionMessage]:
+            got: list[DetectionMessage] = []
+            deadline = time.monotonic() + seconds
+            while len(got) < n and time.monotonic() < deadline:
+                m = sub.recv(0.5)
+                if isinstance(m, DetectionMessage):
+                    got.append(m)
+            return got
+
+        with d:
+            # Enough frames that the restarted daemon's seq is certainly lower than the last one.
+            before = receive(30, 60)
+            assert len(before) == 30, d.log()
+        assert d.proc is not None and d.proc.returncode == 0, d.log()
+        # What was queued before the stop (the drain publishes frames in flight), then silence.
+        while (m := sub.recv(1.0)) is not None:
+            assert isinstance(m, DetectionMessage)
+            before.append(m)
+        assert sub.seq.restarts == {}
+        with d:  # same config, same publish port
+            after = receive(10, 60)
+            assert len(after) == 10, d.log()
+    assert after[0].seq < before[-1].seq
+    assert sub.seq.restarts == {("detections", "cam1"): 1}
+    assert gaps == [] and sub.missed == {}
+    contiguous(before)
+    contiguous(after)
 
 
 @pytest.mark.parametrize(
