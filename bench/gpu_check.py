@@ -180,7 +180,8 @@ def check_letterbox(dev: CudaDevice, frames: dict[str, Any]) -> dict[str, Any]:
         gpu = pipe.collect(pipe.submit_yuv([f], [info]))[0][0]
         copied = pipe.last_h2d_bytes
         cpu, _ = letterbox_av(f, W, H)
-        twin, _ = letterbox_yuv_reference(f, W, H, info)
+        yuv_path = int(getattr(f, "color_range", 0) or 0) != 2  # full range goes through RGB
+        twin = letterbox_yuv_reference(f, W, H, info)[0] if yuv_path else None
         region = (slice(None), slice(info.pad_y, info.pad_y + info.new_h), slice(info.pad_x, info.pad_x + info.new_w))
         d = gpu - cpu
         rgb = f.to_ndarray(format="rgb24")
@@ -193,7 +194,8 @@ def check_letterbox(dev: CudaDevice, frames: dict[str, Any]) -> dict[str, Any]:
             "share_over_1_255_vs_cpu": float((np.abs(d) > TOL + 1e-7).mean()),
             "share_over_1_255_vs_cpu_image_region": float((np.abs(d[region]) > TOL + 1e-7).mean()),
             "mean_signed_vs_cpu_x255_rgb": [float(d[region][c].mean() * 255) for c in range(3)],
-            "max_abs_vs_twin_x255": float(np.abs(gpu - twin).max() * 255),
+            "path": "yuv" if yuv_path else "rgb (full-range frame)",
+            "max_abs_vs_twin_x255": float(np.abs(gpu - twin).max() * 255) if twin is not None else 0.0,
             "rgb_path_max_abs_vs_cpu_rgb_x255": float(np.abs(gpu_rgb - cpu_rgb).max() * 255),
         })
     pipe.close()
@@ -416,7 +418,7 @@ def main() -> int:
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
     lines = [f"device: {dev.name} (sm {dev.compute_capability}); frames: {source}"]
     for r in report["letterbox"].get("rows", []):
-        lines.append(f"letterbox {r['frame']:28s} vs letterbox_av max {r['max_abs_vs_cpu_x255']:.3f}/255, "
+        lines.append(f"letterbox {r['frame']:28s} [{r['path']}] vs letterbox_av max {r['max_abs_vs_cpu_x255']:.3f}/255, "
                      f"{100 * r['share_over_1_255_vs_cpu']:.2f}% > 1/255 "
                      f"(image region {100 * r['share_over_1_255_vs_cpu_image_region']:.2f}%), mean "
                      + "/".join(f"{m:+.2f}" for m in r["mean_signed_vs_cpu_x255_rgb"])

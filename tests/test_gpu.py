@@ -196,7 +196,9 @@ def test_gpu_yuv_letterbox_matches_its_twin(device: Any) -> None:
             f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
             n = f.reformat(format="nv12")
             got = pipe.collect(pipe.submit_yuv([f, n, img]))[0]
-            assert pipe.last_h2d_bytes < img.nbytes  # planes (~1.5 B/px) + one RGB frame (3 B/px)
+            ih, iw = img.shape[:2]
+            planes = iw * ih + 2 * ((iw + 1) // 2) * ((ih + 1) // 2)  # ~1.5 B/px
+            assert pipe.last_h2d_bytes == 2 * planes + img.nbytes  # two YUV frames + one RGB (3 B/px)
             ref, _ = letterbox_yuv_reference(f, w, h)
             assert np.abs(got[0] - ref).max() <= 1e-4
             assert np.abs(got[1] - ref).max() <= 1e-4

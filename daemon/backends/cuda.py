@@ -437,7 +437,8 @@ class GpuPipeline:
         yuv420p or nv12 frame crosses the bus as its planes (1.5 bytes per pixel) and the
         colour conversion runs in the kernel (``daemon.vision.gpu_letterbox``); a frame of any
         other pixel format is converted to RGB24 on the CPU (``to_ndarray(format="rgb24")``)
-        and takes the RGB kernel (3 bytes per pixel). ``infos``: one ``LetterboxInfo`` per
+        and takes the RGB kernel (3 bytes per pixel); so does a yuv420p/nv12 frame flagged full
+        range (``color_range`` JPEG), since the kernel's matrix is limited range. ``infos``: one ``LetterboxInfo`` per
         frame, or None to compute them. A batch may mix formats and sizes.
         """
         from daemon.vision.gpu_letterbox import yuv_planes
@@ -448,7 +449,10 @@ class GpuPipeline:
             raise ValueError(f"need 1..{self.max_batch} frames (and one LetterboxInfo each), got {n}")
         planes: list[tuple[str, list[np.ndarray], int, int]] = []  # kind, arrays, w, h
         for f in frames:
-            if isinstance(f, tuple) or getattr(getattr(f, "format", None), "name", None) in ("yuv420p", "nv12"):
+            # The kernel converts limited ("MPEG") range; a frame flagged full range (JPEG,
+            # color_range 2) goes through RGB so swscale applies its range, as letterbox_av does.
+            if isinstance(f, tuple) or (getattr(getattr(f, "format", None), "name", None) in ("yuv420p", "nv12")
+                                        and int(getattr(f, "color_range", 0) or 0) != 2):
                 fmt, y, u, v = yuv_planes(f)
                 planes.append((fmt, [y, u] + ([v] if v is not None else []), y.shape[1], y.shape[0]))
             elif isinstance(f, np.ndarray):
