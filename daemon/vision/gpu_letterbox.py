@@ -39,8 +39,11 @@ libswscale, and cannot be with a float conversion. libswscale's scaled YUV->RGB 
 fixed-point table lookup that truncates at several stages: on frames of one constant colour
 (no filtering involved at all) its output is 0 to 2.75 LSB *below* the exact BT.601 value
 (mean -1.14 / -0.93 / -0.74 LSB for R/G/B over 300 random colours, FFmpeg 8.1 in PyAV 18.1); on
-real frames the mean offset is +1.9 / +1.25 / +1.4 LSB (kernel above swscale), max 4-7 LSB at
-colour edges. The kernel computes the exact BT.601 value of the resized planes.
+real frames (H100, bench/gpu_check.py) the mean offset is +1.8..+2.65 / +1.15..+1.66 /
++1.18..+2.15 LSB (kernel above swscale), max 4.2-12.3 LSB at colour edges, 70-89% of the image
+values more than 1/255 apart; the kernel equals its float64 twin within 0.0001/255. The kernel
+computes the exact BT.601 value of the resized planes. Frames flagged full range (JPEG) are
+not converted here: ``GpuPipeline.submit_yuv`` sends them through RGB.
 """
 
 from __future__ import annotations
