@@ -21,9 +21,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         settings = CalibrationSettings(count=args.count, every=args.every, holdout=args.holdout,
-                                       method=args.method, threads=args.threads)
+                                       method=args.method, percentile=args.percentile,
+                                       threads=args.threads)
     except ValueError as e:
         print(f"detectd calibrate: {e} (methods: {', '.join(METHODS)})", file=sys.stderr)
+        return 2
+    gate = args.min_agreement
+    if gate is not None and not 0.0 <= gate <= 1.0:
+        print(f"detectd calibrate: --min-agreement {gate}: expected a number in [0, 1]",
+              file=sys.stderr)
         return 2
     try:
         report = calibrate(args.model, args.source, args.count, args.target, args.out,
@@ -32,9 +38,14 @@ def run(args: argparse.Namespace) -> int:
     except CalibrationError as e:
         print(f"\ndetectd calibrate: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # e.g. an output directory that cannot be created
+        print(f"\ndetectd calibrate: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        # every output is written by rename after the work is done: nothing partial is left
-        print("\ndetectd calibrate: interrupted; no output written", file=sys.stderr)
+        # the outputs are committed as one set at the very end, rolled back if interrupted:
+        # whatever was there before (or nothing) is still there, unchanged
+        print("\ndetectd calibrate: interrupted; no output was written or changed",
+              file=sys.stderr)
         return 130
     if not args.quiet:
         print(file=sys.stderr)
@@ -42,11 +53,14 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         with open(args.report, "w") as f:
             f.write(report.to_json() + "\n")
-    gate = args.min_agreement
     v = report.variants[args.target]
+    if gate is not None and gate > 0 and v.map50 is None:
+        print(f"detectd calibrate: --min-agreement {gate}: no held-out frame was scored, "
+              "agreement unknown", file=sys.stderr)
+        return 3
     if gate is not None and v.map50 is not None and v.map50 < gate:
-        print(f"detectd calibrate: agreement {v.map50:.3f} is below --min-agreement {gate}",
-              file=sys.stderr)
+        print(f"detectd calibrate: agreement {v.map50:.3f} is below --min-agreement {gate} "
+              "(the outputs are written; nothing uses them automatically)", file=sys.stderr)
         return 3
     return 0
 
@@ -82,13 +96,19 @@ def register(subparsers: Any) -> None:
                    help="video: take every k-th frame (default: spread --count over a file, "
                         "every 10th frame of a stream)")
     p.add_argument("--holdout", type=int, default=50,
-                   help="frames kept out of calibration to score INT8 against FP32 (default 50)")
+                   help="frames read after the --count calibration frames (the end of a "
+                        "video, the last files of a list), never calibrated, to score INT8 "
+                        "against FP32 (default 50)")
     p.add_argument("--method", default="percentile",
-                   help="threshold method: percentile (99.99%% of |x|, default), entropy "
-                        "(TensorRT EntropyCalibrator2, KL), mse, max")
+                   help="threshold method: percentile (of |x|, default; cache header "
+                        "MinMaxCalibration), entropy (TensorRT EntropyCalibrator2, KL; header "
+                        "EntropyCalibration2), mse, max (header MinMaxCalibration)")
+    p.add_argument("--percentile", type=float, default=99.99,
+                   help="--method percentile: the percentile of |x| kept (default 99.99)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     p.add_argument("--min-agreement", type=float, default=None,
-                   help="exit 3 when the --target model's mAP@0.5 agreement is below this")
+                   help="exit 3 when the --target model's mAP@0.5 agreement is below this "
+                        "(or when no held-out frame was left to measure it)")
     p.add_argument("--report", default=None, help="also write the report as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.set_defaults(func=run)

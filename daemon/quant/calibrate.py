@@ -3,10 +3,12 @@
 One pass over the calibration frames (the daemon's own letterbox preprocessing) accumulates a
 histogram per tensor; thresholds are chosen from the histograms; both the TensorRT and the CPU
 model are written from the same statistics, then scored against the FP32 model on held-out
-frames (frames of the same source that calibration did not see).
+frames: the `holdout` frames that follow the `count` calibration frames in the source's order (the
+last stretch of a video, the last files of a list), which calibration never sees.
 
-Everything is written atomically (temporary file + rename), so Ctrl-C leaves either the old
-outputs or none.
+The outputs (both models, the TensorRT table and its sidecar) are committed as one set: all are
+staged to temporary files, then renamed; a failure or Ctrl-C rolls the renames back, so a reader
+finds the whole previous set or the whole new one.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ import math
 import os
 import resource
 import sys
+import threading
 import time
 import warnings
 from collections import Counter
+from contextlib import closing
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,18 +47,39 @@ log = logging.getLogger("detectd.calibrate")
 METHODS = ("entropy", "percentile", "mse", "max")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 LIST_SUFFIXES = {".txt", ".list", ".lst"}
-ALGORITHM_VERSION = 1  # bump when statistics or thresholds are computed differently
+DEFAULT_MIN_AGREEMENT = 0.90  # the daemon's quality gate (config model.calibration.min_agreement)
+
+
+def code_digest() -> str:
+    """SHA-256 of the code that turns frames into INT8 models (daemon/quant/*.py and the
+    letterbox preprocessing): a changed quantizer never reuses a model or cache made by the old
+    one, with no version number to remember to bump."""
+    here = Path(__file__).resolve().parent
+    files = sorted(here.glob("*.py")) + [here.parent / "vision" / "letterbox.py"]
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.parent.name}/{p.name}\n".encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 class CalibrationError(RuntimeError):
     """Calibration cannot proceed; the message says why and names the input."""
 
 
+class CalibrationCancelled(CalibrationError):
+    """The caller's cancel event was set (daemon shutdown): nothing was written."""
+
+
+class AgreementTooLow(CalibrationError):
+    """The INT8 model's agreement with FP32 on held-out frames is below the configured gate."""
+
+
 @dataclass(frozen=True)
 class CalibrationSettings:
     count: int = 500  # calibration frames
     every: int = 0  # take every k-th decoded video frame; 0 = spread `count` over a file
-    holdout: int = 50  # frames kept aside to score INT8 against FP32
+    holdout: int = 50  # frames after the calibration frames, kept aside to score INT8 vs FP32
     # "entropy" is TensorRT's EntropyCalibrator2 (KL). The default, the 99.99th percentile of
     # |x| from the same histograms, keeps YOLO's rare strong early-layer activations that
     # KL clips (see README: agreement 0.70-0.85 with entropy vs >= 0.98 here).
@@ -73,7 +98,7 @@ class CalibrationSettings:
 
     def digest(self) -> str:
         d = {k: v for k, v in asdict(self).items() if k not in ("batch", "threads")}
-        d["algorithm"] = ALGORITHM_VERSION
+        d["code"] = code_digest()
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -297,6 +322,7 @@ class CalibrationReport:
     calibration_seconds: float
     peak_rss_bytes: int
     reference_detections: int = 0
+    cache_header: str = ""  # first line of the TensorRT table: TRT-<version>-<calibrator>
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, default=str)
@@ -309,6 +335,9 @@ class CalibrationReport:
             lines.append(f"calibrated on {self.frames_calibrated} frames in "
                          f"{self.calibration_seconds:.1f} s (peak RSS "
                          f"{self.peak_rss_bytes / 2**20:.0f} MiB); cache {self.cache}")
+        if self.cache_header:
+            lines.append(f"TensorRT cache header {self.cache_header} (thresholds by method "
+                         f"{self.method}; only --method entropy writes EntropyCalibration2)")
             if self.cache_note:
                 lines.append(f"  ({self.cache_note})")
         if self.skipped:
@@ -375,10 +404,14 @@ def calibrate(
     settings: CalibrationSettings | None = None,
     other_out: str | os.PathLike[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> CalibrationReport:
     """Calibrate `model` (FP32 ONNX) on frames of `source` and write the INT8 model for
     `target` to `out`, the other target's model to `other_out` (default: beside `out`), and
-    the TensorRT calibration cache to `cache` (default: `out` with .calib.table)."""
+    the TensorRT calibration cache to `cache` (default: `out` with .calib.table).
+
+    `cancel` is checked between batches; once set, CalibrationCancelled is raised and nothing
+    is written. Every failure is a CalibrationError whose message names the input."""
     from daemon.models.info import ModelInfo, ModelInfoError
 
     t_start = time.perf_counter()
@@ -393,6 +426,11 @@ def calibrate(
              other_target(target): Path(other_out) if other_out else sibling_path(out_path,
                                                                                   other_target(target))}
     cache_path = Path(cache) if cache else out_path.with_suffix(".calib.table")
+    outputs = [paths["tensorrt"], paths["cpu"], cache_path, cache_mod.meta_path(cache_path)]
+    if len(set(outputs)) != len(outputs):
+        raise CalibrationError("--out, the other target's model and --cache must be "
+                               f"different files: {', '.join(map(str, outputs))}")
+    cache_mod.clean_stale_parts(outputs)
 
     try:
         info = ModelInfo.from_onnx(model_path)
@@ -402,6 +440,7 @@ def calibrate(
     except Exception as e:  # a file that is not ONNX at all
         raise CalibrationError(f"model {model_path}: cannot read ONNX model: {e}") from None
     _check_input(proto, info, model_path)
+    _check_names(proto, model_path)
     model_sha = info.sha256
 
     frames_src = FrameSource(source, settings.every, settings.count + settings.holdout)
@@ -413,7 +452,7 @@ def calibrate(
         cached = cache_mod.read_cache(cache_path, key)
     except FileNotFoundError:
         pass
-    except (cache_mod.CacheMismatch, ValueError, KeyError, json.JSONDecodeError) as e:
+    except cache_mod.CacheMismatch as e:
         cache_note = f"existing cache {cache_path} not used: {e}; recalibrating"
         log.warning("%s", cache_note)
 
@@ -426,25 +465,27 @@ def calibrate(
         log.info("calibration cache %s matches the model and calibration set: reused", cache_path)
     else:
         stats, n_cal, holdout_frames, holdout_infos = _collect(
-            proto, info, frames_src, settings, progress)
+            proto, info, frames_src, settings, progress, cancel)
         if n_cal == 0:
             raise CalibrationError(_no_frames_message(frames_src))
-        if n_cal < settings.count:
-            warn.append(f"the source gave {n_cal} calibration frames, fewer than the "
-                        f"{settings.count} asked for")
+        warn.extend(_shortfall_warnings(n_cal, len(holdout_infos), settings))
     cal_seconds = time.perf_counter() - t_cal
 
     meta = {"detectd.calibration_key": key, "detectd.calibration_method": settings.method,
             "detectd.calibration_frames": str(n_cal)}
-    models = {t: qdq.quantize_model(proto, stats, t, meta) for t in qdq.TARGETS}
+    try:
+        models = {t: qdq.quantize_model(proto, stats, t, meta) for t in qdq.TARGETS}
+    except (KeyError, ValueError) as e:
+        raise CalibrationError(f"model {model_path}: cannot write the INT8 model: {e}") from None
     blobs = {t: m.SerializeToString() for t, m in models.items()}
+    del models
     variants = {t: VariantReport(t, str(paths[t]), len(blobs[t])) for t in qdq.TARGETS}
 
     scored = 0
     ref_count = 0
     if cached is None and holdout_frames is not None and len(holdout_frames):
         scored, ref_count = _score(proto, info, stats, blobs, holdout_frames, holdout_infos,
-                                   variants, settings)
+                                   variants, settings, cancel)
     elif cached is not None:
         for t, v in variants.items():
             prev = cached.info.get("quality", {}).get(t)  # type: ignore[union-attr]
@@ -453,24 +494,34 @@ def calibrate(
                 v.head_sqnr_db = prev.get("head_sqnr_db", {})
                 v.worst_tensors_sqnr_db = [tuple(x) for x in prev.get("worst", [])]
         scored = int(cached.info.get("frames_scored", 0))  # type: ignore[arg-type]
-    if cached is None and scored == 0:
-        warn.append("no held-out frames were left to score INT8 against FP32")
+    _check_cancel(cancel)
 
-    # Ctrl-C anywhere above leaves nothing behind; each write below is atomic on its own.
-    for t in qdq.TARGETS:
-        cache_mod.write_atomic(paths[t], blobs[t])
+    # Everything is built and checked in memory first; then the whole set is committed.
+    files: dict[Path, bytes] = {paths[t]: blobs[t] for t in qdq.TARGETS}
+    header = ""
     if cached is None:
         model_sha_, set_sha, settings_sha = key.split(":")
-        cache_mod.write_cache(cache_path, cache_mod.CacheContents(
-            key=key,
-            info={"model_sha256": model_sha_, "set_sha256": set_sha,
-                  "settings_sha256": settings_sha, "settings": asdict(settings),
-                  "source": frames_src.report.description, "frames": n_cal,
-                  "frames_scored": scored,
-                  "quality": {t: {"map50": v.map50, "head_sqnr_db": v.head_sqnr_db,
-                                  "worst": v.worst_tensors_sqnr_db}
-                              for t, v in variants.items()}},
-            stats=stats))
+        try:
+            cache_files = cache_mod.cache_files(cache_path, cache_mod.CacheContents(
+                key=key,
+                info={"model_sha256": model_sha_, "set_sha256": set_sha,
+                      "settings_sha256": settings_sha, "settings": asdict(settings),
+                      "source": frames_src.report.description, "frames": n_cal,
+                      "frames_scored": scored,
+                      "quality": {t: {"map50": v.map50, "head_sqnr_db": v.head_sqnr_db,
+                                      "worst": v.worst_tensors_sqnr_db}
+                                  for t, v in variants.items()}},
+                stats=stats), method=settings.method)
+        except cache_mod.CacheFormatError as e:
+            raise CalibrationError(f"calibration cache {cache_path}: {e}") from None
+        files.update(cache_files)  # the sidecar last
+        header = cache_files[cache_path].split(b"\n", 1)[0].decode()
+    else:
+        header = str(cached.info.get("trt_header", ""))
+    try:
+        cache_mod.commit_set(files)
+    except OSError as e:
+        raise CalibrationError(f"cannot write the outputs ({e}); none was changed") from None
 
     report = CalibrationReport(
         model=str(model_path), source=frames_src.report.description, key=key,
@@ -480,10 +531,53 @@ def calibrate(
         skipped_examples=frames_src.report.skipped_examples, warnings=warn,
         method=settings.method, fp32_size_bytes=model_path.stat().st_size, variants=variants,
         seconds=time.perf_counter() - t_start, calibration_seconds=cal_seconds,
-        peak_rss_bytes=peak_rss_bytes(), reference_detections=ref_count)
+        peak_rss_bytes=peak_rss_bytes(), reference_detections=ref_count, cache_header=header)
     for w in warn:
         warnings.warn(w, stacklevel=2)
     return report
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise CalibrationCancelled("INT8 calibration cancelled (stop requested); "
+                                   "nothing was written")
+
+
+def _shortfall_warnings(n_cal: int, held: int, settings: CalibrationSettings) -> list[str]:
+    """What happened when the source ran out before `count` + `holdout` frames."""
+    if n_cal >= settings.count and held >= settings.holdout:
+        return []
+    read = n_cal + held
+    if n_cal < settings.count:
+        msg = (f"the source gave {read} frames, fewer than the {settings.count} calibration "
+               f"frames asked for: all {n_cal} were used for calibration")
+    else:
+        msg = (f"the source gave {read} frames: the {settings.count} asked for were used for "
+               "calibration")
+    if settings.holdout == 0:
+        return [msg]
+    if held == 0:
+        msg += (f", and none was left to hold out (--holdout {settings.holdout}): INT8-vs-FP32 "
+                "agreement was NOT measured")
+        if n_cal > settings.holdout:
+            msg += (f"; ask for at most {n_cal - settings.holdout} calibration frames to "
+                    f"score on the last {settings.holdout}")
+    else:
+        msg += (f", and only the {held} frames after them were left to score agreement "
+                f"(of the {settings.holdout} held-out frames asked for)")
+    return [msg]
+
+
+def _check_names(proto: onnx.ModelProto, path: Path) -> None:
+    """Every tensor that may go into the TensorRT table can be written there (before any
+    frame is decoded, so a bad name costs no calibration time)."""
+    from daemon.quant.histogram import activation_tensors
+
+    for name in activation_tensors(proto):
+        try:
+            cache_mod.check_tensor_name(name)
+        except cache_mod.CacheFormatError as e:
+            raise CalibrationError(f"model {path}: {e}") from None
 
 
 def _check_input(proto: onnx.ModelProto, info: Any, path: Path) -> None:
@@ -519,10 +613,13 @@ def _no_frames_message(src: FrameSource) -> str:
 
 def _collect(
     proto: onnx.ModelProto, info: Any, src: FrameSource, settings: CalibrationSettings,
-    progress: Callable[[int, int], None] | None,
+    progress: Callable[[int, int], None] | None, cancel: threading.Event | None = None,
 ) -> tuple[dict[str, TensorStats], int, np.ndarray, list[LetterboxInfo]]:
-    """Decode, letterbox, run and histogram. Every 5th frame is kept aside for scoring, and
-    once `count` frames are calibrated, the following ones, until `holdout` are kept."""
+    """Decode, letterbox, run and histogram the first `count` frames of the source; the
+    `holdout` frames that follow them (a contiguous stretch at the end of what is read: the
+    end of a video, the last files of a list) are kept aside for scoring and never calibrated.
+    A source that runs short gives calibration its `count` first; the holdout gets what is
+    left."""
     collector = ActivationCollector(proto, threads=settings.threads)
     w, h = info.width, info.height
     batch = np.empty((settings.batch, 3, h, w), np.float32)
@@ -530,43 +627,45 @@ def _collect(
     n_cal = 0
     held: list[np.ndarray] = []
     held_infos: list[LetterboxInfo] = []
-    seen = 0
-    for frame in src.frames():
-        cal_full = n_cal + filled >= settings.count
-        to_holdout = len(held) < settings.holdout and (seen % 5 == 4 or cal_full)
-        if cal_full and not to_holdout:
-            break
-        seen += 1
-        if to_holdout:
+
+    def flush(n: int) -> None:
+        nonlocal n_cal
+        _check_cancel(cancel)
+        collector.add_batch(batch if n == settings.batch else batch[:n].copy())
+        n_cal += n
+        if progress:
+            progress(n_cal, settings.count)
+        _check_cancel(cancel)
+
+    _check_cancel(cancel)
+    with closing(src.frames()) as frames:
+        for frame in frames:
+            if n_cal + filled < settings.count:
+                letterbox_av(frame, w, h, out=batch[filled])
+                filled += 1
+                if filled == settings.batch:
+                    flush(filled)
+                    filled = 0
+                continue
+            if len(held) >= settings.holdout:
+                break
             x, li = letterbox_av(frame, w, h)
             held.append(x)
             held_infos.append(li)
-            continue
-        letterbox_av(frame, w, h, out=batch[filled])
-        filled += 1
-        if filled == settings.batch:
-            collector.add_batch(batch)
-            n_cal += filled
-            filled = 0
-            if progress:
-                progress(n_cal, settings.count)
     if filled:
-        collector.add_batch(batch[:filled].copy())
-        n_cal += filled
-        if progress:
-            progress(n_cal, settings.count)
+        flush(filled)
     if n_cal == 0:
         return {}, 0, np.zeros((0, 3, h, w), np.float32), []
     stats = stats_from_histograms(collector.histograms, settings)
-    frames = np.stack(held) if held else np.zeros((0, 3, h, w), np.float32)
-    return stats, n_cal, frames, held_infos
+    frames_out = np.stack(held) if held else np.zeros((0, 3, h, w), np.float32)
+    return stats, n_cal, frames_out, held_infos
 
 
 def _score(
     proto: onnx.ModelProto, info: Any, stats: dict[str, TensorStats], blobs: dict[str, bytes],
     frames: np.ndarray, infos: list[LetterboxInfo], variants: dict[str, VariantReport],
-    settings: CalibrationSettings, conf: float = 0.25, nms: float = 0.45,
-    pred_conf: float = 0.05,
+    settings: CalibrationSettings, cancel: threading.Event | None = None, conf: float = 0.25,
+    nms: float = 0.45, pred_conf: float = 0.05,
 ) -> tuple[int, int]:
     """mAP@0.5 of each INT8 variant against FP32 on held-out frames, SQNR of the heads, and
     the tensors whose own quantization (FP32 activations quantized with the chosen scales)
@@ -579,6 +678,7 @@ def _score(
     reference = postprocess(ref_out, infos, info.heads, conf, nms)
     del fp32
     for t, blob in blobs.items():
+        _check_cancel(cancel)
         sess = _session(blob, settings.threads)
         out = _run_batches(sess, info.input_name, frames, settings.batch, heads)
         predicted = postprocess(out, infos, info.heads, pred_conf, nms)
@@ -595,6 +695,7 @@ def _score(
     acc_trt, acc_cpu = SqnrAccumulator(), SqnrAccumulator()
     names = collector.tensors
     for i in range(0, len(frames), settings.batch):
+        _check_cancel(cancel)
         x = frames[i:i + settings.batch]
         outs = dict(zip(collector._run, collector.session.run(collector._run,
                                                                {collector.input_name: x})))
@@ -624,12 +725,21 @@ def ensure_int8_model(
     target: str = "cpu",
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    cancel: threading.Event | None = None,
+    min_agreement: float | None = None,
 ) -> Path:
     """The INT8 model for `target`, calibrated on first use and cached (default: beside the
-    FP32 model) under a key of model hash + calibration set hash + settings.
+    FP32 model) under a key of model hash + calibration set hash + settings + quantizer code.
 
     `calibration_settings` is the config's `model.calibration` (any object with `source`,
-    `count` and optionally the other `CalibrationSettings` fields) or a CalibrationSettings."""
+    `count` and optionally the other `CalibrationSettings` fields and `min_agreement`) or a
+    CalibrationSettings.
+
+    `cancel` (the daemon's stop event) is checked between batches: CalibrationCancelled, and
+    nothing is left behind. `min_agreement` (default: the settings' `min_agreement`, else 0.90;
+    0 turns the gate off) raises AgreementTooLow when the model's mAP@0.5 agreement with FP32
+    on the held-out frames is below it; the models stay cached, so lowering the gate does not
+    recalibrate. When no frame could be held out the agreement is unknown: logged, not fatal."""
     from daemon.models.assets import sha256_file
 
     fp32 = Path(fp32_path)
@@ -638,26 +748,67 @@ def ensure_int8_model(
     fields = {k: getattr(cs, k) for k in CalibrationSettings.__dataclass_fields__
               if cs is not None and hasattr(cs, k)}
     settings = CalibrationSettings(**fields)
+    if min_agreement is None:
+        min_agreement = getattr(cs, "min_agreement", None)
+    gate = DEFAULT_MIN_AGREEMENT if min_agreement is None else float(min_agreement)
     directory = Path(cache_dir) if cache_dir else fp32.parent
     src = FrameSource(source, settings.every, settings.count + settings.holdout)
     key = calibration_key(sha256_file(fp32), src.set_hash(), settings)
     tag = hashlib.sha256(key.encode()).hexdigest()[:16]
     out = {t: directory / f"{fp32.stem}.int8-{t}.{tag}.onnx" for t in qdq.TARGETS}
-    if out[target].is_file():
-        return out[target]
-    log.info("building the INT8 model for %s from %s (calibrating on %s, %d frames; "
-             "this happens once)", target, fp32.name, src.report.description, settings.count)
+    table = directory / f"{fp32.stem}.{tag}.calib.table"
+    cache_mod.clean_stale_parts([*out.values(), table, cache_mod.meta_path(table)])
+    sidecar = cache_mod.meta_path(table)
+    quality: dict[str, Any] | None = None
+    if out[target].is_file() and sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+            if meta.get("key") == key:
+                quality = meta
+        except (OSError, ValueError):
+            quality = None
+    if quality is None:
+        log.info("building the INT8 model for %s from %s (calibrating on %s, %d frames; "
+                 "this happens once)", target, fp32.name, src.report.description,
+                 settings.count)
 
-    def say(done: int, total: int) -> None:
-        if progress and (done % 50 < settings.batch or done >= total):
-            log.info("calibration: %d/%d frames", min(done, total), total)
+        def say(done: int, total: int) -> None:
+            if progress and (done % 50 < settings.batch or done >= total):
+                log.info("calibration: %d/%d frames", min(done, total), total)
 
-    report = calibrate(fp32, source, settings.count, target, out[target],
-                       directory / f"{fp32.stem}.{tag}.calib.table", settings=settings,
-                       other_out=out[other_target(target)], progress=say)
-    for line in report.summary().splitlines():
-        log.info("%s", line)
+        report = calibrate(fp32, source, settings.count, target, out[target], table,
+                           settings=settings, other_out=out[other_target(target)],
+                           progress=say, cancel=cancel)
+        for line in report.summary().splitlines():
+            log.info("%s", line)
+        map50 = report.variants[target].map50
+        scored = report.frames_scored
+    else:
+        q = (quality.get("quality") or {}).get(target) or {}
+        map50 = q.get("map50")
+        scored = int(quality.get("frames_scored") or 0)
+    _gate(map50, scored, gate, target, settings)
     return out[target]
+
+
+def _gate(map50: float | None, scored: int, gate: float, target: str,
+          settings: CalibrationSettings) -> None:
+    if gate <= 0.0:
+        return
+    if map50 is None or scored == 0:
+        log.warning("INT8 (%s) agreement with FP32 NOT checked against "
+                    "model.calibration.min_agreement %.2f: no frame was left to hold out "
+                    "after the %d calibration frames; lower model.calibration.count so that "
+                    "model.calibration.holdout (%d) frames remain", target, gate,
+                    settings.count, settings.holdout)
+        return
+    if map50 < gate:
+        raise AgreementTooLow(
+            f"INT8 model ({target}) agrees with FP32 at mAP@0.5 {map50:.3f} on {scored} "
+            f"held-out frames, below model.calibration.min_agreement {gate:.2f} "
+            f"(method {settings.method}); try model.calibration.method: percentile or more "
+            "or other calibration frames, use model.precision: fp32, or lower "
+            "model.calibration.min_agreement (0 turns the check off)")
 
 
 def print_progress(done: int, total: int) -> None:

@@ -110,7 +110,7 @@ class TensorStats:
     name: str
     min: float
     max: float
-    threshold: float  # symmetric clipping point of |x| (entropy method)
+    threshold: float  # symmetric clipping point of |x|, chosen by the calibration method
 
     @property
     def absmax(self) -> float:

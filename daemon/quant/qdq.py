@@ -6,7 +6,8 @@ Two layouts come from the same activation statistics:
     What TensorRT's explicit-quantization builder fuses (its "Q/DQ placement" recommendations):
     a Q/DQ pair on the activation input of every convolution and a DequantizeLinear on every
     convolution weight (int8 initializer, per output channel, axis 0). Everything int8 and
-    symmetric, zero points 0; activation scale = entropy threshold / 127, weight scale =
+    symmetric, zero points 0; activation scale = clipping threshold / 127 (the threshold the
+    calibration method chose: percentile, entropy, mse or max), weight scale =
     max |w_c| / 127. Biases stay float: TensorRT folds them, and its Q/DQ types are
     int8/fp8/int4/fp4, not int32. TensorRT propagates these scales through MaxPool, Resize and
     Concat itself.
@@ -72,8 +73,8 @@ def asymmetric_uint8(lo: float, hi: float) -> QParams:
 
 
 def uint8_params(stats: TensorStats, clip: bool = True) -> QParams:
-    """The range is the observed [min, max], clipped on both sides at the entropy threshold
-    of |x| (the same outlier rejection TensorRT applies, kept asymmetric)."""
+    """The range is the observed [min, max], clipped on both sides at the calibration
+    method's threshold of |x| (the same outlier rejection TensorRT applies, kept asymmetric)."""
     lo, hi = stats.min, stats.max
     if clip and stats.threshold > 0.0:
         lo, hi = max(lo, -stats.threshold), min(hi, stats.threshold)
