@@ -58,23 +58,50 @@ def _parse(path: Path) -> configparser.RawConfigParser:
     return parser
 
 
+def _parse_text(text: str) -> configparser.RawConfigParser:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "unit.service"
+        path.write_text(text)
+        return _parse(path)
+
+
 def _values(unit: configparser.RawConfigParser, section: str, key: str) -> list[str]:
     raw = unit[section].get(key)
     return [] if raw is None else raw.split("\n")
 
 
+def uncomment_curve(text: str) -> str:
+    """The CURVE variant the units document in comments, switched on as an operator would:
+    ``#LoadCredential=`` uncommented and, in the proxy unit, the commented ``ExecStart=`` replacing
+    the plain one."""
+    lines = text.splitlines()
+    if any(line.startswith("#ExecStart=") for line in lines):
+        lines = [line for line in lines if not line.startswith("ExecStart=")]
+    out = [line[1:] if line.startswith(("#LoadCredential=", "#ExecStart=")) else line for line in lines]
+    return "\n".join(out) + "\n"
+
+
 @pytest.mark.parametrize(
-    ("source", "name"),
+    ("source", "name", "curve"),
     [
-        ("detectd.service", "detectd.service"),
-        ("detectd@.service", "detectd@gpu0.service"),
-        ("detectd-proxy.service", "detectd-proxy.service"),
+        ("detectd.service", "detectd.service", False),
+        ("detectd@.service", "detectd@gpu0.service", False),
+        ("detectd-proxy.service", "detectd-proxy.service", False),
+        ("detectd.service", "detectd.service", True),
+        ("detectd@.service", "detectd@gpu0.service", True),
+        ("detectd-proxy.service", "detectd-proxy.service", True),
     ],
 )
-def test_systemd_analyze_verify(tmp_path: Path, source: str, name: str) -> None:
+def test_systemd_analyze_verify(tmp_path: Path, source: str, name: str, curve: bool) -> None:
     binary = _detectd_binary(tmp_path)
     text = (UNITS / source).read_text()
     assert INSTALLED in text
+    if curve:
+        assert "#LoadCredential=" in text
+        text = uncomment_curve(text)
+        assert "\nLoadCredential=" in text
     unit = tmp_path / name
     unit.write_text(text.replace(INSTALLED, binary))
     proc = subprocess.run(
@@ -120,5 +147,44 @@ def test_unit_settings(source: str) -> None:
 def test_proxy_unit_runs_the_proxy_command() -> None:
     service = _parse(UNITS / "detectd-proxy.service")["Service"]
     assert service["ExecStart"].startswith(f"{INSTALLED} proxy --frontend ")
-    assert "--backend " in service["ExecStart"]
+    # Loopback unless the operator switches to the CURVE variant: never an open plain endpoint.
+    assert "--backend tcp://127.0.0.1:" in service["ExecStart"] and "0.0.0.0" not in service["ExecStart"]
     assert service["DynamicUser"] == "yes" and service["PrivateDevices"] == "yes"  # no GPU needed
+    curve = _parse_text(uncomment_curve((UNITS / "detectd-proxy.service").read_text()))["Service"]
+    assert curve["LoadCredential"] == "proxy.key_secret:/etc/detectd/curve/proxy.key_secret"
+    assert "--backend tcp://0.0.0.0:5570 --server-key %d/proxy.key_secret --authorized-keys " in curve["ExecStart"]
+
+
+def test_no_unit_sets_an_environment_variable_the_code_does_not_read() -> None:
+    sources = "\n".join(p.read_text() for p in (ROOT / "daemon").rglob("*.py"))
+    for unit in ("detectd.service", "detectd@.service"):
+        for assignment in _values(_parse(UNITS / unit), "Service", "Environment"):
+            name = assignment.split("=", 1)[0]
+            assert name == "PYTHONUNBUFFERED" or name in sources, f"{unit}: {name} is read by nothing"
+
+
+@pytest.mark.parametrize("name", ["gpu0", "gpu1"])
+def test_template_unit_example_configs_pass_check_config(name: str) -> None:
+    """deploy/examples/gpuN.yaml, installed as /etc/detectd/gpuN.yaml, pass the template unit's
+    ExecStartPre (the same `detectd check-config`)."""
+    from tests.test_ops_support import detectd_command
+
+    config = ROOT / "deploy" / "examples" / f"{name}.yaml"
+    proc = subprocess.run([*detectd_command(), "check-config", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{config}: ok (4 streams)"
+
+
+def test_template_unit_example_configs_are_disjoint_shards() -> None:
+    import yaml
+
+    cfgs = [yaml.safe_load((ROOT / "deploy" / "examples" / f"gpu{i}.yaml").read_text()) for i in (0, 1)]
+    ids = [{s["id"] for s in c["streams"]} for c in cfgs]
+    assert not ids[0] & ids[1]  # a stream id on exactly one instance
+    assert cfgs[0]["publish"]["endpoint"] != cfgs[1]["publish"]["endpoint"]
+    assert cfgs[0]["metrics"]["listen"] != cfgs[1]["metrics"]["listen"]
+    # The proxy unit's default frontends are these two instances.
+    proxy = _parse(UNITS / "detectd-proxy.service")["Service"]["ExecStart"]
+    for c in cfgs:
+        assert f"--frontend {c['publish']['endpoint']}" in proxy

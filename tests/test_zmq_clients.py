@@ -415,3 +415,109 @@ def test_curve_key_paths_expand_environment_variables(tmp_path: Path, monkeypatc
         pub.close(0)
         sub.close(0)
         ctx.term()
+
+
+def _check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    full_env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    full_env.update(env or {})
+    return subprocess.run([*detectd_command(), "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60, env=full_env)
+
+
+def test_check_config_validates_the_curve_key_files(tmp_path: Path) -> None:
+    import yaml
+
+    from daemon.publish.curve import generate_keypair
+
+    creds, authorized = tmp_path / "creds", tmp_path / "authorized"
+    generate_keypair(creds, "server")
+    generate_keypair(tmp_path / "clients", "alice")
+    authorized.mkdir()
+    (authorized / "alice.key").write_bytes((tmp_path / "clients" / "alice.key").read_bytes())
+
+    def config(secret: str, directory: str) -> Path:
+        path = tmp_path / "detectd.yaml"
+        path.write_text(yaml.safe_dump({
+            "streams": [{"id": "cam1", "url": "rtsp://127.0.0.1:8554/cam1"}],
+            "publish": {"endpoint": "tcp://0.0.0.0:5560",
+                        "curve": {"server_secret_key": secret, "authorized_keys_dir": directory}},
+        }))
+        return path
+
+    # As systemd runs ExecStartPre with LoadCredential=: $CREDENTIALS_DIRECTORY set.
+    good = config("$CREDENTIALS_DIRECTORY/server.key_secret", str(authorized))
+    ok = _check_config(good, {"CREDENTIALS_DIRECTORY": str(creds)})
+    assert ok.returncode == 0, ok.stderr
+    # The variable unset (check-config run by hand outside the unit): named, not a traceback.
+    unset = _check_config(good)
+    assert unset.returncode == 2
+    assert unset.stderr.startswith("publish.curve.server_secret_key: ")
+    assert "$CREDENTIALS_DIRECTORY is not set" in unset.stderr
+    # The public half where the secret is expected; a directory that does not exist.
+    wrong = _check_config(config(str(creds / "server.key"), str(tmp_path / "nope")))
+    assert wrong.returncode == 2
+    assert wrong.stderr.splitlines() == [
+        f"publish.curve.server_secret_key: {creds / 'server.key'}: not a secret key file "
+        "(expected the NAME.key_secret that `detectd keygen` writes)",
+        f"publish.curve.authorized_keys_dir: {tmp_path / 'nope'}: directory does not exist",
+    ]
+    # A damaged key among the authorized ones would make the daemon refuse the whole directory.
+    (authorized / "bob.key").write_text('metadata\ncurve\n    public-key = "tooshort"\n')
+    (creds / "server.key_secret").write_text("not a certificate\n")
+    broken = _check_config(config(str(creds / "server.key_secret"), str(authorized)))
+    assert broken.returncode == 2
+    lines = broken.stderr.splitlines()
+    assert lines[0].startswith("publish.curve.server_secret_key: ") and "cannot read a CURVE key pair" in lines[0]
+    assert lines[1] == (f"publish.curve.authorized_keys_dir: {authorized / 'bob.key'}: "
+                        "public-key is not a 40-character Z85 CURVE key")
+
+
+def test_curve_server_reload_admits_a_key_added_later(tmp_path: Path) -> None:
+    """``CurveServer.reload()`` (what SIGHUP calls once the daemon wires it): a client whose key is
+    added to the directory afterwards gets in, over real sockets, without recreating the server."""
+    from daemon.publish.curve import configure_client, configure_server, generate_keypair
+
+    generate_keypair(tmp_path, "server")
+    generate_keypair(tmp_path, "alice")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    server = configure_server(pub, tmp_path / "server.key_secret", authorized)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    subs: list[zmq.Socket[bytes]] = []
+
+    def client() -> zmq.Socket[bytes]:
+        s = ctx.socket(zmq.SUB)
+        configure_client(s, tmp_path / "server.key", tmp_path / "alice.key_secret")
+        s.setsockopt(zmq.SUBSCRIBE, b"")
+        s.setsockopt(zmq.RCVTIMEO, 100)
+        s.connect(f"tcp://127.0.0.1:{port}")
+        subs.append(s)
+        return s
+
+    def receives(s: zmq.Socket[bytes], seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            pub.send_multipart([b"detections/cam1/", b"{}"])
+            try:
+                s.recv_multipart()
+                return True
+            except zmq.Again:
+                pass
+        return False
+
+    try:
+        assert not receives(client(), 2.0)  # not listed yet
+        (authorized / "alice.key").write_bytes((tmp_path / "alice.key").read_bytes())
+        server.reload()
+        assert server.allowed_keys() == 1
+        assert receives(client(), 10.0)  # a new connection after the reload is admitted
+    finally:
+        for s in subs:
+            s.close(0)
+        server.stop()
+        pub.close(0)
+        ctx.term()

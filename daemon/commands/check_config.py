@@ -1,5 +1,9 @@
 """``detectd check-config --config PATH``: exit 0 when valid, else exit 2 with one line per
-problem, ``key.path: message``."""
+problem, ``key.path: message``.
+
+Besides the config's types, it checks the files the daemon will open: stream files, model files
+and, with ``publish.curve``, the CURVE key files (paths expanded as the daemon expands them, so run
+it where the daemon runs -- systemd's ``ExecStartPre`` sees the same ``$CREDENTIALS_DIRECTORY``)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,9 @@ def run(args: argparse.Namespace) -> int:
         for line in exc.problems:
             print(line, file=sys.stderr)
         return 2
-    problems = check_config(cfg)
+    from daemon.publish import curve
+
+    problems = check_config(cfg) + curve.check_files(cfg.publish.curve)
     for line in problems:
         print(line, file=sys.stderr)
     if problems:

@@ -11,8 +11,14 @@ writes: ``NAME.key`` holds the public key only, ``NAME.key_secret`` holds both. 
 ``LoadCredential=``, the way to hand a secret to a ``DynamicUser`` service).
 
 The ZAP handler (a :class:`zmq.auth.thread.ThreadAuthenticator`) is per context and runs a thread;
-:func:`configure_server` returns it wrapped in :class:`CurveServer` so the caller can re-read the
-authorized keys on SIGHUP and stop the thread on shutdown.
+:func:`configure_server` returns it wrapped in :class:`CurveServer`, whose ``reload()`` re-reads the
+authorized keys directory and ``stop()`` ends the thread. The authorized keys are read once when
+the socket is set up; they are re-read on SIGHUP only if the daemon's reload calls
+``CurveServer.reload()`` (``Daemon.reload`` -> ``self.publisher.authenticator.reload()``; until that
+is wired in ``daemon/app.py``, adding or removing a key takes a restart).
+
+:func:`check_files` is what ``detectd check-config`` runs: the same files the daemon will open,
+checked before it starts, one ``publish.curve.<key>: problem`` line each.
 """
 
 from __future__ import annotations
@@ -22,15 +28,18 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
+from zmq.utils import z85
 from zmq.auth.thread import ThreadAuthenticator
 
 __all__ = [
     "CurveError",
     "CurveServer",
     "ClientKeys",
+    "check_files",
     "configure_server",
     "configure_client",
     "generate_keypair",
@@ -49,6 +58,33 @@ def _path(path: str | os.PathLike[str]) -> Path:
     return Path(os.path.expandvars(os.fspath(path))).expanduser()
 
 
+def _unexpanded(p: Path) -> str | None:
+    """The first ``$VAR`` left in a path after ``expandvars`` (the variable is not set)."""
+    text = os.fspath(p)
+    i = text.find("$")
+    if i < 0:
+        return None
+    name = text[i:].split("/", 1)[0]
+    return name
+
+
+def _require_expanded(p: Path) -> None:
+    var = _unexpanded(p)
+    if var is not None:
+        raise CurveError(
+            f"{p}: {var} is not set (systemd sets $CREDENTIALS_DIRECTORY for a unit with LoadCredential=; "
+            "elsewhere set the variable or give the file's path)")
+
+
+def _valid_z85_key(key: bytes) -> bool:
+    if len(key) != 40:
+        return False
+    try:
+        return len(z85.decode(key)) == 32
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
 def _require_curve() -> None:
     if not zmq.has("curve"):
         raise CurveError("this libzmq was built without CURVE support")
@@ -57,24 +93,30 @@ def _require_curve() -> None:
 def load_public_key(path: str | os.PathLike[str]) -> bytes:
     """The Z85 public key in a certificate file (``.key`` or ``.key_secret``)."""
     p = _path(path)
+    _require_expanded(p)
     try:
         public, _ = zmq.auth.load_certificate(p)
     except (OSError, ValueError) as exc:
         raise CurveError(f"{p}: cannot read a CURVE public key: {exc}") from exc
     if not public:
         raise CurveError(f"{p}: no public-key in this certificate file")
+    if not _valid_z85_key(public):
+        raise CurveError(f"{p}: public-key is not a 40-character Z85 CURVE key")
     return public
 
 
 def load_secret_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     """``(public, secret)`` from a ``.key_secret`` certificate file."""
     p = _path(path)
+    _require_expanded(p)
     try:
         public, secret = zmq.auth.load_certificate(p)
     except (OSError, ValueError) as exc:
         raise CurveError(f"{p}: cannot read a CURVE key pair: {exc}") from exc
     if not public or not secret:
         raise CurveError(f"{p}: not a secret key file (expected the NAME.key_secret that `detectd keygen` writes)")
+    if not (_valid_z85_key(public) and _valid_z85_key(secret)):
+        raise CurveError(f"{p}: public-key/secret-key are not 40-character Z85 CURVE keys")
     try:
         mode = p.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO) & ~stat.S_IRGRP:
@@ -119,6 +161,7 @@ def configure_server(
     _require_curve()
     public, secret = load_secret_key(server_secret_key_file)
     allowed = _path(allowed_clients_dir)
+    _require_expanded(allowed)
     if not allowed.is_dir():
         raise CurveError(f"{allowed}: authorized client keys directory does not exist")
     auth = ThreadAuthenticator(socket.context, log=logging.getLogger("daemon.publish.zap"))
@@ -135,6 +178,41 @@ def configure_server(
     if server.allowed_keys() == 0:
         log.warning("CURVE: no authorized client keys in %s: every subscriber will be refused", allowed)
     return server
+
+
+def check_files(curve: Any) -> list[str]:
+    """Problems with the key files of a ``publish.curve`` config section (an object with
+    ``server_secret_key`` and ``authorized_keys_dir``), as ``publish.curve.<key>: message`` lines;
+    empty when the daemon will be able to load them. ``None`` (CURVE off) has no problems.
+
+    Paths are expanded exactly as the daemon expands them (``os.path.expandvars``, ``~``), so
+    ``$CREDENTIALS_DIRECTORY/...`` is checked where systemd puts the credential.
+    """
+    if curve is None:
+        return []
+    problems: list[str] = []
+    if not zmq.has("curve"):
+        return ["publish.curve: this libzmq was built without CURVE support"]
+    try:
+        load_secret_key(curve.server_secret_key)
+    except CurveError as exc:
+        problems.append(f"publish.curve.server_secret_key: {exc}")
+    allowed = _path(curve.authorized_keys_dir)
+    var = _unexpanded(allowed)
+    if var is not None:
+        problems.append(f"publish.curve.authorized_keys_dir: {allowed}: {var} is not set")
+    elif not allowed.is_dir():
+        problems.append(f"publish.curve.authorized_keys_dir: {allowed}: directory does not exist")
+    else:
+        for key_file in sorted(allowed.glob("*.key")):
+            try:
+                load_public_key(key_file)
+            except CurveError as exc:  # the ZAP handler would refuse to load the whole directory
+                problems.append(f"publish.curve.authorized_keys_dir: {exc}")
+        if not any(allowed.glob("*.key")):
+            log.warning("publish.curve.authorized_keys_dir: %s holds no *.key file: every subscriber "
+                        "will be refused", allowed)
+    return problems
 
 
 @dataclass(frozen=True)
