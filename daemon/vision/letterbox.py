@@ -16,9 +16,14 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import Interpolation
 
 PAD_VALUE = 0.5
-INTERPOLATION = "BILINEAR"
+# Bilinear scaling; ACCURATE_RND + FULL_CHR_H_INT make libswscale's YUV->RGB exact BT.601 (within
+# 0.5 of a level; without them its fixed-point tables sit 0..2.75 levels low) and interpolate chroma
+# at full horizontal resolution. Same cost as plain BILINEAR here, and the GPU kernel
+# (vision/gpu_letterbox.py) computes the same arithmetic, so both paths agree.
+INTERPOLATION = (Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INT)
 
 
 @dataclass(frozen=True, slots=True)
