@@ -75,11 +75,17 @@ def _values(unit: configparser.RawConfigParser, section: str, key: str) -> list[
 def uncomment_curve(text: str) -> str:
     """The CURVE variant the units document in comments, switched on as an operator would:
     ``#LoadCredential=`` uncommented and, in the proxy unit, the commented ``ExecStart=`` replacing
-    the plain one."""
+    the plain one (which is commented out)."""
     lines = text.splitlines()
-    if any(line.startswith("#ExecStart=") for line in lines):
-        lines = [line for line in lines if not line.startswith("ExecStart=")]
-    out = [line[1:] if line.startswith(("#LoadCredential=", "#ExecStart=")) else line for line in lines]
+    has_variant = any(line.startswith("#ExecStart=") for line in lines)
+    out = []
+    for line in lines:
+        if line.startswith("ExecStart=") and has_variant:
+            out.append("#" + line)
+        elif line.startswith(("#LoadCredential=", "#ExecStart=")):
+            out.append(line[1:])
+        else:
+            out.append(line)
     return "\n".join(out) + "\n"
 
 
@@ -188,3 +194,30 @@ def test_template_unit_example_configs_are_disjoint_shards() -> None:
     proxy = _parse(UNITS / "detectd-proxy.service")["Service"]["ExecStart"]
     for c in cfgs:
         assert f"--frontend {c['publish']['endpoint']}" in proxy
+
+
+def _readme_sed_commands() -> dict[str, list[str]]:
+    """The `sudo sed -i ...` lines of README.md's "Operating detectd" section, by the unit file
+    they edit (backslash continuations joined)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Operating detectd"):text.index("## Performance")]
+    section = section.replace("\\\n", " ")
+    out: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        line = line.strip()
+        if line.startswith("sudo sed -i "):
+            *cmd, target = line.split()
+            out.setdefault(Path(target).name, []).append(" ".join(cmd[1:]))
+    return out
+
+
+@pytest.mark.parametrize("source", ["detectd.service", "detectd-proxy.service"])
+def test_readme_sed_switches_the_unit_to_its_curve_variant(tmp_path: Path, source: str) -> None:
+    """The README's literal `sed` command, run on a copy of the unit, gives exactly the CURVE
+    variant that test_systemd_analyze_verify verifies."""
+    commands = _readme_sed_commands()[source]
+    assert len(commands) == 1
+    unit = tmp_path / source
+    shutil.copy(UNITS / source, unit)
+    subprocess.run(f"{commands[0]} {unit}", shell=True, check=True, timeout=30)
+    assert unit.read_text() == uncomment_curve((UNITS / source).read_text())
