@@ -477,7 +477,7 @@ def test_check_config_validates_the_curve_key_files(tmp_path: Path) -> None:
 def test_curve_server_reload_admits_a_key_added_later(tmp_path: Path) -> None:
     """``CurveServer.reload()`` (what SIGHUP calls once the daemon wires it): a client whose key is
     added to the directory afterwards gets in, over real sockets, without recreating the server."""
-    from daemon.publish.curve import configure_client, configure_server, generate_keypair
+    from daemon.publish.curve import CurveError, configure_client, configure_server, generate_keypair
 
     generate_keypair(tmp_path, "server")
     generate_keypair(tmp_path, "alice")
@@ -515,6 +515,11 @@ def test_curve_server_reload_admits_a_key_added_later(tmp_path: Path) -> None:
         server.reload()
         assert server.allowed_keys() == 1
         assert receives(client(), 10.0)  # a new connection after the reload is admitted
+        # A damaged key file: named, and the keys loaded before stay in force.
+        (authorized / "bob.key").write_text('metadata\ncurve\n    public-key = "tooshort"\n')
+        with pytest.raises(CurveError, match="bob.key: public-key is not a 40-character Z85"):
+            server.reload()
+        assert receives(client(), 10.0)
     finally:
         for s in subs:
             s.close(0)

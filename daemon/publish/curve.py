@@ -138,7 +138,22 @@ class CurveServer:
 
     def reload(self) -> None:
         """Re-read the authorized keys directory (keys added or removed take effect for new
-        connections; established ones keep their session)."""
+        connections; established ones keep their session).
+
+        Every ``*.key`` file is checked first: pyzmq's ``configure_curve`` would only log a damaged
+        file and keep no key at all (at start) or the previous ones (later), silently. Here a
+        damaged file or a missing directory raises :class:`CurveError` naming it, and the keys
+        loaded before stay in force."""
+        if not self.allowed_clients_dir.is_dir():
+            raise CurveError(f"{self.allowed_clients_dir}: authorized client keys directory does not exist")
+        bad = []
+        for key_file in sorted(self.allowed_clients_dir.glob("*.key")):
+            try:
+                load_public_key(key_file)
+            except CurveError as exc:
+                bad.append(str(exc))
+        if bad:
+            raise CurveError("; ".join(bad) + " (authorized keys not loaded)")
         self.authenticator.configure_curve(domain="*", location=str(self.allowed_clients_dir))
         log.info("CURVE: %d authorized client keys in %s", self.allowed_keys(), self.allowed_clients_dir)
 
