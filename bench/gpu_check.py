@@ -6,12 +6,12 @@ media it FAILS (exit 2) rather than fall back to synthetic frames.
     python3 bench/gpu_check.py --media DIR [--out DIR]
 
 (a) GPU letterbox vs CPU, on real decoded frames (the demo video's yuv420p frames, the photos
-    as yuv420p, the demo frame re-encoded by swscale to 1920x1080, 1280x720, 1277x719, 809x1079,
+    as decoded (yuvj420p, full range), the demo frame re-encoded by swscale to 1920x1080, 1280x720, 1277x719, 809x1079,
     641x271, 233x101, 416x416, and one nv12 frame): the YUV kernel (decoder planes in, 1.5 bytes
     per pixel) against the daemon's CPU letterbox ``letterbox_av`` -- the gate "GPU equals CPU
     within 1/255" -- with max |diff| and the share of values over 1/255; also against its own
-    float64 twin (kernel correctness only, not the gate) and the RGB kernel against
-    ``letterbox_rgb``.
+    float64 twin (kernel correctness only, not the gate), the twin against ``letterbox_av`` (what
+    tests/test_gpu_yuv_cpu.py asserts on the CPU) and the RGB kernel against ``letterbox_rgb``.
 (b) Attribution under concurrency: 3 slots, a producer and a collector thread, batches of 1..4
     of distinct yuv420p frames; a STAND-IN for the engine (``standin_checksum``, not TensorRT)
     reduces each slot's network input to 8 weighted checksums per image, and each result must
@@ -153,11 +153,11 @@ def load_frames(media: Path | None) -> tuple[dict[str, Any], str]:
                 frames[f"bikes{i}_{f.format.name}_{f.width}x{f.height}"] = f
             if i > 180:
                 break
-    for name in ("bus.jpg", "zidane.jpg"):
+    for name in ("bus.jpg", "zidane.jpg"):  # JPEG: yuvj420p (full range, centred chroma) as decoded
         if (media / name).is_file():
             with av.open(str(media / name)) as c:
-                img = next(c.decode(video=0)).reformat(format="yuv420p")
-            frames[f"{name.split('.')[0]}_yuv420p_{img.width}x{img.height}"] = img
+                img = next(c.decode(video=0))
+            frames[f"{name.split('.')[0]}_{img.format.name}_{img.width}x{img.height}"] = img
     b0 = next(iter(frames.values()))
     for w, h in [(1920, 1080), (1280, 720), (1277, 719), (809, 1079), (641, 271), (233, 101), (416, 416)]:
         frames[f"bikes0_reenc_{w}x{h}"] = b0.reformat(width=w, height=h, format="yuv420p")
@@ -169,7 +169,7 @@ def check_letterbox(dev: CudaDevice, frames: dict[str, Any]) -> dict[str, Any]:
     """YUV kernel vs the daemon's CPU letterbox (``letterbox_av``: libswscale scales + converts)
     -- the gate -- and vs its own float64 twin (a kernel-correctness check only). The RGB
     kernel's agreement (frame converted to RGB24 first) is reported beside it."""
-    from daemon.vision.gpu_letterbox import letterbox_yuv_reference
+    from daemon.vision.gpu_letterbox import letterbox_yuv_reference, yuv_params
     from daemon.vision.letterbox import letterbox_av, letterbox_rgb
 
     pipe = GpuPipeline(dev, W, H, 1, [OutputSpec("input", (3, H, W))],
@@ -180,8 +180,8 @@ def check_letterbox(dev: CudaDevice, frames: dict[str, Any]) -> dict[str, Any]:
         gpu = pipe.collect(pipe.submit_yuv([f], [info]))[0][0]
         copied = pipe.last_h2d_bytes
         cpu, _ = letterbox_av(f, W, H)
-        yuv_path = int(getattr(f, "color_range", 0) or 0) != 2  # full range goes through RGB
-        twin = letterbox_yuv_reference(f, W, H, info)[0] if yuv_path else None
+        twin = letterbox_yuv_reference(f, W, H, info)[0]
+        dt = np.abs(twin - cpu)
         region = (slice(None), slice(info.pad_y, info.pad_y + info.new_h), slice(info.pad_x, info.pad_x + info.new_w))
         d = gpu - cpu
         rgb = f.to_ndarray(format="rgb24")
@@ -194,16 +194,19 @@ def check_letterbox(dev: CudaDevice, frames: dict[str, Any]) -> dict[str, Any]:
             "share_over_1_255_vs_cpu": float((np.abs(d) > TOL + 1e-7).mean()),
             "share_over_1_255_vs_cpu_image_region": float((np.abs(d[region]) > TOL + 1e-7).mean()),
             "mean_signed_vs_cpu_x255_rgb": [float(d[region][c].mean() * 255) for c in range(3)],
-            "path": "yuv" if yuv_path else "rgb (full-range frame)",
-            "max_abs_vs_twin_x255": float(np.abs(gpu - twin).max() * 255) if twin is not None else 0.0,
+            "path": "yuv", "siting_colorspace_range": list(yuv_params(f)),
+            "max_abs_vs_twin_x255": float(np.abs(gpu - twin).max() * 255),
+            "twin_max_abs_vs_cpu_x255": float(dt.max() * 255),
+            "twin_share_over_1_255_vs_cpu": float((dt > TOL + 1e-7).mean()),
             "rgb_path_max_abs_vs_cpu_rgb_x255": float(np.abs(gpu_rgb - cpu_rgb).max() * 255),
         })
     pipe.close()
     return {"rows": rows,
             "pass_gpu_equals_cpu_within_1_255": all(r["max_abs_vs_cpu_x255"] <= 1.0 + 1e-4 for r in rows),
             "pass_kernel_equals_twin": all(r["max_abs_vs_twin_x255"] <= 0.01 for r in rows),
-            "note": "letterbox_av is libswscale's fixed-point YUV->RGB; the kernel computes exact BT.601 "
-                    "limited range of the resized planes (see daemon/vision/gpu_letterbox.py)"}
+            "note": "letterbox_av is libswscale (BILINEAR|ACCURATE_RND|FULL_CHR_H_INT): full-resolution chroma "
+                    "sited as the frame says, exact matrix; the kernel computes the same in float32 and does not "
+                    "round to uint8 (see daemon/vision/gpu_letterbox.py)"}
 
 
 def _planes(f: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -420,7 +423,8 @@ def main() -> int:
     for r in report["letterbox"].get("rows", []):
         lines.append(f"letterbox {r['frame']:28s} [{r['path']}] vs letterbox_av max {r['max_abs_vs_cpu_x255']:.3f}/255, "
                      f"{100 * r['share_over_1_255_vs_cpu']:.2f}% > 1/255 "
-                     f"(image region {100 * r['share_over_1_255_vs_cpu_image_region']:.2f}%), mean "
+                     f"(image region {100 * r['share_over_1_255_vs_cpu_image_region']:.2f}%); twin vs letterbox_av "
+                     f"{r['twin_max_abs_vs_cpu_x255']:.3f}/255; mean "
                      + "/".join(f"{m:+.2f}" for m in r["mean_signed_vs_cpu_x255_rgb"])
                      + f"; vs twin {r['max_abs_vs_twin_x255']:.4f}/255; rgb path vs cpu "
                      f"{r['rgb_path_max_abs_vs_cpu_rgb_x255']:.3f}/255; {r['h2d_bytes']} B copied")

@@ -187,6 +187,7 @@ def test_gpu_yuv_letterbox_matches_its_twin(device: Any) -> None:
     av = pytest.importorskip("av", reason="PyAV missing")
     from daemon.backends.cuda import GpuPipeline, OutputSpec
     from daemon.vision.gpu_letterbox import letterbox_yuv_reference
+    from daemon.vision.letterbox import letterbox_av
 
     w = h = 416
     pipe = GpuPipeline(device, w, h, 3, [OutputSpec("input", (3, h, w))],
@@ -203,6 +204,41 @@ def test_gpu_yuv_letterbox_matches_its_twin(device: Any) -> None:
             assert np.abs(got[0] - ref).max() <= 1e-4
             assert np.abs(got[1] - ref).max() <= 1e-4
             assert np.abs(got[2] - letterbox_reference(img, w, h)[0]).max() <= 1e-4
+            cpu, _ = letterbox_av(f, w, h)  # the gate: the CPU letterbox (libswscale)
+            # uniform noise (233x101) reaches 0.990/255 in the twin already: 0.03/255 for float32
+            assert np.abs(got[0] - cpu).max() <= 1.03 / 255 and np.abs(got[1] - cpu).max() <= 1.03 / 255
+    finally:
+        pipe.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_NO_GPU is not None, reason=f"no GPU: {_NO_GPU}")
+def test_gpu_yuv_letterbox_equals_the_cpu_letterbox_on_decoded_frames(device: Any) -> None:
+    """Decoded frames carry their siting/matrix/range (H.264: chroma sited left; JPEG:
+    yuvj420p, full range, centred): the kernel follows them as libswscale does, within 1/255 of
+    ``letterbox_av``, odd sizes included."""
+    av = pytest.importorskip("av", reason="PyAV missing")
+    from daemon.backends.cuda import GpuPipeline, OutputSpec
+    from daemon.models.assets import cache_dir
+
+    media = cache_dir() / "media"
+    if not (media / "bikes.mp4").is_file():
+        pytest.skip("bikes.mp4 not in the cache (run `detectd fetch-model`)")
+    with av.open(str(media / "bikes.mp4")) as c:
+        f0 = next(c.decode(video=0))
+    frames = [f0] + [f0.reformat(width=w, height=h, format="yuv420p")
+                     for w, h in [(1277, 719), (233, 101), (1920, 1080)]]
+    if (media / "bus.jpg").is_file():
+        with av.open(str(media / "bus.jpg")) as c:
+            frames.append(next(c.decode(video=0)))
+    w = h = 416
+    pipe = GpuPipeline(device, w, h, 1, [OutputSpec("input", (3, h, w))],
+                       lambda slot: CopyInput(device, slot, 3 * h * w * 4), num_slots=2)
+    try:
+        for f in frames:
+            got = pipe.collect(pipe.submit_yuv([f]))[0][0]
+            d = np.abs(got - letterbox_av(f, w, h)[0]).max() * 255
+            assert d <= 1.0, f"{f.format.name} {f.width}x{f.height}: {d:.3f}/255"
     finally:
         pipe.close()
 

@@ -437,31 +437,32 @@ class GpuPipeline:
         yuv420p or nv12 frame crosses the bus as its planes (1.5 bytes per pixel) and the
         colour conversion runs in the kernel (``daemon.vision.gpu_letterbox``); a frame of any
         other pixel format is converted to RGB24 on the CPU (``to_ndarray(format="rgb24")``)
-        and takes the RGB kernel (3 bytes per pixel); so does a yuv420p/nv12 frame flagged full
-        range (``color_range`` JPEG), since the kernel's matrix is limited range. ``infos``: one ``LetterboxInfo`` per
+        and takes the RGB kernel (3 bytes per pixel). The kernel reads the frame's chroma siting,
+        colorspace and range as ``letterbox_av`` does (``gpu_letterbox.yuv_params``). ``infos``: one ``LetterboxInfo`` per
         frame, or None to compute them. A batch may mix formats and sizes.
         """
-        from daemon.vision.gpu_letterbox import yuv_planes
+        from daemon.vision.gpu_letterbox import YUV_FORMATS, yuv_params, yuv_planes
         from daemon.vision.letterbox import letterbox_params
 
         n = len(frames)
         if not 1 <= n <= self.max_batch or (infos is not None and len(infos) != n):
             raise ValueError(f"need 1..{self.max_batch} frames (and one LetterboxInfo each), got {n}")
         planes: list[tuple[str, list[np.ndarray], int, int]] = []  # kind, arrays, w, h
+        siting: list[tuple[int, int, int]] = []  # (chroma location, colorspace, range) per frame, as swscale reads them
         for f in frames:
-            # The kernel converts limited ("MPEG") range; a frame flagged full range (JPEG,
-            # color_range 2) goes through RGB so swscale applies its range, as letterbox_av does.
-            if isinstance(f, tuple) or (getattr(getattr(f, "format", None), "name", None) in ("yuv420p", "nv12")
-                                        and int(getattr(f, "color_range", 0) or 0) != 2):
+            if isinstance(f, tuple) or getattr(getattr(f, "format", None), "name", None) in YUV_FORMATS:
                 fmt, y, u, v = yuv_planes(f)
+                siting.append(yuv_params(f))
                 planes.append((fmt, [y, u] + ([v] if v is not None else []), y.shape[1], y.shape[0]))
             elif isinstance(f, np.ndarray):
                 if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
                     raise ValueError(f"expected RGB uint8 HxWx3 arrays, got {f.dtype} {f.shape}")
                 planes.append(("rgb24", [f], f.shape[1], f.shape[0]))
+                siting.append((0, 2, 0))
             else:  # another pixel format: the CPU converts, the GPU still resizes
                 rgb = f.to_ndarray(format="rgb24")
                 planes.append(("rgb24", [rgb], rgb.shape[1], rgb.shape[0]))
+                siting.append((0, 2, 0))
         infos = list(infos) if infos is not None else [
             letterbox_params(w, h, self.width, self.height) for _, _, w, h in planes]
         self.last_h2d_bytes = sum(a.nbytes for _, arrs, _, _ in planes for a in arrs)
@@ -480,7 +481,8 @@ class GpuPipeline:
                 offsets.append(offs)
             self.device.h2d(slot.staging_dev, slot.staging_ptr, off, slot.stream)
             base = slot.staging_dev
-            for b, ((kind, arrs, w, h), info, offs) in enumerate(zip(planes, infos, offsets)):
+            for b, ((kind, arrs, w, h), info, offs, yuv) in enumerate(
+                    zip(planes, infos, offsets, siting)):
                 out = slot.input_ptr + b * self._image_floats * 4
                 if kind == "rgb24":
                     self.letterbox.enqueue(base + offs[0], w, h, w * 3, out, self.width, self.height,
@@ -488,11 +490,11 @@ class GpuPipeline:
                 elif kind == "nv12":
                     self.letterbox.enqueue_yuv(base + offs[0], w, base + offs[1], base + offs[1] + 1,
                                                arrs[1].shape[1], 2, w, h, out, self.width, self.height,
-                                               info, slot.stream)
+                                               info, slot.stream, *yuv)
                 else:
                     self.letterbox.enqueue_yuv(base + offs[0], w, base + offs[1], base + offs[2],
                                                arrs[1].shape[1], 1, w, h, out, self.width, self.height,
-                                               info, slot.stream)
+                                               info, slot.stream, *yuv)
 
         return self._submit(n, tags, timeout, fill)
 

@@ -57,27 +57,96 @@ import numpy as np
 
 from daemon.vision.letterbox import PAD_VALUE, LetterboxInfo, letterbox_params
 
-__all__ = ["GpuLetterbox", "KERNEL_SOURCE", "YUV_FORMATS", "letterbox_reference", "letterbox_yuv_reference",
-           "resize_taps", "yuv_planes"]
+__all__ = ["GpuLetterbox", "KERNEL_SOURCE", "YUV_FORMATS", "chroma_location", "chroma_offsets",
+           "letterbox_reference", "letterbox_yuv_reference", "resize_taps", "yuv_matrix", "yuv_params",
+           "yuv_planes"]
 
 # Decoder pixel formats the YUV kernel reads directly; anything else goes through RGB.
-YUV_FORMATS = ("yuv420p", "nv12")
+YUV_FORMATS = ("yuv420p", "nv12", "yuvj420p")  # yuvj420p: yuv420p planes, always full range
 
-# BT.601 limited range (swscale's default matrix when the frame does not say otherwise).
+# Limited ("MPEG") range YUV -> RGB matrices, as libswscale picks them from the frame's
+# ``colorspace`` (AVColorSpace; sws_getCoefficients): BT.709, FCC, SMPTE 240M and BT.2020 have
+# their own (Kr, Kb); everything else (unspecified, BT.470BG, SMPTE 170M, ...) is BT.601.
+_KRKB = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 7: (0.212, 0.087), 9: (0.2627, 0.0593), 10: (0.2627, 0.0593)}
 _CY = 255.0 / 219.0
 _CC = 255.0 / 224.0
-BT601 = {"y": _CY, "rv": _CC * 1.402, "gu": _CC * 1.772 * 0.114 / 0.587,
-         "gv": _CC * 1.402 * 0.299 / 0.587, "bu": _CC * 1.772}
 
 
-@functools.lru_cache(maxsize=64)
-def resize_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices int32 (dst, K), weights float32 (dst, K)) of libswscale's bilinear filter."""
+def yuv_matrix(colorspace: int = 2, color_range: int = 0) -> dict[str, float]:
+    """The coefficients for an AVColorSpace and AVColorRange (2: full/JPEG; anything else is
+    limited/MPEG, as swscale reads it): R = y (Y-y0) + rv (V-128),
+    G = y (Y-y0) - gu (U-128) - gv (V-128), B = y (Y-y0) + bu (U-128)."""
+    kr, kb = _KRKB.get(int(colorspace), (0.299, 0.114))
+    kg = 1.0 - kr - kb
+    full = int(color_range) == 2
+    cy, cc = (1.0, 1.0) if full else (_CY, _CC)
+    return {"y0": 0.0 if full else 16.0, "y": cy, "rv": cc * 2 * (1 - kr), "gu": cc * 2 * (1 - kb) * kb / kg,
+            "gv": cc * 2 * (1 - kr) * kr / kg, "bu": cc * 2 * (1 - kb)}
+
+
+BT601 = yuv_matrix(5)
+
+# AVChromaLocation -> (x, y) position of chroma sample 0 in 1/256 luma pixel
+# (av_chroma_location_enum_to_pos); unspecified is swscale's default, centred (128, 128).
+_CHROMA_POS = {1: (0, 128), 2: (128, 128), 3: (0, 0), 4: (128, 0), 5: (0, 256), 6: (128, 256)}
+
+
+def chroma_offsets(location: int = 0) -> tuple[float, float]:
+    """(x, y) offsets for :func:`resize_taps` of 4:2:0 chroma sited at ``location``
+    (AVChromaLocation): swscale's ``(pos + 128) >> 1`` source position, in chroma pixels / 256."""
+    px, py = _CHROMA_POS.get(int(location), (128, 128))
+    return ((px + 128) >> 1) / 256.0, ((py + 128) >> 1) / 256.0
+
+
+@functools.lru_cache(maxsize=1)
+def _avframe_layout() -> tuple[int, int] | None:
+    """(offset of ``AVFrame*`` in a PyAV frame object, offset of ``AVFrame.color_range``), found
+    on a scratch frame by toggling ``color_range`` and ``colorspace`` (PyAV does not expose
+    ``chroma_location``; it follows ``colorspace`` after ``color_primaries`` and ``color_trc``).
+    None where the layout is not the expected one (then every frame reads as unspecified)."""
+    try:
+        import av
+
+        f = av.VideoFrame(18, 14, "yuv420p")
+        p = ctypes.c_void_p.from_address(id(f) + 24).value  # PyObject_HEAD, Cython vtable, ptr
+        if not p or (ctypes.c_int.from_address(p + 104).value, ctypes.c_int.from_address(p + 108).value) != (18, 14):
+            return None
+        ints = (ctypes.c_int * 256).from_address(p)
+        f.color_range, f.colorspace = 1, 5
+        a = list(ints)
+        f.color_range, f.colorspace = 2, 1
+        b = list(ints)
+        diff = [i for i in range(256) if a[i] != b[i]]
+        if len(diff) != 2 or diff[1] != diff[0] + 3 or (a[diff[0]], b[diff[0]], a[diff[1]], b[diff[1]]) != (1, 2, 5, 1):
+            return None
+        return 24, diff[0] * 4
+    except Exception:  # noqa: BLE001 - any surprise: unknown layout
+        return None
+
+
+def chroma_location(frame: Any) -> int:
+    """The AVChromaLocation of a PyAV frame (0, unspecified, for plane tuples or where it
+    cannot be read). H.264/HEVC decoders set 1 (left: co-sited with even luma columns, between
+    rows); JPEG 2 (centre). ``letterbox_av`` (sws_scale_frame) filters chroma from there."""
+    layout = _avframe_layout() if not isinstance(frame, tuple) else None
+    if layout is None:
+        return 0
+    p = ctypes.c_void_p.from_address(id(frame) + layout[0]).value
+    if not p or ctypes.c_int.from_address(p + 104).value != frame.width:
+        return 0
+    return int(ctypes.c_int.from_address(p + layout[1] + 16).value)
+
+
+@functools.lru_cache(maxsize=128)
+def resize_taps(src: int, dst: int, offset: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """(indices int32 (dst, K), weights float32 (dst, K)) of libswscale's bilinear filter;
+    output pixel i samples source position ``(i + 0.5) * src / dst - offset`` (0.5: pixel
+    centres; chroma planes use :func:`chroma_offsets`)."""
     if src < 1 or dst < 1:
         raise ValueError(f"cannot resize {src} -> {dst}")
     s = src / dst
     r = max(1.0, s)
-    centers = (np.arange(dst, dtype=np.float64) + 0.5) * s - 0.5
+    centers = (np.arange(dst, dtype=np.float64) + 0.5) * s - offset
     k = int(np.ceil(2 * r)) + 1
     j = np.floor(centers - r).astype(np.int64)[:, None] + 1 + np.arange(k)[None, :]
     w = np.maximum(0.0, 1.0 - np.abs(j - centers[:, None]) / r)
@@ -135,15 +204,24 @@ def yuv_planes(frame: Any) -> tuple[str, np.ndarray, np.ndarray, np.ndarray | No
 
     if fmt == "nv12":
         return fmt, plane(0, h, w), plane(1, ch, 2 * cw), None
-    return fmt, plane(0, h, w), plane(1, ch, cw), plane(2, ch, cw)
+    return "yuv420p", plane(0, h, w), plane(1, ch, cw), plane(2, ch, cw)
 
 
-def _resize2d(a: np.ndarray, new_w: int, new_h: int) -> np.ndarray:
+def _resize2d(a: np.ndarray, new_w: int, new_h: int, ox: float = 0.5, oy: float = 0.5) -> np.ndarray:
     h, w = a.shape
-    xi, xw = resize_taps(w, new_w)
-    yi, yw = resize_taps(h, new_h)
+    xi, xw = resize_taps(w, new_w, ox)
+    yi, yw = resize_taps(h, new_h, oy)
     t = (a.astype(np.float64)[:, xi] * xw.astype(np.float64)).sum(-1)
     return (t[yi, :] * yw.astype(np.float64)[:, :, None]).sum(1)
+
+
+def yuv_params(frame: Any) -> tuple[int, int, int]:
+    """(AVChromaLocation, AVColorSpace, AVColorRange) of a frame as ``letterbox_av`` reads
+    them; a plane tuple is all unspecified: centred chroma, BT.601, limited range."""
+    if isinstance(frame, tuple):
+        return 0, 2, 0
+    full = frame.format.name == "yuvj420p" or int(getattr(frame, "color_range", 0) or 0) == 2
+    return chroma_location(frame), int(getattr(frame, "colorspace", 2) or 2), 2 if full else 1
 
 
 def letterbox_yuv_reference(frame: Any, dst_w: int, dst_h: int,
@@ -155,11 +233,13 @@ def letterbox_yuv_reference(frame: Any, dst_w: int, dst_h: int,
     assert v is not None
     h, w = y.shape
     info = info or letterbox_params(w, h, dst_w, dst_h)
-    cdw = (info.new_w + 1) // 2
-    yy = (_resize2d(y, info.new_w, info.new_h) - 16.0) * BT601["y"]
-    uu = np.repeat(_resize2d(u, cdw, info.new_h), 2, axis=1)[:, :info.new_w] - 128.0
-    vv = np.repeat(_resize2d(v, cdw, info.new_h), 2, axis=1)[:, :info.new_w] - 128.0
-    rgb = np.stack([yy + BT601["rv"] * vv, yy - BT601["gu"] * uu - BT601["gv"] * vv, yy + BT601["bu"] * uu])
+    loc, space, rng = yuv_params(frame)
+    ox, oy = chroma_offsets(loc)
+    m = yuv_matrix(space, rng)
+    yy = (_resize2d(y, info.new_w, info.new_h) - m["y0"]) * m["y"]
+    uu = _resize2d(u, info.new_w, info.new_h, ox, oy) - 128.0
+    vv = _resize2d(v, info.new_w, info.new_h, ox, oy) - 128.0
+    rgb = np.stack([yy + m["rv"] * vv, yy - m["gu"] * uu - m["gv"] * vv, yy + m["bu"] * uu])
     out = np.full((3, dst_h, dst_w), PAD_VALUE, np.float32)
     out[:, info.pad_y:info.pad_y + info.new_h, info.pad_x:info.pad_x + info.new_w] = (
         np.clip(rgb, 0.0, 255.0) / 255.0)
@@ -206,8 +286,8 @@ extern "C" __global__ void letterbox_u8rgb_to_f32nchw(
 
 // The decoder's planes in: Y (pitch y_pitch), chroma planes u and v (pitch c_pitch; c_step 1 for
 // yuv420p, 2 for nv12 where v = u + 1). Y is resized with the luma taps (src -> new), chroma with
-// the chroma taps (ceil(src/2) -> ceil(new_w/2) x new_h); pixels 2i, 2i+1 share chroma i; then
-// BT.601 limited range, clipped, /255 (see the module docstring).
+// the chroma taps (ceil(src/2) x ceil(src_h/2) -> new_w x new_h: full resolution, sited as the
+// frame says); then the limited-range matrix k_*, clipped, /255 (see the module docstring).
 extern "C" __global__ void letterbox_yuv420_to_f32nchw(
     const unsigned char* __restrict__ yp, int y_pitch,
     const unsigned char* __restrict__ up, const unsigned char* __restrict__ vp, int c_pitch, int c_step,
@@ -217,7 +297,7 @@ extern "C" __global__ void letterbox_yuv420_to_f32nchw(
     const int* __restrict__ cyidx, const float* __restrict__ cyw, int cky,
     float* __restrict__ out, int dst_w, int dst_h,
     int new_w, int new_h, int pad_x, int pad_y, float pad_value,
-    float k_y, float k_rv, float k_gu, float k_gv, float k_bu)
+    float y0, float k_y, float k_rv, float k_gu, float k_gv, float k_bu)
 {
     const int x = blockIdx.x * blockDim.x + threadIdx.x;
     const int y = blockIdx.y * blockDim.y + threadIdx.y;
@@ -238,7 +318,6 @@ extern "C" __global__ void letterbox_yuv420_to_f32nchw(
         for (int i = 0; i < kx; ++i) acc += xw[ix * kx + i] * row[xidx[ix * kx + i]];
         lum += wy * acc;
     }
-    const int cx = ix >> 1;
     float cu = 0.f, cv = 0.f;
     for (int j = 0; j < cky; ++j) {
         const float wy = cyw[iy * cky + j];
@@ -246,13 +325,13 @@ extern "C" __global__ void letterbox_yuv420_to_f32nchw(
         const size_t row = (size_t)cyidx[iy * cky + j] * c_pitch;
         float au = 0.f, av = 0.f;
         for (int i = 0; i < ckx; ++i) {
-            const float wx = cxw[cx * ckx + i];
-            const size_t p = row + (size_t)cxidx[cx * ckx + i] * c_step;
+            const float wx = cxw[ix * ckx + i];
+            const size_t p = row + (size_t)cxidx[ix * ckx + i] * c_step;
             au += wx * up[p]; av += wx * vp[p];
         }
         cu += wy * au; cv += wy * av;
     }
-    const float yy = (lum - 16.f) * k_y, uu = cu - 128.f, vv = cv - 128.f;
+    const float yy = (lum - y0) * k_y, uu = cu - 128.f, vv = cv - 128.f;
     const float k = 1.0f / 255.0f;
     out[o] = fminf(fmaxf(yy + k_rv * vv, 0.f), 255.f) * k;
     out[o + plane] = fminf(fmaxf(yy - k_gu * uu - k_gv * vv, 0.f), 255.f) * k;
@@ -271,11 +350,11 @@ class GpuLetterbox:
         self.device = device
         kernels = device.compile(KERNEL_SOURCE, [_KERNEL, _KERNEL_YUV], "gpu_letterbox.cu")
         self.kernel, self.kernel_yuv = kernels[_KERNEL], kernels[_KERNEL_YUV]
-        self._tables: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self._tables: dict[tuple[int, int, float], tuple[int, int, int]] = {}
         self._host_tables: list[np.ndarray] = []  # the upload sources, alive as long as the tables
         self._lock = threading.Lock()  # submissions may come from several threads
 
-    def _table(self, src: int, dst: int, stream: Any) -> tuple[int, int, int]:
+    def _table(self, src: int, dst: int, stream: Any, offset: float = 0.5) -> tuple[int, int, int]:
         """(index ptr, weight ptr, taps) on the device for one axis, uploaded once per geometry
         (a handful per stream, so no eviction).
 
@@ -284,13 +363,12 @@ class GpuLetterbox:
         may launch a kernel reading the same table right after, and a synchronous
         ``cuMemcpyHtoD`` from pageable memory would not be ordered against non-blocking
         streams (it may return before the DMA lands). Once per geometry, so the wait is rare."""
-        key = (src, dst)
+        key = (src, dst, offset)
         with self._lock:
             return self._tables.get(key) or self._upload(key, stream)
 
-    def _upload(self, key: tuple[int, int], stream: Any) -> tuple[int, int, int]:
-        src, dst = key
-        idx, w = (np.ascontiguousarray(a) for a in resize_taps(src, dst))
+    def _upload(self, key: tuple[int, int, float], stream: Any) -> tuple[int, int, int]:
+        idx, w = (np.ascontiguousarray(a) for a in resize_taps(*key))
         d = self.device
         ip, wp = d.alloc(idx.nbytes), d.alloc(w.nbytes)
         d.h2d(ip, idx.ctypes.data, idx.nbytes, stream)
@@ -322,16 +400,20 @@ class GpuLetterbox:
 
     def enqueue_yuv(self, y_dev: int, y_pitch: int, u_dev: int, v_dev: int, c_pitch: int, c_step: int,
                     src_w: int, src_h: int, out_dev: int, dst_w: int, dst_h: int, info: LetterboxInfo,
-                    stream: Any) -> None:
+                    stream: Any, location: int = 0, colorspace: int = 2, color_range: int = 0) -> None:
         """Letterbox one yuv420p (``c_step`` 1) or nv12 (``c_step`` 2, ``v_dev = u_dev + 1``)
-        frame already on the device into ``out_dev`` (float32 3 x dst_h x dst_w)."""
+        frame already on the device into ``out_dev`` (float32 3 x dst_h x dst_w); ``location``
+        (AVChromaLocation), ``colorspace`` (AVColorSpace) and ``color_range`` (AVColorRange) as
+        :func:`yuv_params` reads them."""
         if (info.src_w, info.src_h, info.dst_w, info.dst_h) != (src_w, src_h, dst_w, dst_h):
             raise ValueError(f"LetterboxInfo {info} does not describe a {src_w}x{src_h} -> "
                              f"{dst_w}x{dst_h} letterbox")
         xi, xw, kx = self._table(src_w, info.new_w, stream)
         yi, yw, ky = self._table(src_h, info.new_h, stream)
-        cxi, cxw, ckx = self._table((src_w + 1) // 2, (info.new_w + 1) // 2, stream)
-        cyi, cyw, cky = self._table((src_h + 1) // 2, info.new_h, stream)
+        ox, oy = chroma_offsets(location)
+        m = yuv_matrix(colorspace, color_range)
+        cxi, cxw, ckx = self._table((src_w + 1) // 2, info.new_w, stream, ox)
+        cyi, cyw, cky = self._table((src_h + 1) // 2, info.new_h, stream, oy)
         c = ctypes
         block = (32, 8, 1)
         grid = ((dst_w + block[0] - 1) // block[0], (dst_h + block[1] - 1) // block[1], 1)
@@ -342,8 +424,8 @@ class GpuLetterbox:
             c.c_void_p(cxi), c.c_void_p(cxw), c.c_int(ckx), c.c_void_p(cyi), c.c_void_p(cyw), c.c_int(cky),
             c.c_void_p(out_dev), c.c_int(dst_w), c.c_int(dst_h),
             c.c_int(info.new_w), c.c_int(info.new_h), c.c_int(info.pad_x), c.c_int(info.pad_y),
-            c.c_float(PAD_VALUE), c.c_float(BT601["y"]), c.c_float(BT601["rv"]), c.c_float(BT601["gu"]),
-            c.c_float(BT601["gv"]), c.c_float(BT601["bu"]),
+            c.c_float(PAD_VALUE), c.c_float(m["y0"]), c.c_float(m["y"]), c.c_float(m["rv"]), c.c_float(m["gu"]),
+            c.c_float(m["gv"]), c.c_float(m["bu"]),
         ])
 
     def close(self) -> None:
