@@ -23,27 +23,32 @@ host (:func:`resize_taps`), so the kernel is a plain gather; :func:`letterbox_re
 the same tables in float64 numpy and is what the tests compare both implementations with.
 
 The YUV path (``letterbox_yuv420_to_f32nchw``) reads the decoder's planes as they come --
-yuv420p (three planes) or nv12 (Y + interleaved UV) -- so the host copies 1.5 bytes per pixel
-instead of 3 (RGB) or 12 (float32). It follows the structure of libswscale's scaled
-yuv420p -> rgb24 path (what the CPU letterbox ``letterbox_av`` runs): the Y plane is resized to
-``new_w x new_h`` with the tent filter above; the chroma planes (``ceil(w/2) x ceil(h/2)``,
-centred siting, swscale's default) are resized to ``ceil(new_w/2) x new_h`` with the same filter,
-and output pixels ``2i`` and ``2i+1`` share chroma sample ``i`` (swscale's packed-RGB output
-without ``SWS_FULL_CHR_H_INT``); then BT.601 limited ("MPEG") range, the matrix swscale uses by
-default: ``R = 255/219 (Y-16) + 255/224 * 1.402 (V-128)``, ``G = ... - 255/224 * 0.344136 (U-128)
-- 255/224 * 0.714136 (V-128)``, ``B = ... + 255/224 * 1.772 (U-128)``, clipped to 0..255.
-:func:`letterbox_yuv_reference` is its float64 twin.
+yuv420p / yuvj420p (three planes) or nv12 (Y + interleaved UV) -- so the host copies 1.5 bytes
+per pixel instead of 3 (RGB) or 12 (float32). It computes what libswscale computes for the CPU
+letterbox (``letterbox_av``: ``sws_scale_frame`` with BILINEAR | ACCURATE_RND | FULL_CHR_H_INT):
 
-Measured against ``letterbox_av`` (bench/gpu_check.py): the kernel is *not* within 1/255 of
-libswscale, and cannot be with a float conversion. libswscale's scaled YUV->RGB output is a
-fixed-point table lookup that truncates at several stages: on frames of one constant colour
-(no filtering involved at all) its output is 0 to 2.75 LSB *below* the exact BT.601 value
-(mean -1.14 / -0.93 / -0.74 LSB for R/G/B over 300 random colours, FFmpeg 8.1 in PyAV 18.1); on
-real frames (H100, bench/gpu_check.py) the mean offset is +1.8..+2.65 / +1.15..+1.66 /
-+1.18..+2.15 LSB (kernel above swscale), max 4.2-12.3 LSB at colour edges, 70-89% of the image
-values more than 1/255 apart; the kernel equals its float64 twin within 0.0001/255. The kernel
-computes the exact BT.601 value of the resized planes. Frames flagged full range (JPEG) are
-not converted here: ``GpuPipeline.submit_yuv`` sends them through RGB.
+- Y is resized to ``new_w x new_h`` with the tent filter above;
+- the chroma planes (``ceil(w/2) x ceil(h/2)``) are resized with the same filter straight to
+  the full output size ``new_w x new_h`` (FULL_CHR_H_INT: no chroma shared by pixel pairs),
+  sampled at ``(i + 0.5) * cw / new_w - off``, where ``off`` comes from the frame's
+  ``chroma_location`` as swscale reads it (:func:`chroma_offsets`: ``((pos + 128) >> 1) / 256``
+  of ``av_chroma_location_enum_to_pos``): H.264/HEVC frames are "left" (x 0.25: chroma co-sited
+  with even luma columns; y 0.5: between rows), JPEG and unspecified (frames built from numpy,
+  plane tuples) centred (0.5, 0.5). PyAV does not expose ``chroma_location``;
+  :func:`chroma_location` reads it from the AVFrame (offset found once by toggling
+  ``color_range``/``colorspace`` on a scratch frame; unspecified where that fails);
+- the matrix follows the frame's ``colorspace`` (:func:`yuv_matrix`: BT.709, FCC, SMPTE 240M,
+  BT.2020, else BT.601) and ``color_range`` (full for JPEG/yuvj420p, else limited:
+  ``R = 255/219 (Y-16) + 255/224 * 2(1-Kr) (V-128)`` etc.), in float, clipped to 0..255, /255.
+
+:func:`letterbox_yuv_reference` is its float64 twin. Measured (tests/test_gpu_yuv_cpu.py on the
+CPU, bench/gpu_check.py on an H100): the twin equals ``letterbox_av`` within 0.51-0.71/255 on
+real decoded frames (demo video 640x272, swscale re-scales 1920x1080, 1280x720, 1277x719,
+809x1079, 641x271, 233x101, 416x416, nv12, BT.709/2020-tagged, bus.jpg and zidane.jpg as
+yuvj420p), 0 values over 1/255; the kernel equals the twin within 0.0001/255, so the kernel is
+0.51-0.71/255 from ``letterbox_av`` on all of them. The residual is swscale rounding its output
+to uint8 (0.5) plus its fixed-point filter (14-bit taps); on uniform random noise it reaches
+0.99/255.
 """
 
 from __future__ import annotations
