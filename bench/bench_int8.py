@@ -232,14 +232,32 @@ def main() -> int:
                     for m, r in runs.items()},
     }
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        save(Path(args.json), result)
     ok = (variants["cpu"]["size_bytes"] <= 0.3 * fp32_size
           and lat["int8 cpu"] <= 0.55 * lat["fp32"] and cal["peak_rss_bytes"] < 3e9
           and min(variants[t]["map50"] or 0 for t in variants) >= 0.90)
     print(f"  all targets met ({args.method})" if ok else
           f"  SOME TARGET MISSED ({args.method})")
     return 0 if ok else 1
+
+
+def run_key(result: dict) -> str:
+    return f"calib{result['frames']['calibration']}-" + "+".join(result["methods"])
+
+
+def save(path: Path, result: dict) -> None:
+    """Keep one entry per (frame count, methods) in `path`: a 300-frame side-by-side run and a
+    1000-frame memory run live in the same file, each replaced by its own rerun."""
+    runs: dict = {}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            runs = old["runs"] if "runs" in old else {run_key(old): old}
+        except (ValueError, KeyError, TypeError):
+            runs = {}
+    runs[run_key(result)] = result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
 
 
 def _f(x: float | None) -> str:
