@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -106,6 +107,7 @@ def main() -> int:
         raise SystemExit("--minutes must cover two windows")
     streams = [{"id": f"cam{i}", "url": str(video), "loop": True, "realtime": True} for i in range(a.streams)]
     rss: list[tuple[float, int]] = []
+    load: list[tuple[float, float]] = []  # the machine's 1-min load average: others share it
     with tempfile.TemporaryDirectory() as tmp:
         d = Daemon(streams, Path(tmp), "soak", model={"max_batch": a.max_batch, "max_wait_ms": 5})
         sub = Subscriber(d.cfg["publish"]["endpoint"])
@@ -118,6 +120,7 @@ def main() -> int:
             while (el := time.monotonic() - t_start) < duration:
                 if el >= next_rss:
                     rss.append((el, d.rss_bytes()))
+                    load.append((el, os.getloadavg()[0]))
                     next_rss += 5
                 if "first" not in scrapes and el >= a.window:
                     scrapes["first"] = d.scrape()
@@ -139,6 +142,15 @@ def main() -> int:
     h_first = hist_quantile(0.99, scrapes["start"], scrapes["first"], "detectd_frame_latency_seconds")
     h_last = hist_quantile(0.99, scrapes["last_start"], scrapes["end"], "detectd_frame_latency_seconds")
     rss_first = next(v for t, v in rss if t >= a.window)
+    # Per minute: p99, published frames/s and the machine's load, so a latency change can be
+    # told apart from other processes taking the CPU (creep grows steadily; contention follows
+    # the load).
+    minutes = []
+    for k in range(int(duration // 60)):
+        p, n = sub.p99(wall0 + 60 * k, wall0 + 60 * (k + 1))
+        la = [v for t, v in load if 60 * k <= t < 60 * (k + 1)]
+        minutes.append({"minute": k + 1, "p99_s": p, "published_per_s": n / 60,
+                        "loadavg_1m": sum(la) / len(la) if la else None})
     rss_end = rss[-1][1]
     end = scrapes["end"]
     drops = {}
@@ -157,7 +169,7 @@ def main() -> int:
         "p99_hist_first_s": h_first, "p99_hist_last_s": h_last,
         "rss_after_first_window_bytes": rss_first, "rss_end_bytes": rss_end,
         "rss_ratio": rss_end / rss_first if rss_first else None,
-        "rss_samples": rss, "frames_decoded": decoded, "frames_published": published,
+        "per_minute": minutes, "rss_samples": rss, "frames_decoded": decoded, "frames_published": published,
         "frames_dropped_by_reason": drops,
         "accounted": decoded - published - sum(drops.values()),
         "seq_gaps_seen_by_subscriber": sub.gaps, "exit_code": rc,
@@ -168,6 +180,9 @@ def main() -> int:
     print(f"p99 latency: first {a.window:.0f}s {p99_first * 1000:.0f} ms, last {a.window:.0f}s "
           f"{p99_last * 1000:.0f} ms (ratio {res['p99_ratio']:.3f}); histogram_quantile "
           f"{(h_first or 0) * 1000:.0f} -> {(h_last or 0) * 1000:.0f} ms")
+    for mi in minutes:
+        print(f"  minute {mi['minute']:2d}: p99 {(mi['p99_s'] or 0) * 1000:4.0f} ms, "
+              f"{mi['published_per_s']:5.1f} frames/s published, load {mi['loadavg_1m'] or 0:.1f}")
     print(f"RSS: {rss_first / 2**20:.1f} MiB after {a.window:.0f}s -> {rss_end / 2**20:.1f} MiB at the end "
           f"(ratio {res['rss_ratio']:.4f})")
     print(f"frames: decoded {decoded:.0f}, published {published:.0f}, dropped {drops} "
