@@ -37,7 +37,7 @@ from daemon.models.resolve import resolve_model
 from daemon.publish.publisher import Publisher
 from daemon.scheduler import Scheduler
 from daemon.sources.pyav import StreamSource
-from daemon.vision.letterbox import letterbox_frame
+from daemon.vision.letterbox import letterbox_frame, letterbox_params
 from daemon.vision.yolo import postprocess
 
 log = logging.getLogger("detectd")
@@ -80,6 +80,11 @@ class Daemon:
         self.ready = False
         self.hooks: list[Callable[[FrameResult, list[str]], None]] = []  # e.g. the preview page
         self.notifier: Any = None
+        self.preview: Any = None  # PreviewHub when preview.enabled
+        self.preview_server: Any = None
+        self.preview_app: Any = None
+        self.pending: list[tuple[Any, list[Any], list[Any]]] = []  # GPU tickets in flight
+        self.exit_code = 0
 
     # -- start-up ------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -87,9 +92,12 @@ class Daemon:
             return
         name, why = choose_backend(self.cfg.model.backend)
         log.info("backend: %s (%s)", name, why)
-        path = resolve_model(self.cfg.model, target="tensorrt" if name == "tensorrt" else "cpu")
+        # The stop event reaches first-start calibration and engine builds: SIGTERM abandons
+        # them cleanly (nothing half-written is cached) instead of waiting for SIGKILL.
+        path = resolve_model(self.cfg.model, target="tensorrt" if name == "tensorrt" else "cpu",
+                             cancel=self.stop_requested)
         self.info = ModelInfo.from_onnx(path)
-        self.backend = create_backend(name, path, self.info, self.cfg.model)
+        self.backend = create_backend(name, path, self.info, self.cfg.model, cancel=self.stop_requested)
         t0 = time.perf_counter()
         warmup(self.backend, self.info.width, self.info.height)
         log.info("model %s (%s, %s) loaded and warm in %.2fs: input %dx%d, %d classes",
@@ -118,6 +126,7 @@ class Daemon:
         self.metrics.build_info.labels(__version__, self.backend.name, self.backend.precision).set(1)
         w, h = self.info.width, self.info.height
         self.batch_buf = np.empty((self.cfg.model.max_batch, 3, h, w), np.float32)
+        self.start_preview()
         for s in self.cfg.streams:
             self.add_stream(s)
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
@@ -127,6 +136,34 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.ready()
 
+    def start_preview(self) -> None:
+        """The live preview page (preview.enabled): a one-frame slot per stream filled by
+        ``offer`` (O(1), never encodes); JPEGs are made on the viewer's thread only while someone
+        watches, so a slow browser never slows the pipeline."""
+        pc = self.cfg.preview
+        if not pc.enabled:
+            return
+        from daemon.preview import PreviewApp, PreviewHub, PreviewServer, registry_status, request_handler
+
+        assert self.backend is not None
+        hub = PreviewHub(max_streams=64)
+        hub.info = {"model": self.model_desc["name"], "backend": self.backend.name,
+                    "precision": self.backend.precision, "version": __version__}
+        hub.status_source = registry_status(self.metrics.registry)
+        if pc.listen is None:
+            assert self.http is not None
+            self.preview_app = PreviewApp(hub, fps=pc.fps)
+            self.http.mount("/preview", request_handler(self.preview_app, "/preview"))
+            log.info("preview page on http://%s/preview/", self.cfg.metrics.listen)
+        else:
+            host, _, port = pc.listen.rpartition(":")
+            try:
+                self.preview_server = PreviewServer(hub, host, int(port), fps=pc.fps).start()
+            except OSError as exc:
+                raise OSError(f"preview.listen: cannot listen on {pc.listen}: {exc}") from exc
+        self.preview = hub
+        self.hooks.append(hub.offer)
+
     def readiness(self) -> dict[str, bool]:
         return {"model_loaded": self.backend is not None and self.ready,
                 "publisher_bound": self.publisher is not None}
@@ -135,6 +172,8 @@ class Daemon:
         assert self.publisher is not None
         self.metrics.init_stream(s.id)
         self.scheduler.add_stream(s.id, size=s.queue_size, live=s.is_live, max_age=s.max_age_ms / 1000)
+        if self.preview is not None:
+            self.preview.add_stream(s.id)
         src = StreamSource(s, self.scheduler, self.metrics, self.publisher.post_event)
         self.sources[s.id] = src
         src.start()
@@ -171,6 +210,13 @@ class Daemon:
             self.notifier.reloading()
         try:
             ok = self._reload()
+            if self.publisher is not None and self.publisher.authenticator is not None:
+                try:  # publish.curve: re-read the authorized client keys (new connections)
+                    self.publisher.authenticator.reload()
+                except Exception as exc:  # a damaged key file: the keys already loaded stay
+                    log.error("reload: publish.curve.authorized_keys_dir not re-read, the loaded "
+                              "keys are kept: %s", exc)
+                    ok = False
         finally:
             if self.notifier is not None:
                 self.notifier.ready()
@@ -215,6 +261,9 @@ class Daemon:
 
     # -- the loop ------------------------------------------------------------------------
     def process(self, batch: list[Any]) -> None:
+        if hasattr(self.backend, "submit_yuv") and hasattr(self.backend, "collect"):
+            self.process_pipelined(batch)
+            return
         assert self.backend is not None and self.info is not None and self.publisher is not None
         n = len(batch)
         m = self.metrics.stage_seconds
@@ -223,7 +272,8 @@ class Daemon:
         for i, frame in enumerate(batch):
             t0 = time.perf_counter()
             infos.append(letterbox_frame(frame, self.info.width, self.info.height, out=buf[i])[1])
-            frame.native = None  # release the decoder's buffer early; keep image if any
+            if self.preview is None or not self.preview.watching:
+                frame.native = None  # release the decoder's buffer early (kept while watched)
             m.labels("preprocess").observe(time.perf_counter() - t0)
         t0 = time.perf_counter()
         outputs = self.backend.infer(buf)
@@ -233,6 +283,44 @@ class Daemon:
         dets = postprocess(outputs, infos, self.info.heads, self.cfg.model.conf_threshold,
                            self.cfg.model.nms_threshold)
         t_post = (time.perf_counter() - t0) / n
+        self.publish_batch(batch, dets, t_infer, t_post)
+
+    # GPU backends (TensorRT): frames go to the device as decoded (YUV planes, 1.5 B/px) and are
+    # letterboxed there; one batch stays in flight, so slot k+1 copies and computes while slot
+    # k's output is decoded and published here.
+    def process_pipelined(self, batch: list[Any]) -> None:
+        assert self.backend is not None and self.info is not None
+        t0 = time.perf_counter()
+        infos = [letterbox_params(f.width, f.height, self.info.width, self.info.height) for f in batch]
+        ticket = self.backend.submit_yuv([f.native for f in batch], infos,  # type: ignore[attr-defined]
+                                         tags=[(f.stream, f.index) for f in batch])
+        t_submit = time.perf_counter()
+        for f in batch:
+            self.metrics.stage_seconds.labels("preprocess").observe((t_submit - t0) / len(batch))
+            if self.preview is None or not self.preview.watching:
+                f.native = None  # copied to pinned memory by submit
+        self.pending.append((ticket, batch, infos, t_submit))
+        while len(self.pending) > 1:
+            self.collect_one()
+
+    def collect_one(self) -> None:
+        assert self.backend is not None and self.info is not None
+        ticket, batch, infos, t_submit = self.pending.pop(0)
+        outputs = self.backend.collect(ticket)  # type: ignore[attr-defined]
+        t_infer = time.perf_counter() - t_submit
+        self.metrics.batch_size.observe(len(batch))
+        t0 = time.perf_counter()
+        dets = postprocess(outputs, infos, self.info.heads, self.cfg.model.conf_threshold,
+                           self.cfg.model.nms_threshold)
+        self.publish_batch(batch, dets, t_infer, (time.perf_counter() - t0) / len(batch))
+
+    def flush_pending(self) -> None:
+        while self.pending:
+            self.collect_one()
+
+    def publish_batch(self, batch: list[Any], dets: list[Any], t_infer: float, t_post: float) -> None:
+        assert self.info is not None and self.publisher is not None
+        m = self.metrics.stage_seconds
         labels = self.info.labels
         for frame, d in zip(batch, dets):
             m.labels("infer").observe(t_infer)
@@ -252,7 +340,7 @@ class Daemon:
             self.window.latencies.append(latency)
             for hook in self.hooks:
                 hook(result, labels)
-        self.frames_total += n
+        self.frames_total += len(batch)
 
     def all_sources_finished(self) -> bool:
         return all(s.finished.is_set() for s in self.sources.values())
@@ -291,6 +379,8 @@ class Daemon:
             batch = self.scheduler.next_batch(timeout=0.1)
             if batch:
                 self.process(batch)
+            elif self.pending:
+                self.flush_pending()  # idle: nothing to overlap with, publish now
             self.publisher.flush_events()
             now = time.monotonic()
             if wd_interval is not None and now >= next_wd and drain_deadline is None and self.watchdog_ok():
@@ -301,7 +391,7 @@ class Daemon:
                 interval = self.cfg.logging.status_interval
                 next_status = now + interval if interval else float("inf")
             if drain_deadline is not None:
-                if self.scheduler.pending() == 0 and self.all_sources_finished():
+                if self.scheduler.pending() == 0 and self.all_sources_finished() and not self.pending:
                     log.info("drained: %d frames in flight published", self.frames_total - drained)
                     break
                 if now >= drain_deadline:
@@ -309,8 +399,15 @@ class Daemon:
                     log.warning("drain deadline reached: %d frames published, %d not published",
                                 self.frames_total - drained, left)
                     break
-            elif not batch and self.sources and self.all_sources_finished() and self.scheduler.pending() == 0:
-                log.info("every source has ended: exiting")
+            elif (not batch and not self.pending and self.sources and self.all_sources_finished()
+                  and self.scheduler.pending() == 0):
+                failed = [sid for sid, s in self.sources.items() if s.failed]
+                if len(failed) == len(self.sources):
+                    # Nothing ever worked: under systemd that is a failure, not a clean stop.
+                    log.error("every stream failed (%s): exiting with status 1", ", ".join(failed))
+                    self.exit_code = 1
+                else:
+                    log.info("every source has ended: exiting")
                 break
 
     def frames_flowing(self) -> bool:
@@ -335,6 +432,10 @@ class Daemon:
         for src in [*self.sources.values(), *self.retired]:
             src.join(max(0.0, deadline - time.monotonic()))
         self.scheduler.close()
+        if self.preview_server is not None:
+            self.preview_server.close()
+        if self.preview_app is not None:
+            self.preview_app.stop.set()  # ends open MJPEG responses on the metrics listener
         if self.publisher is not None:
             self.publisher.close()
         if self.http is not None:
@@ -368,7 +469,18 @@ def run(cfg: Config, config_path: str | os.PathLike[str] | None = None) -> int:
     try:
         d.start()
         d.run_loop()
+    except Exception as exc:
+        # SIGTERM during first-start calibration or an engine build: a clean, requested stop.
+        if d.stop_requested.is_set() and type(exc).__name__ in ("CalibrationCancelled", "BuildCancelled"):
+            log.info("stopped while preparing the model: %s (nothing was cached)", exc)
+            return 0
+        from daemon.quant.calibrate import CalibrationError
+
+        if isinstance(exc, CalibrationError):  # AgreementTooLow, an unusable calibration source
+            log.error("%s", exc)
+            return 1
+        raise
     finally:
         d.shutdown()
     log.info("stopped")
-    return 0
+    return d.exit_code

@@ -101,6 +101,9 @@ class CalibrationConfig(Strict):
     # EntropyCalibrator2, KL divergence), mse, max.
     method: Literal["percentile", "entropy", "mse", "max"] = "percentile"
     percentile: float = Field(default=99.99, gt=50, le=100)
+    # The daemon refuses an INT8 model whose mAP@0.5 agreement with the FP32 model on the
+    # held-out frames is below this; 0 = no check (README "INT8").
+    min_agreement: float = Field(default=0.90, ge=0, le=1)
 
 
 class ModelConfig(Strict):

@@ -26,7 +26,8 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return getattr(choice, "backend", str(choice)), getattr(choice, "reason", "auto")
 
 
-def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any) -> Backend:
+def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any, cancel: Any = None) -> Backend:
+    """``cancel``: an event that abandons a long preparation (a TensorRT engine build)."""
     if name == "onnxruntime":
         if model_cfg.precision == "fp16":
             raise BackendError("model.precision: fp16 exists for TensorRT engines only; "
@@ -41,5 +42,5 @@ def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any) -> Bac
             from daemon.backends.tensorrt import create_tensorrt_backend
         except ImportError as exc:
             raise BackendError(f"model.backend: tensorrt is not available here: {exc}") from exc
-        return create_tensorrt_backend(model_path, info, model_cfg)
+        return create_tensorrt_backend(model_path, info, model_cfg, cancel=cancel)
     raise BackendError(f"model.backend: unknown backend {name!r}")

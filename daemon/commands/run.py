@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from daemon.config import ConfigError, load_config
+from daemon.publish.curve import CurveError
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return app.run(cfg, config_path=args.config)
+    except CurveError as exc:  # publish.curve: a missing or malformed key file, named
+        logging.getLogger("detectd").error("publish.curve: %s", exc)
+        return 1
     except OSError as exc:  # bind failures and the like: name the key, no traceback
         logging.getLogger("detectd").error("%s", exc)
         return 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 from daemon.config import ModelConfig
 
@@ -55,7 +56,8 @@ def fp32_model(cfg: ModelConfig, progress: bool = True) -> Path:
     return out
 
 
-def resolve_model(cfg: ModelConfig, target: str = "cpu", progress: bool = True) -> Path:
+def resolve_model(cfg: ModelConfig, target: str = "cpu", progress: bool = True,
+                  cancel: Any = None) -> Path:
     """The ONNX file to run for this config (``target``: ``cpu`` or ``tensorrt`` Q/DQ flavour)."""
     path = fp32_model(cfg, progress)
     if cfg.precision == "int8":
@@ -67,5 +69,6 @@ def resolve_model(cfg: ModelConfig, target: str = "cpu", progress: bool = True) 
         # a user's model file, which may sit on a read-only path.
         int8_dir = assets.cache_dir(cfg.cache_dir) / "models"
         int8_dir.mkdir(parents=True, exist_ok=True)
-        return Path(ensure_int8_model(path, cfg.calibration, target=target, cache_dir=int8_dir))
+        return Path(ensure_int8_model(path, cfg.calibration, target=target, cache_dir=int8_dir,
+                                      cancel=cancel))
     return path
