@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 DEMO_SCHEME = "demo://"
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
+URL_SCHEMES = ("file", "demo", "rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+# An http(s) URL whose path ends in one of these is a finite file, unless `live` says otherwise.
+FILE_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".m2ts", ".mpg",
+                   ".mpeg", ".flv", ".h264", ".h265", ".hevc", ".y4m")
 
 
 class Strict(BaseModel):
@@ -58,6 +62,9 @@ class StreamConfig(Strict):
     # Extra FFmpeg/PyAV demuxer options (strings), merged over the defaults.
     options: dict[str, str] = Field(default_factory=dict)
     decode: Literal["cpu", "cuda"] = "cpu"
+    # null = decided from the URL (see is_file); true: a live source (stale frames dropped, end
+    # of stream = reconnect); false: a finite file served over the network (loop/realtime apply).
+    live: bool | None = None
 
     @field_validator("id")
     @classmethod
@@ -71,6 +78,10 @@ class StreamConfig(Strict):
     def _url(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("url is empty")
+        m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", v)
+        if m and m.group(1).lower() not in URL_SCHEMES:
+            raise ValueError(f"unsupported URL scheme {m.group(1)}:// (use a file path, "
+                             + ", ".join(f"{s}://" for s in URL_SCHEMES if s != "file") + ")")
         return v
 
     @model_validator(mode="after")
@@ -80,8 +91,22 @@ class StreamConfig(Strict):
         return self
 
     @property
-    def is_file(self) -> bool:
+    def is_local(self) -> bool:
+        """A path on this machine (or file:, demo:)."""
         return not self.url.lower().startswith(LIVE_SCHEMES)
+
+    @property
+    def is_file(self) -> bool:
+        """Finite and seekable: ``loop`` and ``realtime`` apply, the end of file ends the stream.
+        Local paths always; http(s) URLs of a media file (by extension) unless ``live: true``;
+        any URL with ``live: false``."""
+        if self.live is not None:
+            return not self.live
+        if self.is_local:
+            return True
+        url = self.url.lower()
+        path = url.split("?", 1)[0].split("#", 1)[0]
+        return url.startswith(("http://", "https://")) and path.endswith(FILE_EXTENSIONS)
 
     @property
     def is_live(self) -> bool:
@@ -254,10 +279,27 @@ def parse_config(data: Any, base_dir: Path | None = None) -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        # Report every problem at once: the files the valid parts name are checked too.
+        raise ConfigError(format_validation_error(err) + _raw_file_problems(data, base_dir)) from None
     if base_dir is not None:
         _resolve_paths(cfg, base_dir)
     return cfg
+
+
+def _raw_file_problems(data: dict[str, Any], base: Path | None) -> list[str]:
+    """Missing local stream files, from a config that failed validation elsewhere."""
+    problems = []
+    streams = data.get("streams")
+    for i, s in enumerate(streams if isinstance(streams, list) else []):
+        url = s.get("url") if isinstance(s, dict) else None
+        if not isinstance(url, str) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", url) or not url.strip():
+            continue
+        p = Path(os.path.expanduser(url[5:] if url.startswith("file:") else url))
+        if base is not None and not p.is_absolute():
+            p = base / p
+        if not p.is_file():
+            problems.append(f"streams[{i}].url: stream {s.get('id')!r}: file not found: {p}")
+    return problems
 
 
 def _resolve_paths(cfg: Config, base: Path) -> None:
@@ -280,7 +322,7 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
                 s.url = str(assets.fetch_demo_video(cfg.model.cache_dir and fix(cfg.model.cache_dir), progress=True))
             except Exception as exc:
                 raise ConfigError([f"streams[{cfg.streams.index(s)}].url: cannot fetch the demo video: {exc}"]) from None
-        elif s.is_file and not s.url.startswith("file:"):
+        elif s.is_local and not s.url.startswith("file:"):
             s.url = fix(s.url) or s.url
     m = cfg.model
     m.onnx, m.cfg, m.weights, m.names = fix(m.onnx), fix(m.cfg), fix(m.weights), fix(m.names)
@@ -311,7 +353,7 @@ def check_config(cfg: Config) -> list[str]:
     """Problems the types cannot see: missing files. Empty list when everything is there."""
     problems = []
     for i, s in enumerate(cfg.streams):
-        if s.is_file:
+        if s.is_local:
             path = s.url[5:] if s.url.startswith("file:") else s.url
             if not Path(path).is_file():
                 problems.append(f"streams[{i}].url: stream {s.id!r}: file not found: {path}")

@@ -187,3 +187,37 @@ def test_credentials_never_leave_the_process(broken_run: Any) -> None:
     assert "secret" not in broken_run.log_text
     assert "secret" not in broken_run.metrics_text
     assert all("secret" not in str(m) for _, m in broken_run.messages)
+
+
+def test_check_config_reports_every_problem_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("streams:\n  - {id: a, url: /nope/a.mp4}\n  - {id: a, url: ftp://host/x}\n"
+                    "  - {id: c, url: /nope/c.mp4}\n")
+    r = check_config(path)
+    assert r.returncode == 2
+    assert "streams[1].url: unsupported URL scheme ftp://" in r.stderr
+    assert "streams[0].url: stream 'a': file not found" in r.stderr
+    assert "streams[2].url: stream 'c': file not found" in r.stderr
+
+
+def test_http_file_is_finite_every_frame_then_ended(run_daemon: Any, demo_video: Path, tmp_path: Path) -> None:
+    """A video file served over HTTP is a file: no frame dropped, the end of file ends it (it is
+    not re-downloaded forever as a 'live' stream would be)."""
+    import functools
+    import http.server
+    import threading
+
+    _remux(demo_video, tmp_path / "clip.ts", "mpegts")  # streamable: no index at the end
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/clip.ts"
+        d = run_daemon([{"id": "web", "url": url}], wait=False)
+        assert d.collect_until_exit(180) == 0, d.log()
+    finally:
+        httpd.shutdown()
+    dets = detections_of(d.messages, "web")
+    assert [m["frame"] for m in dets] == list(range(len(dets))) and len(dets) >= 245
+    assert [e["event"] for e in events_of(d.messages, "web")][-1] == "ended"

@@ -221,7 +221,7 @@ class StreamSource:
         except Exception as exc:  # FFmpeg, OS and timeout errors
             if self.stop_event.is_set():
                 return
-            if self.cfg.is_file:
+            if self.cfg.is_local:
                 # A local file that fails to open or read fails the same way next time.
                 self._fail(f"cannot read {self.safe_url}: {type(exc).__name__}: {exc}")
                 return
@@ -240,7 +240,7 @@ class StreamSource:
     def _open(self) -> Any:
         url = self.cfg.url[5:] if self.cfg.url.startswith("file:") else self.cfg.url
         read_timeout = self.cfg.read_timeout
-        if self.cfg.is_file:
+        if self.cfg.is_local:
             if not os.path.exists(url):
                 raise PermanentError(f"file not found: {url}")
             if os.path.isdir(url):
@@ -252,7 +252,7 @@ class StreamSource:
         try:
             return av.open(url, options=open_options(self.cfg), timeout=(self.cfg.open_timeout, read_timeout))
         except av.error.InvalidDataError as exc:
-            if self.cfg.is_file:
+            if self.cfg.is_local:
                 raise PermanentError(f"not a readable video (cut before its index, or not a video): {url}: {exc}") from None
             raise
 
@@ -260,6 +260,9 @@ class StreamSource:
         """One open-to-close run: "end" (a file reached its end for good), "aborted" (a stall
         seen by the supervisor), "stopped", or "eof" (a live stream ended)."""
         sid = self.cfg.id
+        if self.cfg.decode == "cuda" and not getattr(self, "_said_cuda", False):
+            self._said_cuda = True
+            log.warning("stream %s: decode: cuda (NVDEC) is not implemented yet; decoding on the CPU", sid)
         with self._open() as container:
             if not container.streams.video:
                 raise PermanentError(f"{self.safe_url} has no video stream")
