@@ -70,6 +70,7 @@ def bench_bare_ort(model: Path, info: ModelInfo, frames: list[av.VideoFrame], th
     o.intra_op_num_threads = threads
     o.inter_op_num_threads = 1
     o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    o.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the daemon's backend
     s = ort.InferenceSession(str(model), o, providers=["CPUExecutionProvider"])
     xs = [letterbox_av(f, info.width, info.height)[0][None] for f in frames]
     s.run(info.output_names, {info.input_name: xs[0]})
@@ -77,6 +78,45 @@ def bench_bare_ort(model: Path, info: ModelInfo, frames: list[av.VideoFrame], th
     for x in xs:
         s.run(info.output_names, {info.input_name: x})
     return len(xs) / (time.perf_counter() - t0)
+
+
+STAGE_LOG: dict[str, dict[str, float]] = {}
+STAGE_QUANTILES: dict[str, dict[str, dict[str, float]]] = {}
+CURRENT = ["fp32"]
+
+
+def scrape_stages(url: str) -> dict[str, float]:
+    """Mean per-frame milliseconds of each stage, from the daemon's own histograms."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            if smp.name == "detectd_stage_seconds_bucket":
+                buckets.setdefault(smp.labels["stage"], []).append((float(smp.labels["le"]), smp.value))
+            elif smp.name == "detectd_stage_seconds_sum":
+                sums[smp.labels["stage"]] = smp.value
+            elif smp.name == "detectd_stage_seconds_count":
+                counts[smp.labels["stage"]] = smp.value
+    for stage, bs in buckets.items():  # histogram_quantile, as PromQL computes it
+        bs.sort()
+        total = bs[-1][1]
+        q = {}
+        for name, phi in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+            rank, lo, prev = phi * total, 0.0, 0.0
+            for le, c in bs:
+                if c >= rank and total:
+                    hi = le if le != float("inf") else lo
+                    q[name] = 1000 * (lo + (hi - lo) * ((rank - prev) / (c - prev) if c > prev else 1.0))
+                    break
+                lo, prev = le, c
+        STAGE_QUANTILES.setdefault(CURRENT[0], {})[stage] = q
+    return {k: 1000 * sums[k] / counts[k] for k in sums if counts.get(k)}
 
 
 def bench_daemon(video: Path, threads: int, precision: str = "fp32") -> float:
@@ -93,12 +133,19 @@ def bench_daemon(video: Path, threads: int, precision: str = "fp32") -> float:
         sub.setsockopt(zmq.SUBSCRIBE, b"detections/")
         sub.setsockopt(zmq.RCVHWM, 0)
         sub.connect(ep)
+        cfg["shutdown"] = {"drain_timeout": 5}
+        cfg["streams"][0]["loop"] = True  # stopped by us after 250 frames, to scrape first
+        path.write_text(yaml.safe_dump(cfg))
         proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=ROOT)
         times = []
         while proc.poll() is None or sub.poll(0):
             if sub.poll(200):
                 sub.recv_multipart()
                 times.append(time.perf_counter())
+                if len(times) == 250:
+                    CURRENT[0] = precision
+                    STAGE_LOG[precision] = scrape_stages(f"http://{cfg['metrics']['listen']}/metrics")
+                    proc.terminate()
         sub.close(0)
         ctx.term()
         if proc.returncode != 0 or len(times) < 10:
@@ -115,10 +162,16 @@ def bench_opencv(cfg: Path, weights: Path, frames: list[av.VideoFrame], threads:
     outs = net.getUnconnectedOutLayersNames()
     imgs = [f.to_ndarray(format="bgr24") for f in frames]
 
+    over = {"preprocess": 0.0, "postprocess": 0.0}
+
     def one(img: np.ndarray) -> None:
         h, w = img.shape[:2]
+        t0 = time.perf_counter()
         net.setInput(cv2.dnn.blobFromImage(img, 1 / 255.0, (416, 416), swapRB=True, crop=False))
-        rows = np.concatenate(net.forward(outs))
+        t1 = time.perf_counter()
+        forward = net.forward(outs)
+        t2 = time.perf_counter()
+        rows = np.concatenate(forward)
         scores = rows[:, 5:]
         cid = scores.argmax(1)
         conf = scores[np.arange(len(rows)), cid]
@@ -126,12 +179,17 @@ def bench_opencv(cfg: Path, weights: Path, frames: list[av.VideoFrame], threads:
         b = rows[keep, :4] * [w, h, w, h]
         boxes = np.c_[b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 2], b[:, 3]]
         cv2.dnn.NMSBoxes(boxes.tolist(), conf[keep].tolist(), 0.25, 0.45)
+        over["preprocess"] += t1 - t0
+        over["postprocess"] += time.perf_counter() - t2
 
     one(imgs[0])
+    over["preprocess"] = over["postprocess"] = 0.0
     t0 = time.perf_counter()
     for img in imgs:
         one(img)
-    return len(imgs) / (time.perf_counter() - t0)
+    fps = len(imgs) / (time.perf_counter() - t0)
+    STAGE_LOG["opencv"] = {k: 1000 * v / len(imgs) for k, v in over.items()}
+    return fps
 
 
 def bench_overhead(model: Path, info: ModelInfo, frames: list[av.VideoFrame]) -> dict[str, float]:
@@ -175,7 +233,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "e2e.json"))
     args = ap.parse_args()
 
@@ -213,14 +271,22 @@ def main() -> int:
     print(f"\nINT8 vs FP32: bare ORT {fps['bare_ort_int8'] / fps['bare_ort']:.2f}x frames/s, "
           f"daemon {fps['daemon_int8'] / fps['daemon']:.2f}x frames/s; "
           f"daemon INT8 vs bare ORT INT8 {fps['daemon_int8'] / fps['bare_ort_int8']:.2f}x")
-    print("\nper-frame overhead besides decode and inference, 640x360 (ms):")
+    print("\nper-frame overhead besides decode and inference, 640x360, in-process (ms):")
     for k, v in over.items():
         print(f"  {k:<12}{v:7.3f}")
+    for name, stages in STAGE_LOG.items():
+        other = sum(v for k, v in stages.items() if k not in ("decode", "infer"))
+        print(f"{name}: mean ms per frame from its own timers (last round, 640x272): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()) + f"; besides decode+infer {other:.2f}")
     out = {"machine": f"{platform.machine()} {os.cpu_count()} cores", "threads": args.threads,
            "fps": fps, "rounds": rows, "ratio_daemon_vs_bare": fps["daemon"] / fps["bare_ort"],
            "ratio_opencv_vs_bare": fps["opencv"] / fps["bare_ort"],
            "ratio_daemon_int8_vs_fp32": fps["daemon_int8"] / fps["daemon"],
-           "throughput": [{"name": k, "fps": v, "rounds": rows[k]} for k, v in fps.items()], "overhead_ms_640x360": over}
+           "throughput": [{"name": k, "fps": v, "rounds": rows[k]} for k, v in fps.items()], "overhead_ms_640x360": over,
+           # per-stage latency distribution (ms) from the daemon's own histograms, for plots.py
+           "stages": {k: {q: v / 1000 for q, v in d.items()} for k, d in STAGE_QUANTILES.get("fp32", {}).items()},
+           "stage_quantiles_ms": STAGE_QUANTILES,
+           "stage_means_ms": STAGE_LOG}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.json}")
