@@ -123,7 +123,7 @@ class DetectionMessage:
 @dataclass(frozen=True, slots=True)
 class EventMessage:
     """A stream state change (topic ``events/<stream>/``); ``extra`` holds the fields beyond the
-    common ones (``attempt``, ``state``, ``retry_in``... as the daemon sends them)."""
+    common ones (``attempt``, ``delay``, ``state``... as the daemon sends them)."""
 
     v: int
     stream: str
