@@ -169,7 +169,11 @@ def main() -> int:
         "p99_hist_first_s": h_first, "p99_hist_last_s": h_last,
         "rss_after_first_window_bytes": rss_first, "rss_end_bytes": rss_end,
         "rss_ratio": rss_end / rss_first if rss_first else None,
-        "per_minute": minutes, "rss_samples": rss, "frames_decoded": decoded, "frames_published": published,
+        "per_minute": minutes, "rss_samples": rss,
+        # for bench/plots.py: latency and RSS over time
+        "timeline": {"t": [60.0 * m["minute"] for m in minutes],
+                     "latency_p99_s": [m["p99_s"] for m in minutes],
+                     "fps": [m["published_per_s"] for m in minutes]}, "frames_decoded": decoded, "frames_published": published,
         "frames_dropped_by_reason": drops,
         "accounted": decoded - published - sum(drops.values()),
         "seq_gaps_seen_by_subscriber": sub.gaps, "exit_code": rc,

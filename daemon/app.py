@@ -29,7 +29,7 @@ import numpy as np
 from daemon import __version__
 from daemon.backends import Backend, choose_backend, create_backend
 from daemon.backends.base import warmup
-from daemon.config import Config, ConfigError, StreamConfig, load_config
+from daemon.config import check_config, Config, ConfigError, StreamConfig, load_config
 from daemon.frames import FrameResult
 from daemon.metrics import Metrics, MetricsServer
 from daemon.models.info import ModelInfo
@@ -229,6 +229,9 @@ class Daemon:
             return False
         try:
             new = load_config(self.config_path)
+            problems = check_config(new)  # what check-config rejects, a reload rejects too
+            if problems:
+                raise ConfigError(problems)
         except ConfigError as exc:
             log.error("reload: %s rejected, the running config is kept: %s", self.config_path,
                       "; ".join(exc.problems))
@@ -362,11 +365,15 @@ class Daemon:
         wd_interval = self.notifier.watchdog_interval() if self.notifier is not None else None
         next_wd = time.monotonic()
         drain_deadline: float | None = None
+        drain_started = 0.0
         drained = 0
         while True:
             if self.stop_requested.is_set() and drain_deadline is None:
                 drain_deadline = time.monotonic() + self.cfg.shutdown.drain_timeout
+                drain_started = time.monotonic()
                 drained = self.frames_total
+                self.ready = False  # /readyz says 503 while draining: take no new work here
+                self.metrics.ready.set(0)
                 log.info("stopping: draining %d queued frames (deadline %.1fs)",
                          self.scheduler.pending(), self.cfg.shutdown.drain_timeout)
                 if self.notifier is not None:
@@ -391,7 +398,11 @@ class Daemon:
                 interval = self.cfg.logging.status_interval
                 next_status = now + interval if interval else float("inf")
             if drain_deadline is not None:
-                if self.scheduler.pending() == 0 and self.all_sources_finished() and not self.pending:
+                # Done when nothing is queued or in flight and the sources have ended, or have
+                # had a moment to hand over their last frame: a source blocked in a network
+                # read must not hold the exit to the full deadline.
+                settled = self.all_sources_finished() or now - drain_started > 0.5
+                if self.scheduler.pending() == 0 and not self.pending and settled:
                     log.info("drained: %d frames in flight published", self.frames_total - drained)
                     break
                 if now >= drain_deadline:
@@ -428,7 +439,7 @@ class Daemon:
             self.notifier.stopping()
         for src in self.sources.values():
             src.stop()
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 1.0  # threads blocked in a read are daemon threads
         for src in [*self.sources.values(), *self.retired]:
             src.join(max(0.0, deadline - time.monotonic()))
         self.scheduler.close()

@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 STAGES = ("decode", "preprocess", "infer", "postprocess", "publish")
 STAGE_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03,
                  0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
-LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
-                   1.0, 1.5, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3,
+                   0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 STREAM_STATES = ("connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped", "error")
 ERROR_KINDS = ("network", "auth", "eof", "decode", "stall", "timeout")
 DROP_REASONS = ("stale", "superseded", "queue_full", "corrupt", "zmq_hwm", "shutdown")

@@ -2,7 +2,8 @@
 
 Drop policy, every drop counted in ``detectd_frames_dropped_total{stream,reason}``:
 
-- live sources (RTSP/HTTP, and files with ``realtime: true``): a full queue drops its *oldest*
+- live sources (RTSP/HTTP, and files with ``realtime: true``): only the newest queued frame is
+  inferred, older ones are dropped as superseded; a full queue drops its *oldest*
   frame (``superseded``: a newer frame of the same stream exists); a frame older than the stream's
   ``max_age_ms`` when the scheduler picks it is dropped (``stale``). Latency therefore cannot creep:
   a frame is either fresh or gone.
@@ -99,6 +100,10 @@ class Scheduler:
             pos = (start + k) % n
             sid = self.order[pos]
             q = self.queues[sid]
+            # Live: only the newest frame is worth inferring; older ones are superseded.
+            while q.live and len(q.frames) > 1:
+                q.frames.popleft()
+                self.metrics.frames_dropped.labels(sid, "superseded").inc()
             while q.frames:
                 f = q.frames.popleft()
                 if q.live and now - f.t_decoded > q.max_age:

@@ -103,8 +103,10 @@ def test_live_full_queue_drops_oldest_as_superseded(metrics: Metrics) -> None:
         assert s.put(frame("cam", i))
     assert s.is_full("cam")
     batch = s.next_batch(0.1)
-    assert [f.index for f in batch] == [3, 4]  # the two newest
-    assert dropped(metrics, "cam", "superseded") == 3
+    # Only the newest is inferred: 0-2 were pushed out of the full queue, 3 was superseded
+    # by 4 when the scheduler took the stream's frame.
+    assert [f.index for f in batch] == [4]
+    assert dropped(metrics, "cam", "superseded") == 4
 
 
 def test_live_frames_older_than_max_age_dropped_as_stale(metrics: Metrics) -> None:
@@ -116,7 +118,11 @@ def test_live_frames_older_than_max_age_dropped_as_stale(metrics: Metrics) -> No
     s.put(frame("cam", 2, now))
     batch = s.next_batch(0.1)
     assert [f.index for f in batch] == [2]
-    assert dropped(metrics, "cam", "stale") == 2
+    assert dropped(metrics, "cam", "superseded") == 2  # a newer frame was queued behind them
+    # The newest frame itself, once too old, is stale.
+    s.put(frame("cam", 3, time.monotonic() - 0.5))
+    assert s.next_batch(0.05) == []
+    assert dropped(metrics, "cam", "stale") == 1
 
 
 def test_files_never_drop_the_decoder_waits(metrics: Metrics) -> None:
