@@ -92,6 +92,7 @@ class StreamSource:
         self.failed = False  # a permanent error (state "error")
         self.frame_index = 0
         self.safe_url = redact_url(cfg.url)
+        self._started_at = clock()
         self._abort = threading.Event()  # the supervisor saw a stall: end the current session
         self._announced_up = False  # an "up" event was sent for the current connection
         self._lock = threading.Lock()  # transitions are applied by two threads
@@ -126,9 +127,8 @@ class StreamSource:
         if self.retired:
             return
         sid = self.cfg.id
-        since = self.policy.seconds_since_frame(now)
-        if since is not None:
-            self.metrics.stream_since_frame.labels(sid).set(round(since, 3))
+        if not self.finished.is_set():
+            self.metrics.stream_since_frame.labels(sid).set(round(self._since_frame(now), 3))
         self.metrics.stream_attempts.labels(sid).set(self.policy.attempts)
         self.metrics.stream_backpressure.labels(sid).set(1 if self.policy.backpressure else 0)
         if self.cfg.is_file or self.finished.is_set():
@@ -141,7 +141,16 @@ class StreamSource:
     # -- events and metrics ------------------------------------------------------------------
     def _event(self, event: str, reason: str | None = None, **extra: Any) -> None:
         if not self.retired:
+            # Every event carries the stream's attempts and how long it has gone without a frame.
+            extra.setdefault("attempt", self.policy.attempts)
+            extra.setdefault("seconds_since_frame", round(self._since_frame(self.clock()), 3))
             self.on_event(self.cfg.id, event, reason, **extra)
+
+    def _since_frame(self, now: float) -> float:
+        """Seconds since the last frame, or since the stream started if none came yet (a camera
+        down since start must trip the same alert as one that went down later)."""
+        since = self.policy.seconds_since_frame(now)
+        return since if since is not None else now - self._started_at
 
     def _apply(self, tr: Transition | None, **extra: Any) -> None:
         """Turn one state change of the policy into metrics, events and a log line."""
@@ -150,6 +159,9 @@ class StreamSource:
         sid = self.cfg.id
         with self._lock:
             self.metrics.set_state(sid, tr.new.value)
+            if tr.new is State.UP and not self._announced_up:
+                # Connected is not delivering: stream_up waits for the first frame.
+                self.metrics.stream_up.labels(sid).set(0)
             self.metrics.stream_attempts.labels(sid).set(self.policy.attempts)
             if tr.new in RETRYING:
                 kind = "stall" if tr.new is State.STALLED else (self.policy.last_error_kind or "network")
@@ -313,6 +325,7 @@ class StreamSource:
                         if not self._announced_up:
                             self._announced_up = True
                             self._event("up", None, state="up", width=vf.width, height=vf.height)
+                            self.metrics.stream_up.labels(sid).set(1)
                             log.info("stream %s: up (%s, %dx%d)", sid, self.safe_url, vf.width, vf.height)
                         if pacer is not None and not pacer.wait(vf.time):
                             return "stopped"
