@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
-import pytest
 
 CONTRACT_METRICS = [
     "detectd_frames_decoded_total", "detectd_frames_published_total", "detectd_frames_dropped_total",

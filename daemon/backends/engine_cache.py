@@ -26,11 +26,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+
+from daemon.atomic import write_bytes
 
 
 log = logging.getLogger(__name__)
@@ -80,34 +81,8 @@ def default_engine_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return cache_dir() / "engines"
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the whole new one, never a
-    part (a temporary file beside it, fsynced, then ``os.replace``; the temporary is removed if
-    anything fails, so a failed write leaves the old file and nothing else)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+# The plan and its key file are written with the project's one atomic writer.
+atomic_write_bytes = write_bytes
 
 
 def _slug(text: str) -> str:

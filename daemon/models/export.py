@@ -31,12 +31,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from daemon.atomic import write_bytes
 
 from daemon.models.darknet import (
     ConvLayer,
@@ -240,16 +241,5 @@ def export_onnx(
     """Export a Darknet YOLO model to ONNX at ``out_path`` (written atomically); return the path."""
     model = build_model(cfg_path, weights_path, names_path)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(model.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(out_path, model.SerializeToString())
     return out_path

@@ -31,11 +31,12 @@ import json
 import os
 import re
 import struct
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from daemon.atomic import stage, unlink
 
 from daemon.quant.histogram import TensorStats
 
@@ -88,28 +89,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     commit_set({path: data})
 
 
-def _stage(path: Path, data: bytes) -> Path:
-    """`data` in a temporary file beside `path` (named .NAME.<pid>.<random>.part), fsynced."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part",
-                               dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-    except BaseException:
-        _unlink(Path(tmp))
-        raise
-    return Path(tmp)
-
-
-def _unlink(p: Path) -> None:
-    try:
-        p.unlink()
-    except FileNotFoundError:
-        pass
+_stage = stage
+_unlink = unlink
 
 
 def commit_set(files: Mapping[Path, bytes]) -> None:
