@@ -69,7 +69,6 @@ class Daemon:
         self._supervisor: threading.Thread | None = None
         self.metrics = metrics or Metrics()
         self.stop_requested = threading.Event()
-        self.force_exit = False
         self.sources: dict[str, StreamSource] = {}
         self.backend = backend
         self.info = info
@@ -269,7 +268,7 @@ class Daemon:
             return
         assert self.backend is not None and self.info is not None and self.publisher is not None
         n = len(batch)
-        m = self.metrics.stage_seconds
+        m = self.metrics.stage
         buf = self.batch_buf[:n]
         infos = []
         for i, frame in enumerate(batch):
@@ -277,7 +276,7 @@ class Daemon:
             infos.append(letterbox_frame(frame, self.info.width, self.info.height, out=buf[i])[1])
             if self.preview is None or not self.preview.watching:
                 frame.native = None  # release the decoder's buffer early (kept while watched)
-            m.labels("preprocess").observe(time.perf_counter() - t0)
+            m["preprocess"].observe(time.perf_counter() - t0)
         t0 = time.perf_counter()
         outputs = self.backend.infer(buf)
         t_infer = time.perf_counter() - t0
@@ -299,7 +298,7 @@ class Daemon:
                                          tags=[(f.stream, f.index) for f in batch])
         t_submit = time.perf_counter()
         for f in batch:
-            self.metrics.stage_seconds.labels("preprocess").observe((t_submit - t0) / len(batch))
+            self.metrics.stage["preprocess"].observe((t_submit - t0) / len(batch))
             if self.preview is None or not self.preview.watching:
                 f.native = None  # copied to pinned memory by submit
         self.pending.append((ticket, batch, infos, t_submit))
@@ -323,15 +322,15 @@ class Daemon:
 
     def publish_batch(self, batch: list[Any], dets: list[Any], t_infer: float, t_post: float) -> None:
         assert self.info is not None and self.publisher is not None
-        m = self.metrics.stage_seconds
+        m = self.metrics.stage
         labels = self.info.labels
         for frame, d in zip(batch, dets):
-            m.labels("infer").observe(t_infer)
-            m.labels("postprocess").observe(t_post)
+            m["infer"].observe(t_infer)
+            m["postprocess"].observe(t_post)
             result = FrameResult(frame, d, {"infer": t_infer, "postprocess": t_post})
             t0 = time.perf_counter()
             published = self.publisher.publish_result(result, labels, self.model_desc)
-            m.labels("publish").observe(time.perf_counter() - t0)
+            m["publish"].observe(time.perf_counter() - t0)
             latency = time.monotonic() - frame.t_decoded
             if published:
                 self.metrics.frame_latency.labels(frame.stream).observe(latency)
@@ -420,9 +419,6 @@ class Daemon:
                 else:
                     log.info("every source has ended: exiting")
                 break
-
-    def frames_flowing(self) -> bool:
-        return self.window.frames > 0 or self.scheduler.pending() > 0
 
     def watchdog_ok(self) -> bool:
         """Feed systemd's watchdog only while frames were processed since the last feed, or

@@ -45,6 +45,8 @@ class Metrics:
                                        "Time spent per frame in each pipeline stage (a batch's "
                                        "infer time is attributed to each of its frames).",
                                        ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        # Per-frame hot path: the stage children resolved once, not by label lookup per frame.
+        self.stage = {s: self.stage_seconds.labels(s) for s in STAGES}
         self.frame_latency = Histogram("detectd_frame_latency_seconds",
                                        "Time from a frame being decoded to its message being published.",
                                        ["stream"], buckets=LATENCY_BUCKETS, registry=r)

@@ -8,7 +8,7 @@ taking raw RGB uint8 frames and letterboxing them on the device; the pipeline us
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -37,6 +37,3 @@ def warmup(backend: Backend, width: int, height: int, runs: int = 2) -> None:
     for _ in range(runs):
         backend.infer(x)
 
-
-def split_batch(outputs: Sequence[np.ndarray], n: int) -> list[list[np.ndarray]]:
-    return [[o[i : i + 1] for o in outputs] for i in range(n)]

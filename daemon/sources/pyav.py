@@ -355,7 +355,7 @@ class StreamSource:
         if self.retired:
             return
         self.metrics.frames_decoded.labels(sid).inc()
-        self.metrics.stage_seconds.labels("decode").observe(decode_seconds)
+        self.metrics.stage["decode"].observe(decode_seconds)
         self.sink.put(frame, self.stop_event)
 
 
