@@ -294,7 +294,9 @@ class Daemon:
         assert self.backend is not None and self.info is not None
         t0 = time.perf_counter()
         infos = [letterbox_params(f.width, f.height, self.info.width, self.info.height) for f in batch]
-        ticket = self.backend.submit_yuv([f.native for f in batch], infos,  # type: ignore[attr-defined]
+        # A frame turned for display (phone video) is converted and turned on the CPU (RGB, 3 B/px
+        # over the bus): the YUV kernel reads planes as stored (docs/sources.md, "Orientation").
+        ticket = self.backend.submit_yuv([f.rgb() if f.orient else f.native for f in batch], infos,  # type: ignore[attr-defined]
                                          tags=[(f.stream, f.index) for f in batch])
         t_submit = time.perf_counter()
         for f in batch:

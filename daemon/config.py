@@ -61,6 +61,9 @@ class StreamConfig(Strict):
     queue_size: int = Field(default=2, ge=1, le=256)
     # Extra FFmpeg/PyAV demuxer options (strings), merged over the defaults.
     options: dict[str, str] = Field(default_factory=dict)
+    # FFmpeg's input format (``ffmpeg -f``), e.g. ``mjpeg``; null = probed from the data.
+    # See docs/sources.md.
+    format: str | None = None
     decode: Literal["cpu", "cuda"] = "cpu"
     # null = decided from the URL (see is_file); true: a live source (stale frames dropped, end
     # of stream = reconnect); false: a finite file served over the network (loop/realtime apply).
@@ -82,7 +85,27 @@ class StreamConfig(Strict):
         if m and m.group(1).lower() not in URL_SCHEMES:
             raise ValueError(f"unsupported URL scheme {m.group(1)}:// (use a file path, "
                              + ", ".join(f"{s}://" for s in URL_SCHEMES if s != "file") + ")")
+        from daemon.sources import urls
+
+        urls.register_url(v)  # before any message about it can be printed
+        problems = urls.url_problems(v)
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, v: str | None) -> str | None:
+        from daemon.sources import urls
+
+        return urls.check_input_format(v)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: dict[str, str]) -> dict[str, str]:
+        from daemon.sources import urls
+
+        return urls.check_options(v)
 
     @model_validator(mode="after")
     def _backoff(self) -> "StreamConfig":

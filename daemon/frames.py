@@ -20,7 +20,8 @@ class Frame:
     ``image`` is the decoded picture as an RGB ``uint8`` array of shape (H, W, 3), or ``None``
     when the source handed over a PyAV frame in ``native`` for the preprocessor to convert in one
     pass (scale + colour conversion by libswscale). ``index`` counts decoded frames since the
-    stream was (re)opened; ``pts`` is in seconds or ``None`` when the container has no timestamp.
+    stream was (re)opened; ``width``/``height`` are the displayed size (after the stream's display
+    rotation, ``orient``, which ``native`` still needs); ``pts`` is in seconds or ``None`` when the container has no timestamp.
     ``captured_at`` is the wall-clock time (unix seconds) at which decoding finished and
     ``t_decoded`` the same instant on the monotonic clock, used for latency and freshness.
     """
@@ -35,6 +36,9 @@ class Frame:
     image: np.ndarray | None = None
     native: Any = None
     decode_seconds: float = 0.0
+    # How ``native`` is turned for display (daemon.vision.orient: "", "clock", "cclock", ...);
+    # ``width``/``height`` and ``image`` are always as displayed.
+    orient: str = ""
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:
@@ -52,7 +56,12 @@ class Frame:
         if self.image is None:
             if self.native is None:
                 raise ValueError("frame has neither image nor native frame")
-            self.image = self.native.to_ndarray(format="rgb24")
+            if self.orient:
+                from daemon.vision.orient import oriented_rgb
+
+                self.image = oriented_rgb(self.native, self.orient)
+            else:
+                self.image = self.native.to_ndarray(format="rgb24")
         return self.image
 
 

@@ -248,7 +248,12 @@ class PreviewHub:
         src, native = frame.image, frame.native
         if src is None and native is not None:
             # A decoder's native frame: scale + colour conversion in one swscale pass.
-            rgb = native.reformat(width=ow, height=oh, format="rgb24").to_ndarray()
+            if getattr(frame, "orient", ""):  # scaled as stored, then turned as displayed
+                from daemon.vision.orient import oriented_rgb
+
+                rgb = oriented_rgb(native, frame.orient, ow, oh)
+            else:
+                rgb = native.reformat(width=ow, height=oh, format="rgb24").to_ndarray()
         elif src is None:
             # The pipeline released the pixels (nobody was watching when it handled this frame):
             # show the boxes on black rather than nothing; the next frame will have its picture.

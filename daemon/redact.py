@@ -5,16 +5,53 @@ Stream URLs routinely carry secrets (``rtsp://admin:hunter2@cam/...``, signed HT
 process -- log lines, ``events/<id>/`` messages, the ``last_error`` of a stream -- goes through
 :func:`redact_text` first. Metric labels never carry URLs at all (they use the stream id).
 
+Two layers, so that no URL shape defeats them:
+
+1. Structure: the userinfo of every ``scheme://`` URL is masked, split the way its author meant
+   it (up to the *last* ``@`` followed by a host, see :func:`daemon.sources.urls.split_url`), so a
+   raw ``# / ? @ :`` in a password is masked too; credential-like query parameters are masked.
+2. Known secrets: every stream URL of the configuration registers its password, its userinfo and
+   its secret query values, raw, percent-decoded and percent-encoded
+   (:func:`register_secrets`, called when a config is validated); :func:`redact_text` replaces
+   any occurrence of them, wherever it appears (inside a quote, after a space, in FFmpeg's own
+   words). Values shorter than :data:`MIN_SECRET_LEN` are left to layer 1 (masking every "a"
+   in a message would make it unreadable).
+
 The functions are total: they never raise, whatever the input, because they sit on error paths.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterable
 
-__all__ = ["MASK", "SENSITIVE_PARAMS", "redact_url", "redact_text", "is_sensitive_param"]
+__all__ = ["MASK", "SENSITIVE_PARAMS", "redact_url", "redact_text", "is_sensitive_param",
+           "register_secrets", "MIN_SECRET_LEN"]
 
 MASK = "***"
+MIN_SECRET_LEN = 4
+
+_secrets: set[str] = set()
+_secrets_re: re.Pattern[str] | None = None
+_secrets_lock = threading.Lock()
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Remember strings that must never be printed (see the module doc, layer 2)."""
+    global _secrets_re
+    new = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LEN and v != MASK}
+    if not new - _secrets:
+        return
+    with _secrets_lock:
+        _secrets.update(new)
+        # Longest first: a userinfo is replaced whole before the password inside it.
+        _secrets_re = re.compile("|".join(re.escape(v) for v in sorted(_secrets, key=len, reverse=True)))
+
+
+def _redact_known(text: str) -> str:
+    pattern = _secrets_re
+    return pattern.sub(MASK, text) if pattern is not None else text
 
 # Query parameter names (compared case-insensitively, after stripping "-", "_" and ".") whose
 # values are secrets, plus any compound name whose *last word* is one of the suffixes below
@@ -78,6 +115,12 @@ def redact_url(url: str) -> str:
 
 
 def _redact_url(url: str) -> str:
+    from daemon.sources.urls import split_url
+
+    url = _redact_known(url)
+    s = split_url(url)
+    if s is not None and s.userinfo is not None:
+        url = url[: url.index("://") + 3] + f"{MASK}@" + s.hostport + s.rest
     out = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", url, count=1)
     qpos = out.find("?")
     if qpos >= 0:
@@ -115,7 +158,7 @@ def _redact_url_match(m: re.Match[str]) -> str:
 def redact_text(text: str) -> str:
     """Redact every URL with credentials (and ``password=...``-style pairs) inside ``text``."""
     try:
-        out = _URL_IN_TEXT.sub(_redact_url_match, str(text))
+        out = _URL_IN_TEXT.sub(_redact_url_match, _redact_known(str(text)))
         out = _BARE_USERINFO.sub(f"{MASK}@", out)
 
         def kv(m: re.Match[str]) -> str:

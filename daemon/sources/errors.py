@@ -19,6 +19,18 @@ server killed / stream ended               no exception: ``decode()`` just ends 
                                            (``EOFError`` where FFmpeg raises one)
 =========================================  ==========================================  ========
 
+What the user reads is :func:`describe_error`: FFmpeg's words for the error code
+(``av_strerror``: "Server returned 5XX Server Error reply", "Connection refused"), never the
+``[Errno 1482175992]`` number nor the URL (which may carry credentials); "Input/output error"
+for a host that does not resolve becomes "cannot resolve host NAME" (checked with the system
+resolver, on the error path only); the bad input format gets a hint at ``streams[].format``.
+
+Some failures are not exceptions of FFmpeg: a live source that offers no video track yet raises
+:class:`SourceError` with its own kind (``network``: retried with backoff) and words ("no video
+stream in the input (found: audio (pcm_alaw))"). A URL or option FFmpeg rejects as invalid
+(``EINVAL``, an unknown input format or option) is a configuration problem,
+:func:`is_config_error`: retrying cannot fix it.
+
 The caller passes ``"eof"`` itself when the decode loop of a live stream ends without an
 exception. ``decode`` is ambiguous on purpose: the policy treats it as a skipped packet while
 the stream is up and as a failed attempt while it is opening.
@@ -35,7 +47,7 @@ import re
 import socket
 from typing import Literal
 
-__all__ = ["ErrorKind", "classify_error"]
+__all__ = ["ErrorKind", "classify_error", "describe_error", "is_config_error", "SourceError"]
 
 ErrorKind = Literal["network", "auth", "eof", "decode", "timeout"]
 
@@ -61,8 +73,70 @@ _EOF_MSG = re.compile(r"end of file", re.I)
 _DECODE_MSG = re.compile(r"invalid data|corrupt|error while decoding|non-existing pps|no frame!", re.I)
 
 
+class SourceError(Exception):
+    """A source failure described by detectd itself: ``kind`` for the policy, words for people."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+
+
+_CONFIG = _av("ArgumentError") + _av("OptionNotFoundError") + _av("DemuxerNotFoundError") + \
+    _av("ProtocolNotFoundError")
+
+
+def is_config_error(exc: BaseException) -> bool:
+    """FFmpeg rejected the URL, the input format or an option itself (``EINVAL``, "not found"):
+    the configuration must change, retrying cannot help."""
+    return bool(_CONFIG) and isinstance(exc, _CONFIG)
+
+
+def _resolve_problem(host: str) -> str | None:
+    """``"cannot resolve host NAME (...)"`` when the system resolver fails on ``host``."""
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return f"cannot resolve host {host} ({exc.strerror or exc})"
+    except (OSError, UnicodeError) as exc:
+        return f"cannot resolve host {host} ({exc})"
+    return None
+
+
+def describe_error(exc: BaseException, url: str | None = None, *, format_forced: bool = True) -> str:
+    """The error in words, without error numbers or the URL (see the module doc).
+
+    ``url``: the source's URL, to name an unresolvable host; ``format_forced``: False adds the
+    ``streams[].format`` hint to "Invalid data found when processing input".
+    """
+    if isinstance(exc, SourceError):
+        return str(exc)
+    if _averr is not None and isinstance(exc, getattr(_averr, "FFmpegError", ())) or isinstance(exc, OSError):
+        words = getattr(exc, "strerror", None) or (exc.args[1] if len(exc.args) > 1 else None)
+        if not isinstance(words, str) or not words:
+            words = str(exc.args[0]) if exc.args else type(exc).__name__
+    else:
+        text = str(exc)
+        words = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    code = getattr(exc, "errno", None)
+    if url and code == errno.EIO and "://" in url:
+        from daemon.sources.urls import host_of
+
+        host = host_of(url)
+        unresolved = _resolve_problem(host) if host else None
+        if unresolved:
+            return unresolved
+    if is_config_error(exc):
+        return f"FFmpeg rejected the URL or an option: {words}"
+    if not format_forced and _DECODE and isinstance(exc, _DECODE):
+        return (f"{words}: FFmpeg did not recognise the input format; if you know it, set it with "
+                "`format:` (e.g. `format: mjpeg` for an MJPEG-over-HTTP camera)")
+    return words
+
+
 def classify_error(exc: BaseException) -> ErrorKind:
     """``"network" | "auth" | "eof" | "decode" | "timeout"`` for an exception from a source."""
+    if isinstance(exc, SourceError):
+        return exc.kind
     if _AUTH and isinstance(exc, _AUTH):
         return "auth"
     if isinstance(exc, _TIMEOUT) or getattr(exc, "errno", None) == errno.ETIMEDOUT:

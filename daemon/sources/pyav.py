@@ -33,7 +33,9 @@ from daemon.config import StreamConfig
 from daemon.frames import Frame
 from daemon.metrics import Metrics
 from daemon.redact import redact_text, redact_url
-from daemon.sources.errors import classify_error
+from daemon.sources.errors import SourceError, classify_error, describe_error, is_config_error
+from daemon.sources.open import no_video_reason, open_options, pick_video_stream
+from daemon.vision.orient import displayed_size, frame_orientation, odd_rotation
 from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
 
 log = logging.getLogger(__name__)
@@ -53,15 +55,7 @@ class PermanentError(Exception):
     """A source that cannot work however often it is retried (a missing file, not a video)."""
 
 
-def open_options(cfg: StreamConfig) -> dict[str, str]:
-    url = cfg.url.lower()
-    opts: dict[str, str] = {}
-    if url.startswith(("rtsp://", "rtsps://")):
-        opts = {"rtsp_transport": "tcp", "timeout": str(int(cfg.read_timeout * 1e6))}
-    elif url.startswith(("http://", "https://")):
-        opts = {"timeout": str(int(cfg.read_timeout * 1e6)), "reconnect": "0"}
-    opts.update(cfg.options)
-    return opts
+__all__ = ["StreamSource", "PermanentError", "open_options", "policy_config"]
 
 
 def policy_config(cfg: StreamConfig) -> PolicyConfig:
@@ -233,12 +227,18 @@ class StreamSource:
         except Exception as exc:  # FFmpeg, OS and timeout errors
             if self.stop_event.is_set():
                 return
+            words = describe_error(exc, self.cfg.url, format_forced=self.cfg.format is not None)
             if self.cfg.is_local:
                 # A local file that fails to open or read fails the same way next time.
-                self._fail(f"cannot read {self.safe_url}: {type(exc).__name__}: {exc}")
+                self._fail(f"cannot read {self.safe_url}: {words}")
+                return
+            if is_config_error(exc) and self.frame_index == 0:
+                # FFmpeg rejects the URL or an option before anything worked: only the config
+                # can fix it. (Once frames have flowed, the same code is the server's doing.)
+                self._fail(f"{words} (check streams[].url, .format and .options of {self.cfg.id!r})")
                 return
             kind = "stall" if self._abort.is_set() else classify_error(exc)
-            self._apply(self.policy.on_error(self.clock(), kind, f"{type(exc).__name__}: {exc}"))
+            self._apply(self.policy.on_error(self.clock(), kind, words))
             return
         if self.stop_event.is_set():
             return
@@ -262,10 +262,12 @@ class StreamSource:
             # reason), and the blocked read ends soon after even if nobody else notices.
             read_timeout = min(read_timeout, self.cfg.stall_timeout + 1.0)
         try:
-            return av.open(url, options=open_options(self.cfg), timeout=(self.cfg.open_timeout, read_timeout))
+            return av.open(url, format=self.cfg.format, options=open_options(self.cfg),
+                           timeout=(self.cfg.open_timeout, read_timeout))
         except av.error.InvalidDataError as exc:
             if self.cfg.is_local:
-                raise PermanentError(f"not a readable video (cut before its index, or not a video): {url}: {exc}") from None
+                words = describe_error(exc, format_forced=self.cfg.format is not None)
+                raise PermanentError(f"not a readable video (cut before its index, or not a video): {url}: {words}") from None
             raise
 
     def _session(self) -> str:
@@ -276,12 +278,16 @@ class StreamSource:
             self._said_cuda = True
             log.warning("stream %s: decode: cuda (NVDEC) is not implemented yet; decoding on the CPU", sid)
         with self._open() as container:
-            if not container.streams.video:
-                raise PermanentError(f"{self.safe_url} has no video stream")
+            # The stream ffmpeg would pick: not cover art, one we can decode, the largest.
+            vstream = pick_video_stream(container)
+            if vstream is None:
+                if self.cfg.is_file:
+                    raise PermanentError(f"{self.safe_url}: {no_video_reason(container)}")
+                # A camera still booting or on an audio-only profile: retried with backoff.
+                raise SourceError("network", no_video_reason(container))
             if self.stop_event.is_set():
                 return "stopped"
             self._apply(self.policy.on_connected(self.clock()))
-            vstream = container.streams.video[0]
             if self.cfg.is_file and not self.cfg.realtime:
                 vstream.thread_type = "AUTO"  # frame threads: throughput over latency, files only
             rate = float(vstream.average_rate) if vstream.average_rate else 25.0
@@ -322,14 +328,13 @@ class StreamSource:
                         continue
                     dt = time.perf_counter() - t0
                     for vf in frames:
+                        orient = frame_orientation(vf)  # display matrix, as ffmpeg -autorotate
                         if not self._announced_up:
                             self._announced_up = True
-                            self._event("up", None, state="up", width=vf.width, height=vf.height)
-                            self.metrics.stream_up.labels(sid).set(1)
-                            log.info("stream %s: up (%s, %dx%d)", sid, self.safe_url, vf.width, vf.height)
+                            self._say_up(vf, orient)
                         if pacer is not None and not pacer.wait(vf.time):
                             return "stopped"
-                        self._emit(vf, dt / max(1, len(frames)))
+                        self._emit(vf, dt / max(1, len(frames)), orient)
                         got_any = True
                 if self.stop_event.is_set():
                     return "stopped"
@@ -344,13 +349,26 @@ class StreamSource:
                     raise PermanentError(f"no decodable video frame in {self.safe_url}")
                 return "end"
 
-    def _emit(self, vf: Any, decode_seconds: float) -> None:
+    def _say_up(self, vf: Any, orient: str) -> None:
+        sid = self.cfg.id
+        w, h = displayed_size(vf.width, vf.height, orient)
+        self._event("up", None, state="up", width=w, height=h)
+        self.metrics.stream_up.labels(sid).set(1)
+        turned = f", stored {vf.width}x{vf.height}, turned {orient} for display" if orient else ""
+        log.info("stream %s: up (%s, %dx%d%s)", sid, self.safe_url, w, h, turned)
+        odd = odd_rotation(vf)
+        if odd is not None:
+            log.warning("stream %s: display rotation of %.0f degrees is not a multiple of 90; "
+                        "analysed as stored", sid, odd)
+
+    def _emit(self, vf: Any, decode_seconds: float, orient: str = "") -> None:
         now = self.clock()
         sid = self.cfg.id
         self._apply(self.policy.on_frame(now, queue_full=self.sink.is_full(sid)))
-        frame = Frame(stream=sid, index=self.frame_index, width=vf.width, height=vf.height,
+        w, h = displayed_size(vf.width, vf.height, orient)
+        frame = Frame(stream=sid, index=self.frame_index, width=w, height=h,
                       pts=vf.time, captured_at=time.time(), t_decoded=now, native=vf,
-                      decode_seconds=decode_seconds)
+                      decode_seconds=decode_seconds, orient=orient)
         self.frame_index += 1
         if self.retired:
             return

@@ -103,5 +103,9 @@ def letterbox_frame(frame: Any, dst_w: int, dst_h: int, out: np.ndarray | None =
                     ) -> tuple[np.ndarray, LetterboxInfo]:
     """Letterbox a :class:`daemon.frames.Frame` (native PyAV frame preferred, else its RGB)."""
     if getattr(frame, "native", None) is not None:
+        if getattr(frame, "orient", ""):  # turned for display on the small scaled picture
+            from daemon.vision.orient import letterbox_oriented
+
+            return letterbox_oriented(frame.native, frame.orient, dst_w, dst_h, out)
         return letterbox_av(frame.native, dst_w, dst_h, out)
     return letterbox_rgb(frame.rgb(), dst_w, dst_h, out)
