@@ -13,6 +13,10 @@ subprocess. Modes:
     S seconds after each client starts playing, keeping the session and the TCP connection open
     (the camera whose encoder hung: a stall *after* frames flowed).
 
+``--audio-only-for S`` (media mode): for the first S seconds every client gets an audio-only
+    session (A-law, the track of a camera still booting or on an audio profile); from then on
+    the configured video. ``-1`` = audio only for ever.
+
 ``silent``
     A tiny raw-TCP RTSP server that answers OPTIONS/DESCRIBE/SETUP/PLAY (and keep-alives)
     correctly, with an SDP for H.264 320x240, and then never sends a single media packet: the
@@ -45,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--user")
     p.add_argument("--password")
     p.add_argument("--freeze-after", type=float, default=None, metavar="S")
+    p.add_argument("--audio-only-for", type=float, default=None, metavar="S")
     a = p.parse_args(argv)
     a.mount = a.mount or ["/stream"]
     for m in a.mount:
@@ -72,6 +77,10 @@ def launch_line(a: argparse.Namespace) -> str:
         src = f"filesrc location={a.source} ! qtdemux ! h264parse ! "
     valve = "valve name=freeze drop=false ! " if a.freeze_after is not None else ""
     return f"( {src}{valve}rtph264pay name=pay0 pt=96 config-interval=1 )"
+
+
+AUDIO_ONLY = ("( audiotestsrc is-live=true wave=sine ! audio/x-raw,rate=8000,channels=1 ! alawenc ! "
+              "rtppcmapay name=pay0 pt=8 )")
 
 
 def run_media(a: argparse.Namespace) -> int:
@@ -103,7 +112,14 @@ def run_media(a: argparse.Namespace) -> int:
 
     for mount in a.mount:
         factory = GstRtspServer.RTSPMediaFactory()
-        factory.set_launch(launch_line(a))
+        factory.set_launch(AUDIO_ONLY if a.audio_only_for is not None else launch_line(a))
+        if a.audio_only_for is not None and a.audio_only_for >= 0:
+            def video_now(f: object = factory) -> bool:
+                f.set_launch(launch_line(a))  # type: ignore[attr-defined]
+                print("VIDEO", flush=True)
+                return False
+
+            GLib.timeout_add(int(a.audio_only_for * 1000), video_now)
         factory.set_shared(False)  # each client gets its own pipeline: kill/EOS per client
         factory.set_eos_shutdown(False)
         if a.user is not None:

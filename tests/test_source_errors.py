@@ -1,0 +1,233 @@
+"""Errors classified by what failed, in words; live sources always retried; ``format``.
+
+Real parts only: the GStreamer RTSP server of tests/rtsp_server.py (audio-only sessions, then
+video), an HTTP camera on loopback serving multipart MJPEG the ESP32 way (tests/mjpeg_server.py),
+a real HTTP server answering 503, the system resolver, and ``detectd check-config``.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from daemon.config import parse_config
+from daemon.frames import Frame
+from daemon.metrics import Metrics
+from daemon.sources.pyav import StreamSource
+from tests.mjpeg_server import MjpegServer
+from tests.test_bad_input import check_config
+from tests.test_orientation import write_streams
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def put(self, frame: Frame, stop: threading.Event | None = None) -> bool:
+        frame.native = None  # keep no decoder buffers
+        self.frames.append(frame)
+        return True
+
+    def is_full(self, stream: str) -> bool:
+        return False
+
+
+class Run:
+    """One real StreamSource (decoding thread + reconnect policy) with its events."""
+
+    def __init__(self, stream: dict[str, Any]) -> None:
+        self.cfg = parse_config({"streams": [{"id": "s", **stream}]}).streams[0]
+        self.sink = ListSink()
+        self.events: list[tuple[str, str | None, dict[str, Any]]] = []
+        self.src = StreamSource(self.cfg, self.sink, Metrics(CollectorRegistry()), self._on_event)
+
+    def _on_event(self, sid: str, event: str, reason: str | None = None, **extra: Any) -> None:
+        self.events.append((event, reason, extra))
+
+    def until(self, pred: Callable[["Run"], bool], timeout: float) -> bool:
+        self.src.start() if not self.src.thread.is_alive() and not self.src.finished.is_set() else None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred(self):
+                return True
+            time.sleep(0.05)
+        return pred(self)
+
+    def stop(self) -> None:
+        self.src.stop()
+        self.src.join(10)
+
+    def reasons(self, event: str = "reconnecting") -> list[str]:
+        return [r or "" for e, r, _ in self.events if e == event]
+
+    def named(self, event: str) -> bool:
+        return any(e == event for e, _, _ in self.events)
+
+
+FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "open_timeout": 5, "read_timeout": 5}
+
+
+# --------------------------------------------------------------------------- case 5
+
+def test_rtsp_camera_with_only_audio_is_retried_until_video_appears(rtsp_server: Any) -> None:
+    srv = rtsp_server(audio_only_for=3.0)
+    run = Run({"url": srv.url, **FAST})
+    try:
+        assert run.until(lambda r: len(r.sink.frames) >= 5, 40), run.events
+    finally:
+        run.stop()
+    reasons = run.reasons()
+    assert reasons and all("no video stream in the input (found: audio (pcm_alaw))" in r for r in reasons), reasons
+    assert not run.named("error") and not run.src.failed
+    ups = [x for e, _, x in run.events if e == "up"]
+    assert ups and (ups[0]["width"], ups[0]["height"]) == (320, 240)
+
+
+def test_rtsp_camera_audio_only_for_ever_is_never_given_up(rtsp_server: Any) -> None:
+    srv = rtsp_server(audio_only_for=-1)
+    run = Run({"url": srv.url, **FAST})
+    try:
+        assert run.until(lambda r: len(r.reasons()) >= 4, 30), run.events
+    finally:
+        run.stop()
+    assert not run.named("error") and not run.src.failed
+
+
+def test_file_with_no_video_is_a_permanent_error_naming_what_it_has(tmp_path: Path) -> None:
+    path = tmp_path / "song.mp4"
+    write_streams(path, [], cover=True, audio=True)
+    run = Run({"url": str(path)})
+    try:
+        assert run.until(lambda r: r.src.finished.is_set(), 20)
+    finally:
+        run.stop()
+    errors = run.reasons("error")
+    assert errors == [f"{path}: no video stream in the input (found: audio (aac), attached picture (mjpeg))"]
+
+
+# --------------------------------------------------------------------------- case 6
+
+@pytest.fixture
+def esp32_camera() -> Any:
+    cam = MjpegServer("esp32").start()
+    yield cam
+    cam.stop()
+
+
+def test_esp32_mjpeg_camera_reads_with_format_mjpeg(esp32_camera: MjpegServer) -> None:
+    run = Run({"url": esp32_camera.url, "format": "mjpeg", **FAST})
+    try:
+        assert run.until(lambda r: len(r.sink.frames) >= 5, 20), run.events
+    finally:
+        run.stop()
+    assert (run.sink.frames[0].width, run.sink.frames[0].height) == (320, 240)
+    assert not run.reasons()
+
+
+def test_esp32_mjpeg_camera_without_format_is_retried_with_a_hint(esp32_camera: MjpegServer) -> None:
+    run = Run({"url": esp32_camera.url, **FAST})
+    try:
+        assert run.until(lambda r: len(r.reasons()) >= 2, 20), run.events
+    finally:
+        run.stop()
+    for reason in run.reasons():
+        assert reason.startswith("decode: Invalid data found when processing input"), reason
+        assert "format: mjpeg" in reason and "Errno" not in reason and "127.0.0.1" not in reason
+    assert not run.sink.frames and not run.src.failed
+
+
+def test_standard_multipart_mjpeg_reads_without_format() -> None:
+    cam = MjpegServer("standard").start()
+    run = Run({"url": cam.url, **FAST})
+    try:
+        assert run.until(lambda r: len(r.sink.frames) >= 3, 20), run.events
+    finally:
+        run.stop()
+        cam.stop()
+
+
+# --------------------------------------------------------------------------- messages in words
+
+class _Error503(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+def test_server_error_is_retried_and_said_in_words() -> None:
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Error503)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://cam:S3cr3tPass@127.0.0.1:{httpd.server_address[1]}/video?token=T0kenValue"
+    run = Run({"url": url, **FAST})
+    try:
+        assert run.until(lambda r: len(r.reasons()) >= 3, 20), run.events
+    finally:
+        run.stop()
+        httpd.shutdown()
+        httpd.server_close()
+    for reason in run.reasons():
+        assert reason == "network: Server returned 5XX Server Error reply", reason
+    assert not run.src.failed
+
+
+def test_unresolvable_host_is_named() -> None:
+    run = Run({"url": "rtsp://admin:S3cr3tPass@no-such-camera.invalid/stream", **FAST})
+    try:
+        assert run.until(lambda r: len(r.reasons()) >= 1, 30), run.events
+    finally:
+        run.stop()
+    reason = run.reasons()[0]
+    assert reason.startswith("network: cannot resolve host no-such-camera.invalid"), reason
+    assert "Input/output error" not in reason and "S3cr3tPass" not in reason
+
+
+# --------------------------------------------------------------------------- check-config
+
+@pytest.mark.parametrize("password, char", [("Se#cret99", "%23"), ("Se/cret99", "%2F"),
+                                            ("Se?cret99", "%3F"), ("Se@cret99", "%40"),
+                                            ("Se%zcret99", "%25"), ("Séçret99", "UTF-8")])
+def test_check_config_rejects_a_raw_special_character_and_names_the_fix(
+        tmp_path: Path, password: str, char: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f"streams:\n  - id: cam\n    url: 'rtsp://admin:{password}@127.0.0.1:9/cam'\n",
+                    encoding="utf-8")
+    r = check_config(path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "streams[0].url: the user name or password contains" in r.stderr
+    assert char in r.stderr and "Percent-encode" in r.stderr
+    assert "rtsp://USER:PASSWORD@127.0.0.1:9/cam" in r.stderr
+    assert password not in r.stdout + r.stderr and "cret99" not in r.stdout + r.stderr
+
+
+def test_check_config_accepts_the_encoded_password(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("streams:\n  - id: cam\n    url: 'rtsp://admin:Se%23cret99@127.0.0.1:9/cam'\n")
+    r = check_config(path)
+    assert r.returncode == 0, r.stderr
+    assert "cret99" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("stream, expected", [
+    ({"options": {"f": "mjpeg"}}, "streams[0].options: 'f' is not a demuxer option (FFmpeg would ignore it): "
+                                  "the input format has its own key, `format: mjpeg`"),
+    ({"format": "mjpg"}, "streams[0].format: FFmpeg has no input format 'mjpg' (did you mean mjpeg"),
+    ({"url": "rtsp://cam:99999/x"}, "streams[0].url: port '99999' is not a number from 0 to 65535"),
+])
+def test_check_config_input_format_and_url_shape(tmp_path: Path, stream: dict[str, Any], expected: str) -> None:
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"streams": [{"id": "cam", "url": "http://127.0.0.1:9/stream", **stream}]}))
+    r = check_config(path)
+    assert r.returncode == 2 and expected in r.stderr, r.stderr
