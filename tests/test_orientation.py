@@ -22,6 +22,7 @@ from daemon.sources.open import describe_streams, pick_video_stream
 from daemon.vision.letterbox import letterbox_frame
 from daemon.vision.orient import (ORIENTATIONS, displayed_size, frame_orientation, orient_array,
                                   oriented_rgb)
+from tests.test_e2e import _iou as iou
 from tests.test_e2e import detections_of, events_of
 
 DATA = Path(__file__).parent / "data"
@@ -139,14 +140,6 @@ def test_daemon_detects_the_same_objects_in_the_phone_and_the_upright_copy(run_d
             best = max(u["detections"], key=lambda y: iou(x["box"], y["box"]) if y["label"] == x["label"] else 0)
             assert iou(x["box"], best["box"]) > 0.85, (x, best)
     assert "turned cclock for display" in d.log()
-
-
-def iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 # --------------------------------------------------------------------------- stream selection
