@@ -129,7 +129,7 @@ def url_problems(url: str) -> list[str]:
             problems.append(
                 "the user name or password contains " + ", ".join(what)
                 + "; FFmpeg cannot parse it raw. Percent-encode the user name and the password: "
-                + f"{s.scheme}://USER:PASSWORD@{s.hostport}{s.rest} with each encoded, e.g. by "
+                + _masked(s).replace("://***@", "://USER:PASSWORD@", 1) + " with each encoded, e.g. by "
                 + "python3 -c 'import urllib.parse,getpass; print(urllib.parse.quote(getpass.getpass(), safe=\"\"))'")
         elif s.userinfo == "":
             problems.append(f"empty credentials before '@' ({masked}): remove the '@' or add user:password")
