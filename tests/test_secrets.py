@@ -26,6 +26,7 @@ from daemon.redact import redact_text, redact_url
 from tests.conftest import free_port
 from tests.test_bad_input import check_config
 from tests.test_e2e import events_of
+from tests.test_source_errors import _Error503
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECIALS = [c for c in string.punctuation + " " if c not in "%"] + ["%", "é", "密", "\u00a0"]
@@ -111,16 +112,6 @@ except Exception as exc:
     assert " libav." in out, out  # FFmpeg's own lines came through our logger
     for secret in ("Pw%23Logged9", "Pw#Logged9", "Tok3nLogged"):
         assert secret not in out, out
-
-
-class _Error503(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_: Any) -> None:
-        pass
 
 
 def test_daemon_never_publishes_logs_or_labels_a_secret(run_daemon: Any, tmp_path: Path) -> None:
