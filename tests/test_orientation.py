@@ -205,3 +205,24 @@ def test_only_cover_art_and_audio_is_no_video(tmp_path: Path) -> None:
     with av.open(str(path)) as c:
         assert pick_video_stream(c) is None
         assert describe_streams(c) == "audio (aac), attached picture (mjpeg)"
+
+
+def test_annotate_writes_the_phone_video_as_displayed(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out, js = tmp_path / "out.mp4", tmp_path / "out.jsonl"
+    r = subprocess.run([sys.executable, "-m", "daemon", "annotate", str(DATA / "rotated_phone.mp4"),
+                        "--out", str(out), "--json", str(js), "--quiet"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in js.read_text().splitlines()]
+    assert len(rows) == 5
+    for row in rows:
+        labels = sorted(d["label"] for d in row["detections"])
+        assert (row["width"], row["height"]) == (540, 720)
+        assert labels.count("person") == 4 and labels.count("bus") == 1, labels
+    with av.open(str(out)) as c:
+        vf = next(c.decode(video=0))
+        assert (vf.width, vf.height, frame_orientation(vf)) == (540, 720, "")

@@ -11,6 +11,7 @@ Audio and subtitles are not copied.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -123,7 +124,9 @@ def annotate(
     from daemon.models.info import ModelInfo
     from daemon.models.resolve import resolve_model
     from daemon.vision.draw import draw
+    from daemon.sources.open import no_video_reason, pick_video_stream
     from daemon.vision.letterbox import letterbox_av
+    from daemon.vision.orient import displayed_size, frame_orientation, letterbox_oriented, oriented_rgb
     from daemon.vision.yolo import postprocess
 
     name, why = choose_backend(model_cfg.backend)
@@ -139,11 +142,17 @@ def annotate(
     frames = 0
     try:
         with av.open(input_path) as inp:
-            if not inp.streams.video:
-                raise ValueError(f"{input_path}: no video stream")
-            ist = inp.streams.video[0]
+            ist = pick_video_stream(inp)  # as ffmpeg: not cover art, the largest decodable one
+            if ist is None:
+                raise ValueError(f"{input_path}: {no_video_reason(inp)}")
             ist.thread_type = "AUTO"  # a file, not a live stream: throughput over latency
-            w, h = ist.codec_context.width, ist.codec_context.height
+            decoded = inp.decode(ist)
+            first = next(decoded, None)
+            # Shown as a player shows it: the display matrix of the first frame turns them all.
+            orient = frame_orientation(first) if first is not None else ""
+            sw, sh = (first.width, first.height) if first is not None else \
+                (ist.codec_context.width, ist.codec_context.height)
+            w, h = displayed_size(sw, sh, orient)
             rate = ist.average_rate or ist.guessed_rate or Fraction(25)
             total = ist.frames or (
                 int(float(ist.duration * ist.time_base) * float(rate)) if ist.duration else 0
@@ -160,16 +169,19 @@ def annotate(
                 elif chosen == "mpeg4":
                     ost.options = {"qscale": "3"}
                     ost.codec_context.qmin = ost.codec_context.qmax = 3
-                for vf in inp.decode(ist):
-                    if vf.width != w or vf.height != h:
+                for vf in itertools.chain([first] if first is not None else [], decoded):
+                    if vf.width != sw or vf.height != sh:
                         # A mid-stream size change: keep the output's size, scale this frame.
-                        vf = vf.reformat(width=w, height=h)
-                    _, lb = letterbox_av(vf, info.width, info.height, out=batch[0])
+                        vf = vf.reformat(width=sw, height=sh)
+                    if orient:
+                        _, lb = letterbox_oriented(vf, orient, info.width, info.height, out=batch[0])
+                    else:
+                        _, lb = letterbox_av(vf, info.width, info.height, out=batch[0])
                     dets: Detections = postprocess(
                         backend.infer(batch), [lb], info.heads,
                         model_cfg.conf_threshold, model_cfg.nms_threshold,
                     )[0]  # fmt: skip
-                    rgb = vf.to_ndarray(format="rgb24")
+                    rgb = oriented_rgb(vf, orient) if orient else vf.to_ndarray(format="rgb24")
                     draw(rgb, dets, labels)
                     of = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                     of.pts = frames
