@@ -231,3 +231,14 @@ def test_check_config_input_format_and_url_shape(tmp_path: Path, stream: dict[st
     path.write_text(yaml.safe_dump({"streams": [{"id": "cam", "url": "http://127.0.0.1:9/stream", **stream}]}))
     r = check_config(path)
     assert r.returncode == 2 and expected in r.stderr, r.stderr
+
+
+def test_refused_credentials_are_said_in_words(rtsp_server: Any) -> None:
+    srv = rtsp_server(user="cam", password="Right#Pass1")
+    run = Run({"url": srv.url_with(password="Wrong#Pass2"), **FAST, "auth_backoff": 0.5})
+    try:
+        assert run.until(lambda r: r.named("auth_failed"), 20), run.events
+    finally:
+        run.stop()
+    reason = run.reasons("auth_failed")[0]
+    assert reason == "auth: Server returned 401 Unauthorized (authorization failed)", reason

@@ -15,6 +15,8 @@
   metrics, ``events/<id>/`` messages and log lines. A blocking read is bounded by PyAV's
   ``timeout=(open, read)``; a stall is noticed on time by :meth:`StreamSource.supervise`, called
   by the daemon's supervisor thread, which asks the session to end.
+- The stream, its orientation and its input format are chosen as FFmpeg's command-line tool
+  would (``open.py``, ``daemon.vision.orient``, docs/sources.md); frames leave in displayed size.
 - Credentials in URLs never reach logs, events or metric labels (``daemon.redact``); metric labels
   carry the stream id and fixed words only.
 """
