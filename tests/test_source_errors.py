@@ -221,6 +221,10 @@ def test_check_config_accepts_the_encoded_password(tmp_path: Path) -> None:
 @pytest.mark.parametrize("stream, expected", [
     ({"options": {"f": "mjpeg"}}, "streams[0].options: 'f' is not a demuxer option (FFmpeg would ignore it): "
                                   "the input format has its own key, `format: mjpeg`"),
+    ({"options": {"stimeout": "5000000"}}, "streams[0].options: 'stimeout' is not a demuxer option (FFmpeg "
+                                           "would ignore it): FFmpeg 5 renamed it `timeout`"),
+    ({"options": {"-re": ""}}, "'-re' is not a demuxer option (FFmpeg would ignore it): a command-line flag; "
+                               "`realtime: true`"),
     ({"format": "mjpg"}, "streams[0].format: FFmpeg has no input format 'mjpg' (did you mean mjpeg"),
     ({"url": "rtsp://cam:99999/x"}, "streams[0].url: port '99999' is not a number from 0 to 65535"),
 ])

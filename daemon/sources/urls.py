@@ -179,9 +179,20 @@ def register_url(url: str) -> None:
     register_secrets(url_secrets(url))
 
 
-# FFmpeg's command-line names for the input format: ``-f``. PyAV takes it as ``av.open(format=)``;
-# in ``options`` it would be an unknown demuxer option, silently ignored by FFmpeg.
-_FORMAT_OPTION_NAMES = ("f", "format")
+# Names people copy from an ``ffmpeg`` command line into ``options`` that are not demuxer or
+# protocol options: FFmpeg ignores unknown keys silently, so the stream would run without them.
+# (``-f`` is ``av.open(format=)`` in PyAV, i.e. ``streams[].format``.)
+_CLI_ONLY_OPTIONS = {
+    "f": "the input format has its own key, `format: {value}` next to `options`",
+    "format": "the input format has its own key, `format: {value}` next to `options`",
+    "stimeout": "FFmpeg 5 renamed it `timeout` (microseconds); detectd sets it from read_timeout",
+    "re": "a command-line flag; `realtime: true` paces a file at its own rate",
+    "hwaccel": "a command-line option; `decode:` chooses the decoder",
+    "i": "the input is `url`",
+    "c:v": "a command-line option; the decoder is chosen from the stream",
+    "vcodec": "a command-line option; the decoder is chosen from the stream",
+    "ss": "a command-line option (seek); not supported for sources",
+}
 
 
 def check_input_format(name: str | None) -> str | None:
@@ -216,9 +227,11 @@ def _is_demuxer(name: str) -> bool:
 
 
 def check_options(options: dict[str, str]) -> dict[str, str]:
-    """Reject ``options: {f: ...}``: FFmpeg would ignore it, and the stream would be probed."""
-    for key in _FORMAT_OPTION_NAMES:
-        if key in options:
-            raise ValueError(f"{key!r} is not a demuxer option (FFmpeg would ignore it): the input format "
-                             f"has its own key, `format: {options[key]}` next to `options`")
+    """Reject ``ffmpeg`` command-line names (``f``, ``stimeout``, ``re``...) in ``options``:
+    FFmpeg would ignore them silently. The message names the key to use instead."""
+    bad = [k for k in options if k.lstrip("-") in _CLI_ONLY_OPTIONS]
+    if bad:
+        raise ValueError("; ".join(
+            f"{k!r} is not a demuxer option (FFmpeg would ignore it): "
+            + _CLI_ONLY_OPTIONS[k.lstrip("-")].format(value=options[k]) for k in bad))
     return options
