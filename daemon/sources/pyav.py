@@ -37,8 +37,8 @@ from daemon.metrics import Metrics
 from daemon.redact import redact_text, redact_url
 from daemon.sources.errors import SourceError, classify_error, describe_error, is_config_error
 from daemon.sources.open import no_video_reason, open_options, pick_video_stream
-from daemon.vision.orient import displayed_size, frame_orientation, odd_rotation
 from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
+from daemon.vision.orient import displayed_size, frame_orientation, odd_rotation
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ class StreamSource:
                         if errors > MAX_CONSECUTIVE_DEMUX_ERRORS:
                             if not self.cfg.is_file:
                                 raise
-                            log.warning("stream %s: giving up on damaged data: %s", sid, redact_text(str(exc)))
+                            log.warning("stream %s: giving up on damaged data: %s", sid, describe_error(exc))
                             break
                         demux = container.demux(vstream)
                         continue
@@ -325,8 +325,9 @@ class StreamSource:
                         frames = packet.decode()
                     except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as exc:
                         self.metrics.frames_dropped.labels(sid, "corrupt").inc()
-                        self._apply(self.policy.on_error(self.clock(), "decode", str(exc)))
-                        log.debug("stream %s: skipped a damaged packet: %s", sid, redact_text(str(exc)))
+                        words = describe_error(exc)
+                        self._apply(self.policy.on_error(self.clock(), "decode", words))
+                        log.debug("stream %s: skipped a damaged packet: %s", sid, words)
                         continue
                     dt = time.perf_counter() - t0
                     for vf in frames:
