@@ -16,7 +16,7 @@ import zmq
 from daemon.backends.onnxruntime import OnnxRuntimeBackend
 from daemon.config import parse_config
 from daemon.models.info import ModelInfo
-from daemon.vision.letterbox import letterbox_av
+from daemon.vision.letterbox import letterbox_av, letterbox_rgb
 from tests.conftest import ROOT, free_port
 
 
@@ -40,7 +40,9 @@ class StandInPipelinedBackend:
 
     def submit_yuv(self, frames: list[Any], infos: list[Any], tags: list[Any]) -> int:
         assert len(frames) <= self.max_batch
-        x = np.stack([letterbox_av(f, self.info.width, self.info.height)[0] for f in frames])
+        # Like the real one: decoder frames, or RGB arrays (frames turned for display).
+        x = np.stack([(letterbox_rgb if isinstance(f, np.ndarray) else letterbox_av)(
+            f, self.info.width, self.info.height)[0] for f in frames])
         t = self.next_ticket
         self.next_ticket += 1
         self.tickets[t] = (x, list(tags))
@@ -128,6 +130,24 @@ def test_pipelined_backend_attributes_every_result_to_its_frame(fp32_onnx: Path,
     for sid in ("a", "b"):  # per-stream seq contiguous, in frame order
         pairs = [(m["seq"], m["frame"]) for m in got if m["stream"] == sid]
         assert pairs == [(i, i) for i in range(250)]
+
+
+def test_pipelined_backend_sees_a_phone_video_as_displayed(fp32_onnx: Path) -> None:
+    """Rotated frames take the RGB route of submit_yuv (the YUV kernel reads planes as stored)."""
+    data = Path(__file__).parent / "data"
+    info = ModelInfo.from_onnx(fp32_onnx)
+    cfg = _cfg(data / "rotated_phone.mp4", 2)
+    cfg["streams"] = [{"id": "phone", "url": str(data / "rotated_phone.mp4")},
+                      {"id": "upright", "url": str(data / "rotated_upright.mp4")}]
+    got = _run_inprocess(cfg, StandInPipelinedBackend(fp32_onnx, info, max_batch=2), info)
+    by = {(m["stream"], m["frame"]): m for m in got}
+    assert len(by) == 10
+    for i in range(5):
+        p, u = by[("phone", i)], by[("upright", i)]
+        assert (p["width"], p["height"]) == (u["width"], u["height"]) == (540, 720)
+        labels = sorted(d["label"] for d in p["detections"])
+        assert labels == sorted(d["label"] for d in u["detections"])
+        assert labels.count("person") == 4 and labels.count("bus") == 1, labels
 
 
 def test_exit_status_1_when_every_stream_failed(tmp_path: Path, fp32_onnx: Path) -> None:
