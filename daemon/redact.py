@@ -63,10 +63,12 @@ SENSITIVE_PARAMS = frozenset(
         "sessionid", "apikey", "accesstoken", "refreshtoken", "clientsecret", "privatekey",
         "xamzsignature", "xamzcredential", "xamzsecuritytoken", "googsignature",
         "googcredential", "jwt", "bearer", "cookie", "user", "username", "login",
+        "passphrase", "streamkey",
     }
 )
 _SENSITIVE_SUFFIXES = frozenset(
-    {"password", "passwd", "pass", "pwd", "secret", "token", "key", "signature", "sig", "credential"}
+    {"password", "passwd", "pass", "pwd", "secret", "token", "key", "signature", "sig", "credential",
+     "passphrase"}
 )
 
 
@@ -126,6 +128,9 @@ def _redact_url(url: str) -> str:
     if qpos >= 0:
         hpos = out.find("#", qpos)
         query, frag = (out[qpos + 1 :], "") if hpos < 0 else (out[qpos + 1 : hpos], out[hpos:])
+        last = _PARAM.findall(query)[-1:] if frag else []
+        if last and last[0][2] and is_sensitive_param(last[0][1]):
+            frag = f"#{MASK}"  # a raw "#" inside the token: what follows may be the rest of it
         out = out[: qpos + 1] + _redact_query(query) + frag
     # Fragments sometimes carry tokens too (OAuth implicit flow: #access_token=...).
     hpos = out.find("#")
@@ -143,7 +148,7 @@ _BARE_USERINFO = re.compile(r"(?<![\w/@*])([\w.~%!$&+,;=-]+):([^\s@/'\"]+)@(?=[\
 # Only the credential names are matched (not any word before a colon), so that a preceding
 # "failed: password=x" cannot swallow the pair into a harmless-looking match.
 _KV_IN_TEXT = re.compile(
-    r"(?P<name>(?<![\w.-])(?:password|passwd|pwd|secret|token|access[-_.]?token|api[-_.]?key|signature))"
+    r"(?P<name>(?<![\w.-])(?:password|passwd|passphrase|pwd|secret|token|access[-_.]?token|api[-_.]?key|signature))"
     r"(?P<eq>\s*[=:]\s*)(?P<value>[^\s&;,'\"]+)", re.IGNORECASE)
 
 
@@ -173,4 +178,5 @@ def redact_text(text: str) -> str:
 
 # In free text only the unambiguous names are masked: "key: value" or "user: x" in an ordinary
 # message (e.g. "missing key: streams") must survive.
-_TEXT_KEYS = frozenset({"password", "passwd", "pwd", "secret", "token", "accesstoken", "apikey", "signature"})
+_TEXT_KEYS = frozenset({"password", "passwd", "passphrase", "pwd", "secret", "token", "accesstoken", "apikey",
+                        "signature"})

@@ -28,7 +28,9 @@ from daemon.redact import is_sensitive_param, redact_text, redact_url
         ("http://h/a?TOKEN=abc", "http://h/a?TOKEN=***"),
         ("http://h/a?token=", "http://h/a?token="),  # nothing to hide
         ("http://h/a?x=1#access_token=abc", "http://h/a?x=1#access_token=***"),
-        ("http://h/a?t=1&token=abc#frag", "http://h/a?t=1&token=***#frag"),
+        # A raw '#' may sit inside the token ("abc#frag"): the fragment after it is masked too.
+        ("http://h/a?t=1&token=abc#frag", "http://h/a?t=1&token=***#***"),
+        ("http://h/a?token=abc&t=1#frag", "http://h/a?token=***&t=1#frag"),
         ("http://u:p@h/a?sig=1", "http://***@h/a?sig=***"),
         # No credentials: unchanged, byte for byte.
         ("rtsp://10.0.0.1:554/Streaming/Channels/101", "rtsp://10.0.0.1:554/Streaming/Channels/101"),

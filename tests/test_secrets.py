@@ -80,7 +80,8 @@ def test_structure_alone_masks_a_raw_special_password(char: str) -> None:
 
 
 @pytest.mark.parametrize("query", ["token=Tok3nValue99", "password=Pa55wordValue", "access_token=Acc3ssValue",
-                                   "X-Amz-Signature=Sig9Value77", "api_key=ApiK3yValue", "auth=Au7hValue"])
+                                   "X-Amz-Signature=Sig9Value77", "api_key=ApiK3yValue", "auth=Au7hValue",
+                                   "passphrase=SrtPhrase123"])
 def test_query_string_tokens_are_never_printed(query: str) -> None:
     url = f"https://cam.example/mjpeg?res=hd&{query}&x=1"
     register(url)
@@ -168,3 +169,13 @@ def test_check_config_output_never_shows_a_raw_password(tmp_path: Path) -> None:
     for i, p in enumerate(raw):
         assert all(f not in out for f in forms(p)), (p, out)
         assert f"Tok3n{i}" not in out
+
+
+def test_raw_hash_in_a_query_token_is_rejected_and_never_shown(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("streams:\n  - id: cam\n    url: 'http://127.0.0.1:9/mjpeg?token=Tok3n#Tail99'\n")
+    r = check_config(path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "write it as %23" in out, out
+    assert "Tok3n" not in out and "Tail99" not in out
+    assert "Tail99" not in redact_text("GET http://127.0.0.1:9/mjpeg?token=Tok3n#Tail99 failed")

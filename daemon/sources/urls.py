@@ -72,6 +72,11 @@ def host_of(url: str) -> str | None:
     s = split_url(url)
     if s is None or not s.hostport:
         return None
+    if "#" in s.rest:
+        # FFmpeg never sends a fragment to the server: a raw "#" in a path or a query token
+        # silently cuts it there (an encoded one, %23, is sent).
+        problems.append("the URL has a '#' after the host, which FFmpeg never sends to the server; "
+                        f"if it belongs to a path, token or password, write it as %23 ({masked})")
     hp = s.hostport
     if hp.startswith("["):
         return hp[1:hp.find("]")] if "]" in hp else None
@@ -98,8 +103,9 @@ def encode_userinfo(userinfo: str) -> str:
 def _masked(s: SplitUrl) -> str:
     from daemon.redact import redact_url
 
-    return redact_url(f"{s.scheme}://***@{s.hostport}{s.rest}" if s.userinfo is not None
-                      else f"{s.scheme}://{s.hostport}{s.rest}")
+    rest = s.rest.split("#", 1)[0] + ("#***" if "#" in s.rest else "")  # a fragment may hold a secret's tail
+    return redact_url(f"{s.scheme}://***@{s.hostport}{rest}" if s.userinfo is not None
+                      else f"{s.scheme}://{s.hostport}{rest}")
 
 
 def url_problems(url: str) -> list[str]:
@@ -133,6 +139,11 @@ def url_problems(url: str) -> list[str]:
                 + "python3 -c 'import urllib.parse,getpass; print(urllib.parse.quote(getpass.getpass(), safe=\"\"))'")
         elif s.userinfo == "":
             problems.append(f"empty credentials before '@' ({masked}): remove the '@' or add user:password")
+    if "#" in s.rest:
+        # FFmpeg never sends a fragment to the server: a raw "#" in a path or a query token
+        # silently cuts it there (an encoded one, %23, is sent).
+        problems.append("the URL has a '#' after the host, which FFmpeg never sends to the server; "
+                        f"if it belongs to a path, token or password, write it as %23 ({masked})")
     hp = s.hostport
     if hp.startswith("["):
         if "]" not in hp:
