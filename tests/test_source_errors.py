@@ -227,6 +227,9 @@ def test_check_config_accepts_the_encoded_password(tmp_path: Path) -> None:
                                "`realtime: true`"),
     ({"format": "mjpg"}, "streams[0].format: FFmpeg has no input format 'mjpg' (did you mean mjpeg"),
     ({"url": "rtsp://cam:99999/x"}, "streams[0].url: port '99999' is not a number from 0 to 65535"),
+    ({"url": "rtsp:/cam/live"}, "streams[0].url: malformed URL: it starts with 'rtsp:/'; write rtsp://host/path"),
+    ({"url": "rtsp://cam/live "}, "streams[0].url: the URL starts or ends with whitespace; remove it"),
+    ({"url": "rtsp://::1/live"}, "streams[0].url: an IPv6 address must be in brackets"),
 ])
 def test_check_config_input_format_and_url_shape(tmp_path: Path, stream: dict[str, Any], expected: str) -> None:
     import yaml

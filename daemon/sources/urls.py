@@ -29,6 +29,8 @@ _HOST_AFTER_AT = re.compile(r"^(?:\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[\w.~%!$&'()*
 # allows unreserved, sub-delims, ":" between user and password, and %XX).
 _RESERVED_IN_USERINFO = "/?#@[]"
 _PCT_OK = re.compile(r"%[0-9A-Fa-f]{2}")
+# A live scheme not followed by "://": a typo that would make the URL a local file name.
+_SCHEME_TYPO = re.compile(r"^\s*(rtsps?|rtmps?|https?|srt|udp|tcp)(?::/?(?!/)|//|:\\\\|:\\)", re.I)
 _LIVE = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
 
 
@@ -113,8 +115,16 @@ def url_problems(url: str) -> list[str]:
 
     Never repeats the password: the URL is shown with the credentials as ``***``.
     """
+    stripped = url.strip()
+    if stripped != url and _SCHEME.match(stripped):
+        return ["the URL starts or ends with whitespace; remove it"] + url_problems(stripped)
     s = split_url(url)
-    if s is None or s.scheme not in _LIVE:
+    if s is None:
+        m = _SCHEME_TYPO.match(url)
+        if m:  # "rtsp:/cam", "rtsp//cam", "http:\\cam": otherwise read as a local file name
+            return [f"malformed URL: it starts with {m.group(0)!r}; write {m.group(1).lower()}://host/path"]
+        return []
+    if s.scheme not in _LIVE:
         return []
     problems: list[str] = []
     masked = _masked(s)
