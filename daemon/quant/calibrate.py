@@ -41,6 +41,8 @@ from daemon.quant.agreement import SqnrAccumulator, fake_quantize, map_at_50
 from daemon.quant.entropy import entropy_threshold
 from daemon.quant.histogram import ActivationCollector, TensorHistogram, TensorStats
 from daemon.vision.letterbox import LetterboxInfo, letterbox_av
+from daemon.sources.open import no_video_reason, pick_video_stream
+from daemon.vision.orient import frame_orientation, oriented_rgb
 
 log = logging.getLogger("detectd.calibrate")
 
@@ -48,6 +50,15 @@ METHODS = ("entropy", "percentile", "mse", "max")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 LIST_SUFFIXES = {".txt", ".list", ".lst"}
 DEFAULT_MIN_AGREEMENT = 0.90  # the daemon's quality gate (config model.calibration.min_agreement)
+
+
+def _displayed(frame: av.VideoFrame) -> av.VideoFrame:
+    """The frame as a player shows it (display matrix applied; see daemon.vision.orient), so
+    that calibration sees what the daemon analyses."""
+    orient = frame_orientation(frame)
+    if not orient:
+        return frame
+    return av.VideoFrame.from_ndarray(oriented_rgb(frame, orient), format="rgb24")
 
 
 def code_digest() -> str:
@@ -217,7 +228,7 @@ class FrameSource:
                     self._skip(path, "not an image")
                     return None
                 for frame in c.decode(video=0):
-                    return frame
+                    return _displayed(frame)
             self._skip(path, "no picture decoded")
         except (av.FFmpegError, OSError, ValueError, EOFError) as e:
             self._skip(path, f"not an image ({type(e).__name__})")
@@ -232,10 +243,10 @@ class FrameSource:
             self._skip(url, f"cannot open video ({type(e).__name__}: {e})")
             return
         with container:
-            if not container.streams.video:
-                self._skip(url, "no video stream")
+            stream = pick_video_stream(container)  # as ffmpeg picks it: never cover art
+            if stream is None:
+                self._skip(url, no_video_reason(container))
                 return
-            stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             every = self.every
             if every <= 0:  # spread the wanted frames over a file of known length
@@ -245,7 +256,7 @@ class FrameSource:
             try:
                 for frame in container.decode(stream):
                     if index % every == 0:
-                        yield frame
+                        yield _displayed(frame)
                     index += 1
             except (av.FFmpegError, OSError, EOFError) as e:
                 # keep what decoded: a damaged tail should not throw the good frames away
