@@ -52,7 +52,8 @@ class Run:
         self.events.append((event, reason, extra))
 
     def until(self, pred: Callable[["Run"], bool], timeout: float) -> bool:
-        self.src.start() if not self.src.thread.is_alive() and not self.src.finished.is_set() else None
+        if not self.src.thread.is_alive() and not self.src.finished.is_set():
+            self.src.start()  # the first call starts the source
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pred(self):
