@@ -107,7 +107,8 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon,
                 topics = [t for t, _ in raw]
                 # "short" plays its 10 s once, then ends: wait for that event, not just its "up".
                 ended = any(t == b"events/short/" and json.loads(p).get("event") == "ended" for t, p in raw)
-                return ended and topics.count(b"events/broken/") >= 2 and sum(
+                broken = [p for t, p in raw if t == b"events/broken/" and json.loads(p)["event"] != "state"]
+                return ended and len(broken) >= 2 and sum(
                     t == b"detections/cam1/" for t in topics) >= 10
 
             raw = collect(sub, 60, enough)
