@@ -36,7 +36,12 @@ __all__ = ["EndpointInUse", "IpcClaim", "ipc_path"]
 
 
 class EndpointInUse(OSError):
-    """Another live process owns the endpoint; the message names it and the way out."""
+    """Another live process owns the endpoint; the message names it and the way out.
+    ``errno`` is ``EADDRINUSE``, as for a TCP port in use (``str()`` is the message alone)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.errno = errno.EADDRINUSE
 
 
 def ipc_path(endpoint: str) -> Path | None:
@@ -106,13 +111,11 @@ class IpcClaim:
         except BlockingIOError:
             owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             os.close(fd)
-            raise EndpointInUse(errno.EADDRINUSE,
-                                f"{key}: {endpoint} is in use by another detectd (pid {owner}, "
+            raise EndpointInUse(f"{key}: {endpoint} is in use by another detectd (pid {owner}, "
                                 f"lock {lock_path}); stop it or choose another endpoint") from None
         try:
             if _listener_answers(path):
-                raise EndpointInUse(errno.EADDRINUSE,
-                                    f"{key}: {endpoint} is in use: a process listens on {path} "
+                raise EndpointInUse(f"{key}: {endpoint} is in use: a process listens on {path} "
                                     "(not a detectd holding its lock); stop it or choose another "
                                     "endpoint")
             os.ftruncate(fd, 0)
