@@ -191,8 +191,8 @@ class Daemon:
             src.retire()
             self.retired.append(src)
         dropped = self.scheduler.remove_stream(sid)
-        if self.publisher is not None:
-            self.publisher.remove_stream(sid)
+        if self.publisher is not None:  # removed for good: subscribers hear it is stopped
+            self.publisher.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
         if forget_metrics:
             self.metrics.remove_stream(sid)
         elif dropped:

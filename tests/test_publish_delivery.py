@@ -223,7 +223,8 @@ def test_second_daemon_cannot_take_over_an_ipc_endpoint(tmp_path: Path) -> None:
         assert (sock_dir / "pub.sock").exists()  # the crashed daemon's leftover
         with second:  # reclaims the stale file
             assert wait_for(lambda: (m := sub.recv(0.5)) is not None and m.stream == "cam2", 60), second.log()
-            assert readyz(second) == (200, {"ready": True, "model_loaded": True, "publisher_bound": True})
+            code, body = readyz(second)
+            assert code == 200 and body["publisher_bound"] is True and "publisher_problem" not in body, body
             (sock_dir / "pub.sock").unlink()  # a /tmp cleaner, say
             assert wait_for(lambda: readyz(second)[0] == 503, 10)
             code, body = readyz(second)
@@ -330,4 +331,42 @@ def test_state_answers_follow_the_subscription_prefix() -> None:
                 assert got["door"]["state"] == "connecting" and got["door"]["last_event"] is None
     finally:
         pub.close()
+        ctx.term()
+
+
+def test_removed_streams_and_a_stopping_daemon_say_stopped() -> None:
+    """A stream removed for good, and every stream when the publisher closes, get a last
+    ``state: stopped``: no consumer keeps showing them as up."""
+    m = Metrics(CollectorRegistry())
+    ctx = zmq.Context()
+    pub = Publisher("tcp://127.0.0.1:0", m, context=ctx)
+    for sid in ("gone", "kept"):
+        pub.add_stream(sid)
+    pub.post_event("gone", "up", None, state="up", attempt=0)
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"events/")
+    sub.connect(pub.endpoint)
+    try:
+        def until(pred: Any) -> list[dict[str, Any]]:
+            got: list[dict[str, Any]] = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not pred(got):
+                pub.flush_events()
+                if sub.poll(50):
+                    got.append(validate(*sub.recv_multipart()))
+            return got
+
+        first = until(lambda g: {b["stream"] for b in g if b["event"] == "state"} == {"gone", "kept"})
+        assert {b["stream"]: b["state"] for b in first if b["event"] == "state"} == {"gone": "up", "kept": "connecting"}
+        pub.remove_stream("gone", "removed from the configuration")
+        bye = until(lambda g: len(g) >= 1)
+        assert [(b["stream"], b["event"], b["state"], b["reason"]) for b in bye] == [
+            ("gone", "state", "stopped", "removed from the configuration")]
+        gone = [b["seq"] for b in first + bye if b["stream"] == "gone"]
+        assert gone == list(range(gone[0], gone[0] + len(gone)))  # snapshots take the next seq
+        pub.close()
+        last = [validate(*sub.recv_multipart()) for _ in range(1) if sub.poll(2000)]
+        assert [(b["stream"], b["state"], b["reason"]) for b in last] == [("kept", "stopped", "detectd stopped")]
+    finally:
+        sub.close(0)
         ctx.term()

@@ -17,7 +17,9 @@ Delivery semantics (README "Message contract", docs/publishing.md):
   message per covered stream: its current state (the state of its last transition) with the
   next ``seq`` of its events. A ``state`` message is also sent when a stream is added, and after
   a transition was dropped at the HWM (as soon as the queue has room), so no consumer is left
-  with a stale state. A ``state`` message that meets a full queue is retried, not dropped.
+  with a stale state. A ``state`` message that meets a full queue is retried, not dropped. A
+  stream removed by a reload, and every stream when the daemon stops, gets a last ``state``
+  message ``stopped``.
 - ``ipc://`` endpoints are claimed (:mod:`daemon.publish.endpoint`): a second daemon on the same
   path exits with a clear error, and :meth:`Publisher.endpoint_problem` reports a socket file
   that was removed or replaced (``/readyz``).
@@ -130,10 +132,24 @@ class Publisher:
                                "last_event_at": None}
         self.state_due.add(stream)
 
-    def remove_stream(self, stream: str) -> None:
+    def remove_stream(self, stream: str, reason: str | None = None) -> None:
+        """Stop tracking ``stream``. With a ``reason`` (the stream is gone for good), its
+        subscribers get a last ``state`` message, ``stopped`` with that reason, so that no
+        consumer keeps showing a stream that no longer exists as up."""
         self.flush_events()
+        if reason is not None and stream in self.states:
+            self._farewell(stream, reason)
         self.states.pop(stream, None)
         self.state_due.discard(stream)
+
+    def _farewell(self, stream: str, reason: str) -> None:
+        st = self.states[stream]
+        self.states[stream] = {"state": "stopped", "reason": reason, "last_event": None,
+                               "last_event_at": None, **{k: st[k] for k in ("attempt",) if k in st}}
+        self.state_due.add(stream)
+        self._send_states(only=stream)
+        if stream in self.state_due:  # no room, and no later chance: counted
+            self.metrics.events_dropped.inc()
 
     def post_event(self, stream: str, event: str, reason: str | None = None, **extra: Any) -> None:
         """Thread-safe: queue an event for the publishing thread."""
@@ -183,8 +199,8 @@ class Publisher:
                 if schema.topic(schema.EVENTS, stream).startswith(prefix):
                     self.state_due.add(stream)
 
-    def _send_states(self) -> None:
-        for stream in sorted(self.state_due):
+    def _send_states(self, only: str | None = None) -> None:
+        for stream in sorted(self.state_due) if only is None else [only]:
             st = self.states.get(stream)
             if st is None:
                 self.state_due.discard(stream)
@@ -220,7 +236,11 @@ class Publisher:
         self.metrics.publish_endpoint_ok.set(0 if problem else 1)
 
     def close(self) -> None:
+        """Publish what is queued, tell subscribers every stream is ``stopped`` (a last
+        ``state`` each), and close; queued messages get ``LINGER`` (1 s) to leave."""
         self.flush_events()
+        for stream in sorted(self.states):
+            self._farewell(stream, "detectd stopped")
         self.sock.close(linger=1000)
         if self.authenticator is not None:
             self.authenticator.stop()
