@@ -163,13 +163,19 @@ class Daemon:
         self.preview = hub
         self.hooks.append(hub.offer)
 
-    def readiness(self) -> dict[str, bool]:
-        return {"model_loaded": self.backend is not None and self.ready,
-                "publisher_bound": self.publisher is not None}
+    def readiness(self) -> dict[str, Any]:
+        """``/readyz`` checks (bools) plus, when the publisher lost its endpoint, the reason."""
+        lost = self.publisher.endpoint_problem() if self.publisher is not None else None
+        checks: dict[str, Any] = {"model_loaded": self.backend is not None and self.ready,
+                                  "publisher_bound": self.publisher is not None and lost is None}
+        if lost is not None:
+            checks["publisher_problem"] = lost
+        return checks
 
     def add_stream(self, s: StreamConfig) -> None:
         assert self.publisher is not None
         self.metrics.init_stream(s.id)
+        self.publisher.add_stream(s.id)  # a late subscriber can learn its state
         self.scheduler.add_stream(s.id, size=s.queue_size, live=s.is_live, max_age=s.max_age_ms / 1000)
         if self.preview is not None:
             self.preview.add_stream(s.id)
@@ -185,6 +191,8 @@ class Daemon:
             src.retire()
             self.retired.append(src)
         dropped = self.scheduler.remove_stream(sid)
+        if self.publisher is not None:  # removed for good: subscribers hear it is stopped
+            self.publisher.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
         if forget_metrics:
             self.metrics.remove_stream(sid)
         elif dropped:

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -87,6 +87,10 @@ class Metrics:
         self.build_info = Gauge("detectd_build_info", "Version, backend and precision of the running daemon.",
                                 ["version", "backend", "precision"], registry=r)
         self.ready = Gauge("detectd_ready", "1 once the model is warm and the publisher bound.", registry=r)
+        self.publish_endpoint_ok = Gauge(
+            "detectd_publish_endpoint_ok",
+            "1 while subscribers can reach the publisher at publish.endpoint; 0 once its ipc:// "
+            "socket file was removed or replaced (checked every second).", registry=r)
 
     def init_stream(self, stream: str) -> None:
         """Create a stream's series at zero so rate() and alerts see them from the first scrape."""
@@ -147,7 +151,7 @@ class MetricsServer:
     preview page) may mount handlers under a path prefix with ``mount``."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry,
-                 ready: Callable[[], dict[str, bool]]) -> None:
+                 ready: Callable[[], dict[str, Any]]) -> None:
         self.registry = registry
         self.ready_fn = ready
         self.mounts: dict[str, Callable[[BaseHTTPRequestHandler], None]] = {}
@@ -178,7 +182,8 @@ class MetricsServer:
                     self._send(200, "text/plain; charset=utf-8", b"ok\n")
                 elif path == "/readyz":
                     checks = server.ready_fn()
-                    ok = all(checks.values())
+                    # bool entries are the checks; other entries (strings) say why one failed
+                    ok = all(v for v in checks.values() if isinstance(v, bool))
                     body = json.dumps({"ready": ok, **checks}).encode() + b"\n"
                     self._send(200 if ok else 503, "application/json", body)
                 else:

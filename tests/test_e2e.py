@@ -21,7 +21,8 @@ def detections_of(msgs: list[tuple[str, dict[str, Any]]], stream: str) -> list[d
 
 
 def events_of(msgs: list[tuple[str, dict[str, Any]]], stream: str) -> list[dict[str, Any]]:
-    return [m for t, m in msgs if t == f"events/{stream}/"]
+    """The stream's transitions; ``state`` snapshots (answers to subscriptions) left out."""
+    return [m for t, m in msgs if t == f"events/{stream}/" and m.get("event") != "state"]
 
 
 def sample(text: str, name: str, **labels: str) -> float | None:

@@ -107,7 +107,8 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon,
                 topics = [t for t, _ in raw]
                 # "short" plays its 10 s once, then ends: wait for that event, not just its "up".
                 ended = any(t == b"events/short/" and json.loads(p).get("event") == "ended" for t, p in raw)
-                return ended and topics.count(b"events/broken/") >= 2 and sum(
+                broken = [p for t, p in raw if t == b"events/broken/" and json.loads(p)["event"] != "state"]
+                return ended and len(broken) >= 2 and sum(
                     t == b"detections/cam1/" for t in topics) >= 10
 
             raw = collect(sub, 60, enough)
@@ -343,6 +344,7 @@ def test_curve_listed_client_receives_everything_unlisted_nothing(tmp_path: Path
     d = Daemon(tmp_path, [demo_stream("cam1")], publish_extra={
         "curve": {"server_secret_key": str(keys / "server.key_secret"), "authorized_keys_dir": str(authorized)}})
     server_key = str(keys / "server.key")
+    t0 = time.monotonic()
     with (
         Subscriber(d.endpoint, curve=(server_key, str(keys / "alice.key_secret"))) as alice,
         Subscriber(d.endpoint, curve=(server_key, str(keys / "mallory.key_secret"))) as mallory,
@@ -362,6 +364,14 @@ def test_curve_listed_client_receives_everything_unlisted_nothing(tmp_path: Path
         assert cli.returncode == 0 and len(cli.stdout.splitlines()) == 3, cli.stderr
         assert mallory.recv_raw(0.1) is None and plain.recv_raw(0.1) is None
         assert mallory.received == 0 and plain.received == 0
+    # The refusal is in the daemon's log, once per client key (mallory retries every 100 ms).
+    from daemon.publish.curve import load_public_key
+
+    mallory_key = load_public_key(keys / "mallory.key").decode()
+    refused = [line for line in d.log_path.read_text().splitlines() if "CURVE: refused a subscriber" in line]
+    lived = time.monotonic() - t0
+    assert 1 <= len(refused) <= 1 + lived // 60, (lived, refused)  # one line per key and minute
+    assert all(mallory_key in line and str(authorized) in line for line in refused), refused
 
 
 # ------------------------------------------------------------------------------------------ proxy
@@ -384,8 +394,11 @@ def test_proxy_fans_in_two_daemons(tmp_path: Path) -> None:
                 for t, p in raw:
                     validate(t, p)
                 contiguous([decode(t, p) for t, p in raw])
-                raw_b = collect(only_b, 30, lambda r: len(r) >= 5)
-                assert len(raw_b) >= 5 and {t for t, _ in raw_b} == {b"detections/camB/"}
+                raw_b = collect(only_b, 30, lambda r: sum(t == b"detections/camB/" for t, _ in r) >= 5)
+                # camB only: its detections, and its events (at least the state answering the
+                # subscription, forwarded through the proxy).
+                assert sum(t == b"detections/camB/" for t, _ in raw_b) >= 5
+                assert {t for t, _ in raw_b} == {b"detections/camB/", b"events/camB/"}, raw_b
         finally:
             proxy.send_signal(signal.SIGTERM)
             out, _ = proxy.communicate(timeout=20)

@@ -19,7 +19,12 @@
   is a :class:`Gap` (``missed`` messages lost: network, a slow subscriber hitting its HWM, or the
   daemon dropping at its own HWM); a jump backward means the daemon restarted and counting starts
   again. The first message seen of a stream is never a gap (a subscriber joins mid-stream).
-  Gaps are counted in ``Subscriber.missed`` and passed to ``on_gap``.
+  Gaps are counted in ``Subscriber.missed`` and passed to ``on_gap``. The daemon counts the
+  same messages in ``detectd_frames_dropped_total{reason="zmq_hwm"}``: with its XPUB_NODROP
+  socket a message is either queued for every subscriber of its topic or for none.
+- A new subscription to a stream's events is answered with an ``event: "state"`` message (its
+  current state, next ``seq``), so ``Subscriber.state(stream)`` is known without waiting for a
+  transition. Code that reacts to changes skips ``msg.is_snapshot`` (or compares states).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ __all__ = [
     "ModelRef",
     "DetectionMessage",
     "EventMessage",
+    "TRANSITIONS",
     "Message",
     "Gap",
     "SeqTracker",
@@ -56,7 +62,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 KINDS = ("detections", "events")
-EVENTS = frozenset({"up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed"})
+EVENTS = frozenset({"up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed", "state"})
+# Transitions change a stream's state; a ``state`` message only repeats it (for late subscribers).
+TRANSITIONS = EVENTS - {"state"}
 
 
 class DecodeError(ValueError):
@@ -122,8 +130,10 @@ class DetectionMessage:
 
 @dataclass(frozen=True, slots=True)
 class EventMessage:
-    """A stream state change (topic ``events/<stream>/``); ``extra`` holds the fields beyond the
-    common ones (``attempt``, ``delay``, ``state``... as the daemon sends them)."""
+    """A stream state change (topic ``events/<stream>/``), or with ``event == "state"`` a snapshot
+    of the stream's current state (the daemon's answer to a new subscription, see
+    :attr:`is_snapshot`); ``extra`` holds the fields beyond the common ones (``attempt``,
+    ``delay``, ``state``, ``last_event``... as the daemon sends them)."""
 
     v: int
     stream: str
@@ -135,6 +145,18 @@ class EventMessage:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     kind = "events"
+
+    @property
+    def is_snapshot(self) -> bool:
+        """True for a ``state`` message: it repeats the current state, nothing changed."""
+        return self.event == "state"
+
+    @property
+    def state(self) -> str | None:
+        """The stream's state after this message (``connecting``, ``up``, ``backoff``,
+        ``stalled``, ``auth_failed``, ``ended``, ``stopped``, ``error``), when the daemon sent it."""
+        st = self.extra.get("state")
+        return st if isinstance(st, str) else None
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.extra)
@@ -356,6 +378,7 @@ class Subscriber:
         self.on_gap = on_gap
         self.malformed = 0
         self.received = 0
+        self.states: dict[str, EventMessage] = {}
         try:
             self.socket.setsockopt(zmq.LINGER, 0)
             self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
@@ -372,6 +395,13 @@ class Subscriber:
         except Exception:
             self.close()
             raise
+
+    def state(self, stream: str) -> str | None:
+        """The last known state of ``stream`` (from a transition or a ``state`` snapshot, which
+        the daemon sends to every new subscriber of its events), or None before either came.
+        :attr:`states` holds the message it came from, per stream."""
+        msg = self.states.get(stream)
+        return None if msg is None else msg.state
 
     @property
     def missed(self) -> dict[tuple[str, str], int]:
@@ -403,6 +433,8 @@ class Subscriber:
                 log.warning("dropping malformed message: %s", exc)
                 continue
             self.received += 1
+            if isinstance(msg, EventMessage) and msg.state is not None:
+                self.states[msg.stream] = msg
             gap = self.seq.check(msg.kind, msg.stream, msg.seq)
             if gap is not None:
                 log.warning(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,34 @@ def load_secret_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     return public, secret
 
 
+class _ZapLog:
+    """The logger handed to pyzmq's ZAP handler, which reports a refused client only at DEBUG:
+    a refusal becomes one WARNING per client key and minute (a refused SUB reconnects every
+    100 ms), naming the key (a public key: no secret) and the directory it is missing from."""
+
+    def __init__(self, logger: logging.Logger, allowed_dir: Path, every: float = 60.0) -> None:
+        self._log = logger
+        self._dir = allowed_dir
+        self._every = every
+        self._last: dict[str, float] = {}
+
+    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
+        # pyzmq writes "%s (CURVE) domain=%s client_key=%s" % ("DENIED", domain, key).
+        if "(CURVE" in str(msg) and args and args[0] == "DENIED":
+            raw = args[-1]
+            key = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
+            now = time.monotonic()
+            if now - self._last.get(key, -self._every) >= self._every:
+                self._last[key] = now
+                self._log.warning("CURVE: refused a subscriber: its public key %s is not among the "
+                                  "authorized keys in %s (repeats of this client are not logged for "
+                                  "%.0f s)", key or "(none)", self._dir, self._every)
+        self._log.debug(msg, *args, **kw)
+
+    def __getattr__(self, name: str) -> Any:  # info, warning, error, exception: as they are
+        return getattr(self._log, name)
+
+
 @dataclass
 class CurveServer:
     """The running ZAP handler of a CURVE server socket."""
@@ -179,7 +208,8 @@ def configure_server(
     _require_expanded(allowed)
     if not allowed.is_dir():
         raise CurveError(f"{allowed}: authorized client keys directory does not exist")
-    auth = ThreadAuthenticator(socket.context, log=logging.getLogger("daemon.publish.zap"))
+    zap_log: Any = _ZapLog(logging.getLogger("daemon.publish.zap"), allowed)
+    auth = ThreadAuthenticator(socket.context, log=zap_log)
     auth.start()
     server = CurveServer(auth, allowed)
     try:

@@ -8,7 +8,10 @@ on one daemon (a shard of the stream list per instance), subscribers see exactly
 see connected to that daemon.
 
 The proxy never blocks a publisher: when a subscriber is slow its XPUB queue (``SNDHWM``) fills and
-ZeroMQ drops for that subscriber only, which it sees as a ``seq`` gap.
+ZeroMQ drops for that subscriber only, which it sees as a ``seq`` gap. Unlike the daemon (whose
+XPUB_NODROP socket counts every such drop), the proxy cannot count them: ``zmq.proxy`` sends
+blocking, so NODROP here would let one stuck subscriber stall every daemon's stream; subscribers
+behind a proxy rely on ``seq`` gaps alone.
 
 ``zmq.proxy_steerable`` runs in a thread and is stopped through its control socket (``TERMINATE``)
 so that SIGTERM ends it cleanly: signal handlers only run in the main thread, between bytecodes,
@@ -65,6 +68,11 @@ class Proxy:
                 s.setsockopt(zmq.LINGER, 0)
             self.xsub.setsockopt(zmq.RCVHWM, hwm)
             self.xpub.setsockopt(zmq.SNDHWM, hwm)
+            # Forward every subscription upstream, repeated ones too: a daemon answers each with
+            # the state of the streams it covers, so a subscriber joining the proxy late learns
+            # it like one connected to the daemon. (Without it only the first subscriber of a
+            # prefix would be forwarded.)
+            self.xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
             if frontend_curve is not None:
                 from daemon.publish.curve import configure_client
 

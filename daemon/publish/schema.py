@@ -16,7 +16,9 @@ from daemon.frames import FrameResult
 SCHEMA_VERSION = 1
 DETECTIONS = "detections"
 EVENTS = "events"
-EVENT_KINDS = ("up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed")
+# "state" is not a transition: the stream's current state, sent in answer to a new subscription
+# (see daemon.publish.publisher); added within v1, consumers ignore kinds they do not know.
+EVENT_KINDS = ("up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed", "state")
 
 
 def topic(kind: str, stream: str) -> bytes:
