@@ -23,6 +23,7 @@ class Frame:
     stream was (re)opened; ``pts`` is in seconds or ``None`` when the container has no timestamp.
     ``captured_at`` is the wall-clock time (unix seconds) at which decoding finished and
     ``t_decoded`` the same instant on the monotonic clock, used for latency and freshness.
+    ``damaged`` is true when packets were lost since the last keyframe (the picture may be smeared).
     """
 
     stream: str
@@ -35,6 +36,9 @@ class Frame:
     image: np.ndarray | None = None
     native: Any = None
     decode_seconds: float = 0.0
+    # Decoded from an incomplete reference chain (packets lost since the last keyframe):
+    # see daemon/sources/damage.py and docs/robustness.md.
+    damaged: bool = False
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:

@@ -15,6 +15,11 @@
   metrics, ``events/<id>/`` messages and log lines. A blocking read is bounded by PyAV's
   ``timeout=(open, read)``; a stall is noticed on time by :meth:`StreamSource.supervise`, called
   by the daemon's supervisor thread, which asks the session to end.
+- Every decoded frame passes :class:`~daemon.sources.guard.FrameGuard` before anything else
+  touches it: a pixel format or size that native code cannot convert safely fails this stream
+  alone (``error`` for a file, retried with backoff for a live source; kind ``unsupported``),
+  and frames decoded after a packet loss are marked ``damaged`` or skipped until the next
+  keyframe (docs/robustness.md).
 - Credentials in URLs never reach logs, events or metric labels (``daemon.redact``); metric labels
   carry the stream id and fixed words only.
 """
@@ -34,6 +39,7 @@ from daemon.frames import Frame
 from daemon.metrics import Metrics
 from daemon.redact import redact_text, redact_url
 from daemon.sources.errors import classify_error
+from daemon.sources.guard import FrameGuard, UnsupportedFrame
 from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
 
 log = logging.getLogger(__name__)
@@ -183,14 +189,14 @@ class StreamSource:
                 self._event("ended", "end of file", state=tr.new.value)
                 log.info("stream %s: end of file after %d frames", sid, self.frame_index)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, **extra: Any) -> None:
         """A permanent error: announce it and stop this stream (the others go on)."""
         reason = redact_text(reason)
         self.failed = True
         log.error("stream %s: %s", self.cfg.id, reason)
         if not self.retired:
             self.metrics.set_state(self.cfg.id, "error")
-        self._event("error", reason, state="error")
+        self._event("error", reason, state="error", **extra)
         self.policy.stop(self.clock())
 
     # -- the thread ------------------------------------------------------------------------
@@ -230,6 +236,9 @@ class StreamSource:
         except PermanentError as exc:
             self._fail(str(exc))
             return
+        except UnsupportedFrame as exc:
+            self._unsupported(exc)
+            return
         except Exception as exc:  # FFmpeg, OS and timeout errors
             if self.stop_event.is_set():
                 return
@@ -248,6 +257,20 @@ class StreamSource:
             self._apply(self.policy.on_error(self.clock(), "stall", "no frame in time"))
         else:  # a live stream's demuxer ended: the server went away
             self._apply(self.policy.on_error(self.clock(), "eof", "the stream ended"))
+
+    def _unsupported(self, exc: UnsupportedFrame) -> None:
+        """A frame no native code may see: a file fails for good, a live source is retried with
+        backoff (a camera can be reconfigured); the other streams never notice."""
+        if self.retired:
+            return
+        sid = self.cfg.id
+        self.metrics.frames_dropped.labels(sid, "unsupported_frame").inc()
+        detail = {"pix_fmt": exc.pix_fmt, "width": exc.width, "height": exc.height}
+        if self.cfg.is_file:
+            self.metrics.set_last_error(sid, "unsupported", time.time())
+            self._fail(str(exc), **detail)
+        else:
+            self._apply(self.policy.on_error(self.clock(), "unsupported", str(exc)))
 
     def _open(self) -> Any:
         url = self.cfg.url[5:] if self.cfg.url.startswith("file:") else self.cfg.url
@@ -286,6 +309,7 @@ class StreamSource:
                 vstream.thread_type = "AUTO"  # frame threads: throughput over latency, files only
             rate = float(vstream.average_rate) if vstream.average_rate else 25.0
             pacer = _Pacer(rate, self.stop_event) if self.cfg.realtime and self.cfg.is_file else None
+            guard = FrameGuard(self.cfg, self.metrics, vstream)
             self._announced_up = False
             while True:
                 got_any = False
@@ -304,6 +328,7 @@ class StreamSource:
                         # Bad bytes: count, and resume demuxing past them.
                         errors += 1
                         self.metrics.frames_dropped.labels(sid, "corrupt").inc()
+                        guard.loss("the demuxer skipped damaged data")
                         if errors > MAX_CONSECUTIVE_DEMUX_ERRORS:
                             if not self.cfg.is_file:
                                 raise
@@ -312,16 +337,21 @@ class StreamSource:
                         demux = container.demux(vstream)
                         continue
                     errors = 0
+                    guard.packet(packet)
                     t0 = time.perf_counter()
                     try:
                         frames = packet.decode()
                     except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as exc:
                         self.metrics.frames_dropped.labels(sid, "corrupt").inc()
+                        guard.loss("the decoder rejected a packet")
                         self._apply(self.policy.on_error(self.clock(), "decode", str(exc)))
                         log.debug("stream %s: skipped a damaged packet: %s", sid, redact_text(str(exc)))
                         continue
                     dt = time.perf_counter() - t0
                     for vf in frames:
+                        damaged, publish = guard.frame(vf)  # raises UnsupportedFrame
+                        if not publish:
+                            continue
                         if not self._announced_up:
                             self._announced_up = True
                             self._event("up", None, state="up", width=vf.width, height=vf.height)
@@ -329,7 +359,7 @@ class StreamSource:
                             log.info("stream %s: up (%s, %dx%d)", sid, self.safe_url, vf.width, vf.height)
                         if pacer is not None and not pacer.wait(vf.time):
                             return "stopped"
-                        self._emit(vf, dt / max(1, len(frames)))
+                        self._emit(vf, dt / max(1, len(frames)), damaged)
                         got_any = True
                 if self.stop_event.is_set():
                     return "stopped"
@@ -337,6 +367,7 @@ class StreamSource:
                     return "eof"
                 if self.cfg.loop and got_any:
                     container.seek(0)
+                    guard.restart()
                     if pacer is not None:
                         pacer.reset()
                     continue
@@ -344,13 +375,13 @@ class StreamSource:
                     raise PermanentError(f"no decodable video frame in {self.safe_url}")
                 return "end"
 
-    def _emit(self, vf: Any, decode_seconds: float) -> None:
+    def _emit(self, vf: Any, decode_seconds: float, damaged: bool = False) -> None:
         now = self.clock()
         sid = self.cfg.id
         self._apply(self.policy.on_frame(now, queue_full=self.sink.is_full(sid)))
         frame = Frame(stream=sid, index=self.frame_index, width=vf.width, height=vf.height,
                       pts=vf.time, captured_at=time.time(), t_decoded=now, native=vf,
-                      decode_seconds=decode_seconds)
+                      decode_seconds=decode_seconds, damaged=damaged)
         self.frame_index += 1
         if self.retired:
             return
