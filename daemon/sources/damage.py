@@ -7,12 +7,15 @@ counters, and FFmpeg reports the damage only in DEBUG log lines (h264's "Frame n
 detectd infers it from what every demuxer gives, per packet, in decode order:
 
 - a **timestamp gap**: the packet's ``dts`` (else ``pts``) is more than :data:`GAP_FACTOR` times
-  the stream's frame interval after the previous packet's. The interval is the packet's own
-  ``duration`` when the container sets it, else the median of the last :data:`HISTORY` steps
-  (robust to jitter and to a camera changing its frame rate), else ``1 / average_rate``;
+  the stream's frame interval after the previous packet's. The interval is the median of the
+  last :data:`HISTORY` steps (robust to jitter and to a camera changing its frame rate), or the
+  packet's own ``duration`` for the first three steps after opening;
 - a packet the demuxer flagged corrupt (``AV_PKT_FLAG_CORRUPT``: e.g. a PES cut short in TS);
 - a packet the decoder rejected (``InvalidDataError``) and bytes the demuxer had to skip;
-- a frame the decoder flagged corrupt (``AV_FRAME_FLAG_CORRUPT``).
+- a frame the decoder flagged corrupt: it concealed an error (``decode_error_flags``) or
+  output a frame it could not reconstruct (``AV_FRAME_FLAG_CORRUPT``). FFmpeg's H.264 decoder
+  sets this only without slice threads (measured), so detectd decodes live and realtime
+  streams without them (files read as fast as possible use frame threads, which keep it).
 
 Any of these starts a **damage episode**: the packet concerned and every packet after it are
 damaged until the next keyframe packet, which restarts the reference chain (a gap right before a
@@ -44,6 +47,11 @@ GAP_FACTOR = 1.5
 HISTORY = 16
 MAX_PENDING = 512  # damaged pts awaiting their frame; bounded for decoders that drop frames
 PENDING_SECONDS = 10.0
+# A demuxer flags the packet it is emitting when it notices the loss, which can be up to a few
+# packets *before* the one whose data went missing (PES reassembly and the parser buffer; see
+# docs/robustness.md for the measurement). So a keyframe this close after a corrupt flag may be
+# the damaged packet itself and does not end the episode.
+CORRUPT_HOLD_PACKETS = CORRUPT_HOLD_PACKETS_DEFAULT = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +68,11 @@ class DamageTracker:
     :meth:`on_loss` when the demuxer or decoder rejected data, then :meth:`on_frame` for every
     decoded frame; it answers whether that frame is damaged.
 
-    ``time_base`` is the stream's (seconds per timestamp unit), ``rate`` its nominal frame rate
-    (frames/s, 0 if unknown). Times are in timestamp units unless a name says seconds.
+    ``time_base`` is the stream's (seconds per timestamp unit). Times are in timestamp units
+    unless a name says seconds.
     """
 
     time_base: float
-    rate: float = 0.0
     damaged: bool = False  # inside an episode: packets are damaged until the next keyframe
     episodes: int = 0
     last_episode: Episode | None = None
@@ -73,21 +80,26 @@ class DamageTracker:
     _steps: deque[int] = field(default_factory=lambda: deque(maxlen=HISTORY))
     _pending: set[int] = field(default_factory=set)  # pts of damaged packets, awaiting frames
     _new_episode: Episode | None = None
+    _hold: int = 0  # packets left during which a keyframe does not end the episode
+    _decoder_damaged: bool = False  # the decoder flagged a frame; until it outputs a keyframe
 
     def restart(self) -> None:
         """A seek or reopen: forget the timestamp baseline (the decoder starts at a keyframe)."""
         self._last_ts = None
         self._pending.clear()
         self.damaged = False
+        self._hold = 0
+        self._decoder_damaged = False
 
     def interval(self, duration: int | None = None) -> float | None:
-        """The frame interval in timestamp units, or None while unknown."""
-        if duration:
-            return float(duration)
+        """The frame interval in timestamp units, or None while unknown: the median of the
+        recent steps once there are 3, else the packet's own duration. Never the nominal rate
+        alone: cameras and containers often state one they do not keep (a 25 fps header on a
+        10 fps night-mode stream would mark every frame)."""
         if len(self._steps) >= 3:
             return float(median(self._steps))
-        if self.rate > 0 and self.time_base > 0:
-            return 1.0 / (self.rate * self.time_base)
+        if duration:
+            return float(duration)
         return None
 
     def _start(self, reason: str, ts: int | None) -> None:
@@ -106,7 +118,9 @@ class DamageTracker:
                   keyframe: bool, corrupt: bool) -> bool:
         """One demuxed packet; returns whether it is damaged."""
         ts = dts if dts is not None else pts
-        if keyframe:
+        if self._hold:
+            self._hold -= 1
+        elif keyframe:
             self.damaged = False  # a keyframe decodes on its own: the chain is whole again
             if pts is not None and self._pending and self.time_base > 0:
                 # Frames of damaged packets come out within a few frames or never (rejected by
@@ -128,6 +142,7 @@ class DamageTracker:
                     self._steps.append(step)
         if corrupt:  # a damaged keyframe damages its whole GOP
             self._start("the demuxer flagged a packet corrupt", ts)
+            self._hold = CORRUPT_HOLD_PACKETS
         if self.damaged and pts is not None and len(self._pending) < MAX_PENDING:
             self._pending.add(pts)
         return self.damaged
@@ -137,11 +152,20 @@ class DamageTracker:
         reference a picture that never came."""
         self._start(reason, self._last_ts)
 
-    def on_frame(self, pts: int | None, corrupt: bool = False) -> bool:
-        """One decoded frame; returns whether it is damaged."""
+    def on_frame(self, pts: int | None, corrupt: bool = False, keyframe: bool = False) -> bool:
+        """One decoded frame, in output order; returns whether it is damaged.
+
+        ``corrupt`` is the decoder's own flag (``AV_FRAME_FLAG_CORRUPT`` or concealment in
+        ``decode_error_flags``, PyAV's ``frame.is_corrupt``): the decoder saw the damage itself,
+        so every frame it outputs after this one is damaged until it outputs a keyframe. This
+        follows the decoder's output, not the demuxer, because frames come out several packets
+        after their packet went in (frame threads, reordering)."""
+        if keyframe:
+            self._decoder_damaged = False
         if corrupt:
-            self._start("the decoder flagged a frame corrupt", pts)
-        if pts is not None and pts in self._pending:
-            self._pending.discard(pts)
-            return True
-        return corrupt or (pts is None and self.damaged)
+            self._start("the decoder concealed an error", pts)
+            self._decoder_damaged = True
+        marked = pts is not None and pts in self._pending
+        if marked:
+            self._pending.discard(pts)  # type: ignore[arg-type]
+        return marked or self._decoder_damaged or (pts is None and self.damaged)

@@ -34,8 +34,7 @@ class FrameGuard:
         self.metrics = metrics
         self.clock = clock
         tb = float(stream.time_base) if stream.time_base else 0.0
-        rate = float(stream.average_rate) if stream.average_rate else 0.0
-        self.tracker = DamageTracker(tb, rate) if cfg.damage != "off" else None
+        self.tracker = DamageTracker(tb) if cfg.damage != "off" else None
         self._checked: tuple[str, int, int] | None = None  # format/size last found safe
         self._logged_at: float | None = None
         self._unlogged = 0
@@ -64,7 +63,7 @@ class FrameGuard:
             self._checked = key
         if self.tracker is None:
             return False, True
-        damaged = self.tracker.on_frame(vf.pts, vf.is_corrupt)
+        damaged = self.tracker.on_frame(vf.pts, vf.is_corrupt, vf.key_frame)
         episode = self.tracker.take_new_episode()
         if episode is not None:
             self._log_episode(episode.reason, episode.at)

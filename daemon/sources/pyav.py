@@ -307,6 +307,10 @@ class StreamSource:
             vstream = container.streams.video[0]
             if self.cfg.is_file and not self.cfg.realtime:
                 vstream.thread_type = "AUTO"  # frame threads: throughput over latency, files only
+            elif self.cfg.damage != "off":
+                # Slice threads hide the decoder's concealment flag, which damage detection
+                # reads (daemon/sources/damage.py); most cameras send one slice per frame anyway.
+                vstream.thread_type = "NONE"
             rate = float(vstream.average_rate) if vstream.average_rate else 25.0
             pacer = _Pacer(rate, self.stop_event) if self.cfg.realtime and self.cfg.is_file else None
             guard = FrameGuard(self.cfg, self.metrics, vstream)
