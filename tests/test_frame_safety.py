@@ -314,3 +314,18 @@ def test_bayer_stream_fails_alone_beside_a_healthy_and_a_damaged_stream(
     assert sample(text, "detectd_frames_damaged_total", stream="lossy") == len(differ)
     assert sample(text, "detectd_frames_damaged_total", stream="good") == 0
     assert "stream lossy: packets lost at 0.800 s" in d.log()
+
+
+@pytest.mark.parametrize("name, rc", [("bayer_17x9.nut", 1), ("tiny_1x1.nut", 0)])
+def test_annotate_refuses_unsafe_frames_with_a_clear_error(tmp_path: Path, name: str, rc: int) -> None:
+    out = tmp_path / "o.mp4"
+    r = subprocess.run([sys.executable, "-m", "daemon", "annotate", str(DATA / name), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == rc, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    if rc:
+        assert f"{name}: unsupported frame: pixel format bayer_rggb8 at 17x9" in r.stderr
+        assert not out.exists() and not (tmp_path / ".o.partial.mp4").exists()
+    else:
+        with av.open(str(out)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == 10

@@ -122,6 +122,7 @@ def annotate(
     from daemon.frames import Detections
     from daemon.models.info import ModelInfo
     from daemon.models.resolve import resolve_model
+    from daemon.sources.validate import check_frame
     from daemon.vision.draw import draw
     from daemon.vision.letterbox import letterbox_av
     from daemon.vision.yolo import postprocess
@@ -161,6 +162,9 @@ def annotate(
                     ost.options = {"qscale": "3"}
                     ost.codec_context.qmin = ost.codec_context.qmax = 3
                 for vf in inp.decode(ist):
+                    # Before any native call: a frame libswscale would abort on is an error
+                    # naming its pixel format and size (daemon/sources/validate.py).
+                    check_frame(vf)
                     if vf.width != w or vf.height != h:
                         # A mid-stream size change: keep the output's size, scale this frame.
                         vf = vf.reformat(width=w, height=h)
