@@ -7,7 +7,8 @@ an abort inside native code shows as the child's signal instead of killing the t
 Per frame (as the daemon does): ``StreamSource`` decodes and guards it; then the letterbox for
 the model (libswscale scale + RGB), ``Frame.rgb()``, the preview's render (scale, draw) and JPEG
 encode, and the GPU path's CPU side (``yuv_planes`` for yuv420p/nv12 frames). Output:
-``{"frames": n, "damaged": [frame indexes], "pts": [...], "events": [...], "dropped": {...}}``.
+``{"frames": n, "damaged": [Frame.index of damaged frames], "pts": [...], "index": [Frame.index...],
+"decoded": n, "events": [...], "dropped": {...}}``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ def main() -> int:
         "frames": len(sink.frames),
         "damaged": [f.index for f in sink.frames if f.damaged],
         "pts": [f.pts for f in sink.frames],
+        "index": [f.index for f in sink.frames],
+        "decoded": get("detectd_frames_decoded_total", {"stream": "cam"}),
         "events": events,
         "failed": src.failed,
         "dropped": {r: get("detectd_frames_dropped_total", {"stream": "cam", "reason": r}) for r in DROP_REASONS},

@@ -246,6 +246,9 @@ def test_skip_policy_drops_and_counts_the_smeared_frames() -> None:
     assert got["frames"] == 57 - len(differ) and got["damaged"] == []
     assert got["dropped"]["damaged"] == len(differ) == got["frames_damaged"]
     assert not {round(p, 6) for p in got["pts"]} & {round(t, 6) for t in differ}
+    # The skipped frames keep their indexes: the next published frame shows the gap.
+    assert got["decoded"] == 57 and got["index"][-1] == 56
+    assert max(b - a for a, b in zip(got["index"], got["index"][1:])) == len(differ) + 1
 
 
 @pytest.mark.parametrize("cut", [350, 640, 1000])

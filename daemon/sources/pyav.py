@@ -354,8 +354,6 @@ class StreamSource:
                     dt = time.perf_counter() - t0
                     for vf in frames:
                         damaged, publish = guard.frame(vf)  # raises UnsupportedFrame
-                        if not publish:
-                            continue
                         if not self._announced_up:
                             self._announced_up = True
                             self._event("up", None, state="up", width=vf.width, height=vf.height)
@@ -363,7 +361,7 @@ class StreamSource:
                             log.info("stream %s: up (%s, %dx%d)", sid, self.safe_url, vf.width, vf.height)
                         if pacer is not None and not pacer.wait(vf.time):
                             return "stopped"
-                        self._emit(vf, dt / max(1, len(frames)), damaged)
+                        self._emit(vf, dt / max(1, len(frames)), damaged, publish)
                         got_any = True
                 if self.stop_event.is_set():
                     return "stopped"
@@ -379,10 +377,18 @@ class StreamSource:
                     raise PermanentError(f"no decodable video frame in {self.safe_url}")
                 return "end"
 
-    def _emit(self, vf: Any, decode_seconds: float, damaged: bool = False) -> None:
+    def _emit(self, vf: Any, decode_seconds: float, damaged: bool = False, publish: bool = True) -> None:
+        """Hand a decoded frame on. ``publish=False`` (a damaged frame under ``damage: skip``,
+        already counted as dropped): it still proves the stream alive and takes its index, so
+        the gap shows in the next message's ``frame``."""
         now = self.clock()
         sid = self.cfg.id
         self._apply(self.policy.on_frame(now, queue_full=self.sink.is_full(sid)))
+        if not publish:
+            self.frame_index += 1
+            if not self.retired:
+                self.metrics.frames_decoded.labels(sid).inc()
+            return
         frame = Frame(stream=sid, index=self.frame_index, width=vf.width, height=vf.height,
                       pts=vf.time, captured_at=time.time(), t_decoded=now, native=vf,
                       decode_seconds=decode_seconds, damaged=damaged)
