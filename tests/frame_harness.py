@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -69,9 +70,14 @@ def main() -> int:
     ap.add_argument("video")
     ap.add_argument("--damage", default="mark")
     ap.add_argument("--max-frames", type=int, default=1000)
+    ap.add_argument("--live", type=float, default=0.0,
+                    help="read the file as a live source (live: true, fast backoff) for this many seconds")
     args = ap.parse_args()
     events: list[dict[str, Any]] = []
-    cfg = StreamConfig(id="cam", url=args.video, damage=args.damage)
+    extra: dict[str, Any] = {}
+    if args.live:
+        extra = {"live": True, "backoff_base": 0.1, "backoff_cap": 0.2, "stall_timeout": 2.0}
+    cfg = StreamConfig(id="cam", url=args.video, damage=args.damage, **extra)
     metrics = Metrics()
     metrics.init_stream("cam")
     sink = Sink(args.max_frames)
@@ -81,8 +87,9 @@ def main() -> int:
 
     src = StreamSource(cfg, sink, metrics, on_event)
     src.start()
+    t_end = time.monotonic() + args.live
     while not src.finished.wait(0.05):
-        if sink.done.is_set():
+        if sink.done.is_set() or (args.live and time.monotonic() > t_end):
             src.stop()
     src.join(10)
     get = metrics.registry.get_sample_value
@@ -94,6 +101,7 @@ def main() -> int:
         "decoded": get("detectd_frames_decoded_total", {"stream": "cam"}),
         "events": events,
         "failed": src.failed,
+        "errors_unsupported": get("detectd_stream_errors_total", {"stream": "cam", "kind": "unsupported"}),
         "dropped": {r: get("detectd_frames_dropped_total", {"stream": "cam", "reason": r}) for r in DROP_REASONS},
         "frames_damaged": get("detectd_frames_damaged_total", {"stream": "cam"}),
     }))

@@ -204,6 +204,18 @@ def test_odd_input_gives_frames_or_a_clear_stream_error(tmp_path: Path, fmt: str
         assert got["dropped"]["unsupported_frame"] == 1
 
 
+def test_live_source_with_unsupported_frames_is_retried_with_backoff() -> None:
+    """A camera sending frames detectd refuses is not dead for good (it can be reconfigured):
+    retried with backoff, each attempt failing with the same clear reason."""
+    got = harness(DATA / "bayer_17x9.nut", "--live", "2.5")
+    assert not got["failed"] and got["frames"] == 0
+    retries = [e for e in got["events"] if e["event"] == "reconnecting"]
+    assert len(retries) >= 3
+    assert all("unsupported frame: pixel format bayer_rggb8 at 17x9" in e["reason"] for e in retries)
+    assert [e["attempt"] for e in retries] == list(range(1, len(retries) + 1))
+    assert got["errors_unsupported"] == len(retries) <= got["dropped"]["unsupported_frame"]
+
+
 @pytest.mark.parametrize("name, expected", [("bayer_17x9.nut", "error"), ("tiny_1x1.nut", "frames")])
 def test_field_case_files(name: str, expected: str) -> None:
     got = harness(DATA / name)
