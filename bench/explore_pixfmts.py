@@ -11,8 +11,8 @@ through the native calls a decoded frame reaches in detectd:
 
 A crash (SIGABRT from an ``av_assert0``, SIGSEGV) kills the child; the parent records the case
 that was running and starts a new child at the next case, so one run maps the whole table.
-Result: ``bench/results/pixfmt_safety.json`` (per case: ok / error text / crash signal) and a
-summary on stdout. Run: ``python bench/explore_pixfmts.py [--formats a,b] [--sizes 17x9,2x2]``.
+Result: ``bench/results/pixfmt_safety.json`` (per format: cases ok / error / crash; every case
+that was not ok, with the error text or crash signal) and a summary on stdout. Run: ``python bench/explore_pixfmts.py [--formats a,b] [--sizes 17x9,2x2]``.
 """
 
 from __future__ import annotations
@@ -151,9 +151,16 @@ def main() -> int:
     errors = [r for r in table if r["result"] == "error"]
     summary = {"cases": len(table), "ok": sum(r["result"] == "ok" for r in table),
                "errors": len(errors), "crashes": len(crashes), "seconds": round(time.time() - t0, 1)}
+    # Per format: how many cases were ok / errors / crashes; every case that was not ok in full.
+    formats: dict[str, dict[str, int]] = {}
+    for r in table:
+        counts = formats.setdefault(r["format"], {"ok": 0, "error": 0, "crash": 0, "missing": 0})
+        counts[r["result"]] += 1
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"summary": summary, "cases": table}, fh, indent=1)
+        json.dump({"summary": summary, "sizes": args.sizes.split(","), "ops": args.ops.split(","),
+                   "formats": formats, "failures": [r for r in table if r["result"] != "ok"]},
+                  fh, indent=0)
     print(json.dumps(summary))
     for r in crashes:
         print("CRASH", r["format"], r["size"], r["op"], r["signal"], r.get("stderr", ""))
