@@ -24,6 +24,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import av
 import numpy as np
 
 from daemon import __version__
@@ -275,16 +276,27 @@ class Daemon:
             self.process_pipelined(batch)
             return
         assert self.backend is not None and self.info is not None and self.publisher is not None
-        n = len(batch)
         m = self.metrics.stage
-        buf = self.batch_buf[:n]
-        infos = []
-        for i, frame in enumerate(batch):
+        infos, kept = [], []
+        for frame in batch:
             t0 = time.perf_counter()
-            infos.append(letterbox_frame(frame, self.info.width, self.info.height, out=buf[i])[1])
+            try:
+                infos.append(letterbox_frame(frame, self.info.width, self.info.height,
+                                             out=self.batch_buf[len(kept)])[1])
+            except (ValueError, av.FFmpegError, OSError) as exc:
+                # Sources refuse what would abort (daemon/sources/validate.py); a converter's
+                # Python-level error still costs one frame of one stream, never the loop.
+                self.metrics.frames_dropped.labels(frame.stream, "unsupported_frame").inc()
+                log.error("stream %s: frame %d not converted: %s", frame.stream, frame.index, exc)
+                continue
+            kept.append(frame)
             if self.preview is None or not self.preview.watching:
                 frame.native = None  # release the decoder's buffer early (kept while watched)
             m["preprocess"].observe(time.perf_counter() - t0)
+        batch, n = kept, len(kept)
+        if not n:
+            return
+        buf = self.batch_buf[:n]
         t0 = time.perf_counter()
         outputs = self.backend.infer(buf)
         t_infer = time.perf_counter() - t0

@@ -68,6 +68,9 @@ class StreamConfig(Strict):
     # null = decided from the URL (see is_file); true: a live source (stale frames dropped, end
     # of stream = reconnect); false: a finite file served over the network (loop/realtime apply).
     live: bool | None = None
+    # Frames decoded after a packet loss, until the next keyframe (docs/robustness.md): "mark"
+    # publishes them with "damaged": true, "skip" drops them (counted), "off" does not look.
+    damage: Literal["mark", "skip", "off"] = "mark"
 
     @field_validator("id")
     @classmethod

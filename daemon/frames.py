@@ -24,6 +24,7 @@ class Frame:
     rotation, ``orient``, which ``native`` still needs); ``pts`` is in seconds or ``None`` when the container has no timestamp.
     ``captured_at`` is the wall-clock time (unix seconds) at which decoding finished and
     ``t_decoded`` the same instant on the monotonic clock, used for latency and freshness.
+    ``damaged`` is true when packets were lost since the last keyframe (the picture may be smeared).
     """
 
     stream: str
@@ -39,6 +40,9 @@ class Frame:
     # How ``native`` is turned for display (daemon.vision.orient: "", "clock", "cclock", ...);
     # ``width``/``height`` and ``image`` are always as displayed.
     orient: str = ""
+    # Decoded from an incomplete reference chain (packets lost since the last keyframe):
+    # see daemon/sources/damage.py and docs/robustness.md.
+    damaged: bool = False
 
     def __post_init__(self) -> None:
         if self.width <= 0 or self.height <= 0:

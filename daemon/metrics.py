@@ -26,8 +26,10 @@ STAGE_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3,
                    0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 STREAM_STATES = ("connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped", "error")
-ERROR_KINDS = ("network", "auth", "eof", "decode", "stall", "timeout")
-DROP_REASONS = ("stale", "superseded", "queue_full", "corrupt", "zmq_hwm", "shutdown")
+ERROR_KINDS = ("network", "auth", "eof", "decode", "stall", "timeout", "unsupported")
+# unsupported_frame, damaged: docs/robustness.md
+DROP_REASONS = ("stale", "superseded", "queue_full", "corrupt", "zmq_hwm", "shutdown",
+                "unsupported_frame", "damaged")
 
 
 class Metrics:
@@ -40,7 +42,13 @@ class Metrics:
         self.frames_dropped = Counter(
             "detectd_frames_dropped_total",
             "Frames or packets dropped before publishing, by reason (stale, superseded, queue_full, "
-            "corrupt packets, zmq_hwm, shutdown).", ["stream", "reason"], registry=r)
+            "corrupt packets, zmq_hwm, shutdown, unsupported_frame, damaged).", ["stream", "reason"],
+            registry=r)
+        self.frames_damaged = Counter(
+            "detectd_frames_damaged_total",
+            "Frames decoded after a packet loss and before the next keyframe (possibly smeared), "
+            "published marked or skipped as the stream's damage setting says.", ["stream"],
+            registry=r)
         self.stage_seconds = Histogram("detectd_stage_seconds",
                                        "Time spent per frame in each pipeline stage (a batch's "
                                        "infer time is attributed to each of its frames).",
@@ -63,7 +71,8 @@ class Metrics:
                                         "Seconds since the stream's last decoded frame.", ["stream"], registry=r)
         self.stream_errors = Counter("detectd_stream_errors_total",
                                      "Connection failures per stream, by kind (network, auth, eof, "
-                                     "decode, stall, timeout).", ["stream", "kind"], registry=r)
+                                     "decode, stall, timeout, unsupported).", ["stream", "kind"],
+                                     registry=r)
         self.stream_last_error = Gauge("detectd_stream_last_error_info",
                                        "1 for the kind of the stream's last connection failure "
                                        "(the message itself is in the logs and events: it may "
@@ -96,6 +105,7 @@ class Metrics:
         """Create a stream's series at zero so rate() and alerts see them from the first scrape."""
         self.frames_decoded.labels(stream)
         self.frames_published.labels(stream)
+        self.frames_damaged.labels(stream)
         self.frame_latency.labels(stream)
         self.stream_up.labels(stream).set(0)
         self.stream_reconnects.labels(stream)
@@ -108,7 +118,7 @@ class Metrics:
         self.set_state(stream, "connecting")
 
     def remove_stream(self, stream: str) -> None:
-        for m in (self.frames_decoded, self.frames_published, self.frame_latency, self.stream_up,
+        for m in (self.frames_decoded, self.frames_published, self.frames_damaged, self.frame_latency, self.stream_up,
                   self.stream_reconnects, self.stream_attempts, self.stream_since_frame,
                   self.stream_last_error_time, self.stream_backpressure):
             try:

@@ -123,6 +123,7 @@ def annotate(
     from daemon.frames import Detections
     from daemon.models.info import ModelInfo
     from daemon.models.resolve import resolve_model
+    from daemon.sources.validate import check_frame
     from daemon.vision.draw import draw
     from daemon.sources.open import no_video_reason, pick_video_stream
     from daemon.vision.letterbox import letterbox_av
@@ -170,6 +171,9 @@ def annotate(
                     ost.options = {"qscale": "3"}
                     ost.codec_context.qmin = ost.codec_context.qmax = 3
                 for vf in itertools.chain([first] if first is not None else [], decoded):
+                    # Before any native call: a frame libswscale would abort on is an error
+                    # naming its pixel format and size (daemon/sources/validate.py).
+                    check_frame(vf)
                     if vf.width != sw or vf.height != sh:
                         # A mid-stream size change: keep the output's size, scale this frame.
                         vf = vf.reformat(width=sw, height=sh)

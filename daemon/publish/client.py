@@ -100,6 +100,9 @@ class DetectionMessage:
     labels: tuple[str, ...]
     extra: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Packets were lost since the last keyframe: the picture may be smeared (docs/robustness.md).
+    # Added within v1; a message from an older daemon has no such field and reads as False.
+    damaged: bool = False
 
     kind = "detections"
 
@@ -121,7 +124,7 @@ class DetectionMessage:
         out.update(
             v=self.v, stream=self.stream, seq=self.seq, frame=self.frame, pts=self.pts,
             captured_at=self.captured_at, published_at=self.published_at, width=self.width,
-            height=self.height,
+            height=self.height, damaged=self.damaged,
             model={"name": self.model.name, "precision": self.model.precision, "backend": self.model.backend},
             detections=items,
         )
@@ -236,7 +239,11 @@ def _decode_detections(p: Mapping[str, Any], where: str) -> DetectionMessage:
         scores[i] = _number(item, "score", w)  # type: ignore[assignment]
         class_ids[i] = _count(item, "class_id", w)
         labels.append(_field(item, "label", str, w))
-    known = {"v", "stream", "seq", "frame", "pts", "captured_at", "published_at", "width", "height", "model", "detections"}
+    known = {"v", "stream", "seq", "frame", "pts", "captured_at", "published_at", "width", "height", "model",
+             "detections", "damaged"}
+    damaged = p.get("damaged", False)
+    if not isinstance(damaged, bool):
+        raise DecodeError(f"{where}: damaged must be true or false, got {damaged!r}")
     return DetectionMessage(
         v=_count(p, "v", where),
         stream=_field(p, "stream", str, where),
@@ -256,6 +263,7 @@ def _decode_detections(p: Mapping[str, Any], where: str) -> DetectionMessage:
         labels=tuple(labels),
         extra={k: v for k, v in p.items() if k not in known},
         raw=p,
+        damaged=damaged,
     )
 
 

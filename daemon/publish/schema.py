@@ -40,6 +40,7 @@ def detections_payload(result: FrameResult, seq: int, labels: list[str], model: 
         "height": f.height,
         "model": model,
         "detections": result.detections.to_list(labels),
+        "damaged": f.damaged,
     }
 
 

@@ -120,7 +120,8 @@ class Action(str, enum.Enum):
 # "timeout" is what classify_error() returns for a read/open timeout: it counts as a stall when
 # the stream was up, and as a network failure while connecting.
 ErrorKind = str
-ERROR_KINDS = frozenset({"network", "auth", "eof", "decode", "stall", "timeout"})
+# unsupported: a frame detectd refuses to convert (daemon/sources/validate.py)
+ERROR_KINDS = frozenset({"network", "auth", "eof", "decode", "stall", "timeout", "unsupported"})
 
 TERMINAL = frozenset({State.ENDED, State.STOPPED})
 

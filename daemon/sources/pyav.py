@@ -17,6 +17,11 @@
   by the daemon's supervisor thread, which asks the session to end.
 - The stream, its orientation and its input format are chosen as FFmpeg's command-line tool
   would (``open.py``, ``daemon.vision.orient``, docs/sources.md); frames leave in displayed size.
+- Every decoded frame passes :class:`~daemon.sources.guard.FrameGuard` before anything else
+  touches it: a pixel format or size that native code cannot convert safely fails this stream
+  alone (``error`` for a file, retried with backoff for a live source; kind ``unsupported``),
+  and frames decoded after a packet loss are marked ``damaged`` or skipped until the next
+  keyframe (docs/robustness.md).
 - Credentials in URLs never reach logs, events or metric labels (``daemon.redact``); metric labels
   carry the stream id and fixed words only.
 """
@@ -36,6 +41,7 @@ from daemon.frames import Frame
 from daemon.metrics import Metrics
 from daemon.redact import redact_text, redact_url
 from daemon.sources.errors import SourceError, classify_error, describe_error, is_config_error
+from daemon.sources.guard import FrameGuard, UnsupportedFrame
 from daemon.sources.open import no_video_reason, open_options, pick_video_stream
 from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
 from daemon.vision.orient import displayed_size, frame_orientation, odd_rotation
@@ -179,14 +185,14 @@ class StreamSource:
                 self._event("ended", "end of file", state=tr.new.value)
                 log.info("stream %s: end of file after %d frames", sid, self.frame_index)
 
-    def _fail(self, reason: str) -> None:
+    def _fail(self, reason: str, **extra: Any) -> None:
         """A permanent error: announce it and stop this stream (the others go on)."""
         reason = redact_text(reason)
         self.failed = True
         log.error("stream %s: %s", self.cfg.id, reason)
         if not self.retired:
             self.metrics.set_state(self.cfg.id, "error")
-        self._event("error", reason, state="error")
+        self._event("error", reason, state="error", **extra)
         self.policy.stop(self.clock())
 
     # -- the thread ------------------------------------------------------------------------
@@ -226,6 +232,9 @@ class StreamSource:
         except PermanentError as exc:
             self._fail(str(exc))
             return
+        except UnsupportedFrame as exc:
+            self._unsupported(exc)
+            return
         except Exception as exc:  # FFmpeg, OS and timeout errors
             if self.stop_event.is_set():
                 return
@@ -250,6 +259,20 @@ class StreamSource:
             self._apply(self.policy.on_error(self.clock(), "stall", "no frame in time"))
         else:  # a live stream's demuxer ended: the server went away
             self._apply(self.policy.on_error(self.clock(), "eof", "the stream ended"))
+
+    def _unsupported(self, exc: UnsupportedFrame) -> None:
+        """A frame no native code may see: a file fails for good, a live source is retried with
+        backoff (a camera can be reconfigured); the other streams never notice."""
+        if self.retired:
+            return
+        sid = self.cfg.id
+        self.metrics.frames_dropped.labels(sid, "unsupported_frame").inc()
+        detail = {"pix_fmt": exc.pix_fmt, "width": exc.width, "height": exc.height}
+        if self.cfg.is_file:
+            self.metrics.set_last_error(sid, "unsupported", time.time())
+            self._fail(str(exc), **detail)
+        else:
+            self._apply(self.policy.on_error(self.clock(), "unsupported", str(exc)))
 
     def _open(self) -> Any:
         url = self.cfg.url[5:] if self.cfg.url.startswith("file:") else self.cfg.url
@@ -292,8 +315,13 @@ class StreamSource:
             self._apply(self.policy.on_connected(self.clock()))
             if self.cfg.is_file and not self.cfg.realtime:
                 vstream.thread_type = "AUTO"  # frame threads: throughput over latency, files only
+            elif self.cfg.damage != "off":
+                # Slice threads hide the decoder's concealment flag, which damage detection
+                # reads (daemon/sources/damage.py); most cameras send one slice per frame anyway.
+                vstream.thread_type = "NONE"
             rate = float(vstream.average_rate) if vstream.average_rate else 25.0
             pacer = _Pacer(rate, self.stop_event) if self.cfg.realtime and self.cfg.is_file else None
+            guard = FrameGuard(self.cfg, self.metrics, vstream)
             self._announced_up = False
             while True:
                 got_any = False
@@ -312,6 +340,7 @@ class StreamSource:
                         # Bad bytes: count, and resume demuxing past them.
                         errors += 1
                         self.metrics.frames_dropped.labels(sid, "corrupt").inc()
+                        guard.loss("the demuxer skipped damaged data")
                         if errors > MAX_CONSECUTIVE_DEMUX_ERRORS:
                             if not self.cfg.is_file:
                                 raise
@@ -320,24 +349,27 @@ class StreamSource:
                         demux = container.demux(vstream)
                         continue
                     errors = 0
+                    guard.packet(packet)
                     t0 = time.perf_counter()
                     try:
                         frames = packet.decode()
                     except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as exc:
                         self.metrics.frames_dropped.labels(sid, "corrupt").inc()
                         words = describe_error(exc)
+                        guard.loss("the decoder rejected a packet")
                         self._apply(self.policy.on_error(self.clock(), "decode", words))
                         log.debug("stream %s: skipped a damaged packet: %s", sid, words)
                         continue
                     dt = time.perf_counter() - t0
                     for vf in frames:
+                        damaged, publish = guard.frame(vf)  # raises UnsupportedFrame
                         orient = frame_orientation(vf)  # display matrix, as ffmpeg -autorotate
                         if not self._announced_up:
                             self._announced_up = True
                             self._say_up(vf, orient)
                         if pacer is not None and not pacer.wait(vf.time):
                             return "stopped"
-                        self._emit(vf, dt / max(1, len(frames)), orient)
+                        self._emit(vf, dt / max(1, len(frames)), orient, damaged, publish)
                         got_any = True
                 if self.stop_event.is_set():
                     return "stopped"
@@ -345,6 +377,7 @@ class StreamSource:
                     return "eof"
                 if self.cfg.loop and got_any:
                     container.seek(0)
+                    guard.restart()
                     if pacer is not None:
                         pacer.reset()
                     continue
@@ -364,14 +397,23 @@ class StreamSource:
             log.warning("stream %s: display rotation of %.0f degrees is not a multiple of 90; "
                         "analysed as stored", sid, odd)
 
-    def _emit(self, vf: Any, decode_seconds: float, orient: str = "") -> None:
+    def _emit(self, vf: Any, decode_seconds: float, orient: str = "", damaged: bool = False,
+              publish: bool = True) -> None:
+        """Hand a decoded frame on. ``publish=False`` (a damaged frame under ``damage: skip``,
+        already counted as dropped): it still proves the stream alive and takes its index, so
+        the gap shows in the next message's ``frame``."""
         now = self.clock()
         sid = self.cfg.id
         self._apply(self.policy.on_frame(now, queue_full=self.sink.is_full(sid)))
+        if not publish:
+            self.frame_index += 1
+            if not self.retired:
+                self.metrics.frames_decoded.labels(sid).inc()
+            return
         w, h = displayed_size(vf.width, vf.height, orient)
         frame = Frame(stream=sid, index=self.frame_index, width=w, height=h,
                       pts=vf.time, captured_at=time.time(), t_decoded=now, native=vf,
-                      decode_seconds=decode_seconds, orient=orient)
+                      decode_seconds=decode_seconds, orient=orient, damaged=damaged)
         self.frame_index += 1
         if self.retired:
             return
