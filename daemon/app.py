@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from daemon import __version__
+from daemon.analytics.state import StreamAnalytics
 from daemon.backends import Backend, choose_backend, create_backend
 from daemon.backends.base import warmup
 from daemon.config import check_config, Config, ConfigError, StreamConfig, load_config
@@ -84,6 +85,7 @@ class Daemon:
         self.preview_app: Any = None
         self.pending: list[tuple[Any, list[Any], list[Any]]] = []  # GPU tickets in flight
         self.exit_code = 0
+        self.analytics: dict[str, StreamAnalytics] = {}  # streams with analytics.tracker
 
     # -- start-up ------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -173,14 +175,38 @@ class Daemon:
         self.scheduler.add_stream(s.id, size=s.queue_size, live=s.is_live, max_age=s.max_age_ms / 1000)
         if self.preview is not None:
             self.preview.add_stream(s.id)
+        self.set_analytics(s)
         src = StreamSource(s, self.scheduler, self.metrics, self.publisher.post_event)
         self.sources[s.id] = src
         src.start()
+
+    def set_analytics(self, s: StreamConfig) -> None:
+        """Create, reconfigure (a reload: tracks kept) or end a stream's tracker/zones/lines."""
+        a = self.analytics.get(s.id)
+        if s.analytics is None or s.analytics.tracker is None:
+            if a is not None:
+                self._publish_analytics(s.id, self.analytics.pop(s.id).close())
+        elif a is None:
+            assert self.info is not None
+            self.analytics[s.id] = StreamAnalytics(s.id, s.analytics, self.info.labels, self.metrics)
+        else:
+            a.reconfigure(s.analytics)
+        if self.preview is not None:
+            an = s.analytics
+            self.preview.set_geometry(s.id, an.zones if an else [], an.lines if an else [])
+
+    def _publish_analytics(self, sid: str, events: list[dict[str, Any]]) -> None:
+        assert self.publisher is not None
+        for ev in events:
+            self.publisher.publish_analytics(sid, ev)
 
     def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None:
         """Stop a stream without waiting for its thread (a read may block for read_timeout):
         the thread is retired, touches no metric or event any more, and ends on its own."""
         src = self.sources.pop(sid, None)
+        a = self.analytics.pop(sid, None)
+        if a is not None:
+            self._publish_analytics(sid, a.close())
         if src is not None:
             src.retire()
             self.retired.append(src)
@@ -247,7 +273,10 @@ class Daemon:
         want = {s.id: s for s in new.streams}
         removed = [sid for sid in old if sid not in want]
         added = [sid for sid in want if sid not in old]
-        changed = [sid for sid in want if sid in old and want[sid] != old[sid]]
+        # A change of analytics alone (zones, lines) is applied in place: tracks survive.
+        changed = [sid for sid in want if sid in old
+                   and want[sid].model_copy(update={"analytics": old[sid].analytics}) != old[sid]]
+        retuned = [sid for sid in want if sid in old and sid not in changed and want[sid] != old[sid]]
         for sid in removed:
             self.remove_stream(sid)
         for sid in changed:
@@ -255,10 +284,12 @@ class Daemon:
         self.cfg = new
         for sid in changed + added:
             self.add_stream(want[sid])
+        for sid in retuned:
+            self.set_analytics(want[sid])
         logging.getLogger().setLevel(new.logging.level.upper())
-        log.info("reload: streams added %s, removed %s, restarted %s, %d unchanged",
-                 added or "none", removed or "none", changed or "none",
-                 len(want) - len(added) - len(changed))
+        log.info("reload: streams added %s, removed %s, restarted %s, analytics changed %s, %d unchanged",
+                 added or "none", removed or "none", changed or "none", retuned or "none",
+                 len(want) - len(added) - len(changed) - len(retuned))
         return True
 
     # -- the loop ------------------------------------------------------------------------
@@ -327,9 +358,16 @@ class Daemon:
         for frame, d in zip(batch, dets):
             m["infer"].observe(t_infer)
             m["postprocess"].observe(t_post)
+            analytics = self.analytics.get(frame.stream)
+            events: list[dict[str, Any]] = []
+            if analytics is not None:  # tracks, zones, lines: sets d.track_ids
+                t0 = time.perf_counter()
+                events = analytics.update(frame, d)
+                m["analytics"].observe(time.perf_counter() - t0)
             result = FrameResult(frame, d, {"infer": t_infer, "postprocess": t_post})
             t0 = time.perf_counter()
             published = self.publisher.publish_result(result, labels, self.model_desc)
+            self._publish_analytics(frame.stream, events)
             m["publish"].observe(time.perf_counter() - t0)
             latency = time.monotonic() - frame.t_decoded
             if published:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.analytics.config import AnalyticsConfig
+
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 DEMO_SCHEME = "demo://"
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
@@ -65,6 +67,8 @@ class StreamConfig(Strict):
     # null = decided from the URL (see is_file); true: a live source (stale frames dropped, end
     # of stream = reconnect); false: a finite file served over the network (loop/realtime apply).
     live: bool | None = None
+    # Tracking, zones and line crossings (docs/analytics.md); null = off.
+    analytics: AnalyticsConfig | None = None
 
     @field_validator("id")
     @classmethod

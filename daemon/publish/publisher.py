@@ -47,6 +47,7 @@ class Publisher:
         self.skip_empty = skip_empty
         self.seq: dict[str, int] = defaultdict(int)
         self.event_seq: dict[str, int] = defaultdict(int)
+        self.analytics_seq: dict[str, int] = defaultdict(int)
         self.events: queue.Queue[tuple[str, str, str | None, dict[str, Any]]] = queue.Queue(event_queue_size)
 
     def _send(self, t: bytes, body: bytes) -> bool:
@@ -68,6 +69,16 @@ class Publisher:
             self.metrics.frames_dropped.labels(stream, "zmq_hwm").inc()
             return False
         self.metrics.frames_published.labels(stream).inc()
+        return True
+
+    def publish_analytics(self, stream: str, event: dict[str, Any]) -> bool:
+        """Publish one analytics event (topic ``analytics/<stream>/``, own per-stream ``seq``);
+        from the publishing thread. A drop at the HWM is counted in detectd_events_dropped_total."""
+        payload = schema.analytics_payload(stream, self.analytics_seq[stream], event)
+        self.analytics_seq[stream] += 1
+        if not self._send(schema.topic(schema.ANALYTICS, stream), schema.encode(payload)):
+            self.metrics.events_dropped.inc()
+            return False
         return True
 
     def post_event(self, stream: str, event: str, reason: str | None = None, **extra: Any) -> None:
