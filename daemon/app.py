@@ -195,6 +195,12 @@ class Daemon:
             an = s.analytics
             self.preview.set_geometry(s.id, an.zones if an else [], an.lines if an else [])
 
+    def _end_finished_analytics(self) -> None:
+        """A finite stream that has ended (and whose frames are all processed) ends its tracks:
+        the zone exits of whoever was still inside are published (reason ``ended``)."""
+        for sid in [sid for sid, src in self.sources.items() if sid in self.analytics and src.finished.is_set()]:
+            self._publish_analytics(sid, self.analytics[sid].end_tracks())
+
     def _publish_analytics(self, sid: str, events: list[dict[str, Any]]) -> None:
         assert self.publisher is not None
         for ev in events:
@@ -425,6 +431,8 @@ class Daemon:
                 self.process(batch)
             elif self.pending:
                 self.flush_pending()  # idle: nothing to overlap with, publish now
+            elif self.analytics:
+                self._end_finished_analytics()
             self.publisher.flush_events()
             now = time.monotonic()
             if wd_interval is not None and now >= next_wd and drain_deadline is None and self.watchdog_ok():
@@ -482,6 +490,8 @@ class Daemon:
         if self.preview_app is not None:
             self.preview_app.stop.set()  # ends open MJPEG responses on the metrics listener
         if self.publisher is not None:
+            for sid, a in self.analytics.items():  # zone exits of whoever is still inside
+                self._publish_analytics(sid, a.end_tracks())
             self.publisher.close()
         if self.http is not None:
             self.http.stop()

@@ -141,6 +141,26 @@ def passing_scene() -> Scene:
     )
 
 
+def short_scene() -> Scene:
+    """For the daemon tests (a few seconds of a busy CPU): two persons cross a line in opposite
+    directions, at different heights; they pass each other (the front one hiding the other) away
+    from the line."""
+    w, h = 640, 360
+    return Scene(
+        "short", w, h, 25, 90,
+        (
+            Mover("r1", "walker", (64, 190), (60.0, 215.0), (600.0, 215.0), 0, 89),
+            Mover("r2", "coach", (116, 188), (590.0, 260.0), (50.0, 260.0), 20, 89),
+        ),
+        {
+            "tracker": {},
+            "lines": [{"name": "gate", "points": [[0.3, 0.2], [0.3, 0.9]], "labels": ["person"]}],
+            "zones": [{"name": "right", "points": [[0.6, 0.3], [0.98, 0.3], [0.98, 0.9], [0.6, 0.9]],
+                       "labels": ["person"]}],
+        },
+    )
+
+
 SCENES = {"crossing": crossing_scene, "passing": passing_scene}
 
 

@@ -38,6 +38,10 @@ class TrackerConfig(_Strict):
     # The Kalman state: "xyxy" (box corners, the library's default) or "xcycsr" (centre, area
     # and aspect ratio, as in SORT: a box that shrinks under occlusion moves the centre less).
     motion: Literal["xyxy", "xcycsr"] = "xyxy"
+    # Association similarity: IoU of the boxes enlarged by this fraction of their size on each
+    # side (buffered IoU, Yang et al. 2023, C-BIoU); 0 = plain IoU. A buffer lets a track that
+    # was hidden for a moment match its object again although the boxes no longer overlap.
+    buffer_ratio: float = Field(default=0.0, ge=0, le=2)
     # Duplicate boxes are kept out of tracking (their track_id is null): a box of the same
     # label with at least this fraction of its area inside a larger one (YOLO often reports
     # a person twice, whole and torso), and a box of another label with IoU >= 0.9 with a more

@@ -95,16 +95,16 @@ def polygon_problems(points: Sequence[Point]) -> list[str]:
     if len(set(points)) != len(points):
         problems.append("the polygon repeats a point")
         return problems
-    area2 = sum(points[i][0] * points[(i + 1) % len(points)][1] - points[(i + 1) % len(points)][0] * points[i][1]
-                for i in range(len(points)))
-    if abs(area2) <= EPS:
-        problems.append("the polygon has no area (its points lie on one line)")
-        return problems
     hit = self_intersection(points)
     if hit is not None:
         i, j = hit
         problems.append(f"the polygon is self-intersecting: edge {i} (point {i} -> {(i + 1) % len(points)}) "
                         f"crosses edge {j} (point {j} -> {(j + 1) % len(points)})")
+        return problems
+    area2 = sum(points[i][0] * points[(i + 1) % len(points)][1] - points[(i + 1) % len(points)][0] * points[i][1]
+                for i in range(len(points)))
+    if abs(area2) <= EPS:
+        problems.append("the polygon has no area (its points lie on one line)")
     return problems
 
 

@@ -159,16 +159,27 @@ class StreamAnalytics:
                     self._counter("e", (self.stream, z.name, ev["label"]), 1)
                 self._gauge((self.stream, z.name, ev["label"]), z.occupancy.get(ev["label"], 0))
 
-    def close(self) -> list[dict[str, Any]]:
-        """The stream is removed: its series are removed from the registry. Returns the zone
-        exits of the tracks still inside (reason ``lost``)."""
-        events = []
-        if self.tracker is not None:
+    def end_tracks(self) -> list[dict[str, Any]]:
+        """End every track (the stream ended): the zone exits of the tracks still inside, with
+        reason ``ended``; occupancy drops to zero. The tracker itself carries on (a stream that
+        starts again restarts its clock, which resets it anyway)."""
+        events: list[dict[str, Any]] = []
+        if self.tracker is not None and self.tracker.alive:
             for tid in self.tracker.end_all():
                 for z in self.zones:
-                    ev = z.end(tid)
+                    ev = z.end(tid, "ended")
                     if ev is not None:
                         events.append(ev)
+                for ln in self.lines:
+                    ln.end(tid)
+        if events and self.metrics is not None:
+            self._count(events)
+        return events
+
+    def close(self) -> list[dict[str, Any]]:
+        """The stream is removed: its tracks end (see :meth:`end_tracks`) and its series are
+        removed from the registry. Returns the zone exits."""
+        events = self.end_tracks()
         if self.metrics is not None:
             for kind, key in list(self._series):
                 self._remove(kind, key)

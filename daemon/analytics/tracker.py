@@ -90,11 +90,13 @@ class Tracker:
 
     def _new(self) -> Any:
         from trackers import ByteTrackTracker
+        from trackers.utils.iou import BIoU, IoU
         from trackers.utils.state_representations import XCYCSRStateEstimator, XYXYStateEstimator
 
         c = self.cfg
         return ByteTrackTracker(
             state_estimator_class=XCYCSRStateEstimator if c.motion == "xcycsr" else XYXYStateEstimator,
+            iou=BIoU(buffer_ratio=c.buffer_ratio) if c.buffer_ratio > 0 else IoU(),
             # The library's buffer is in 30 FPS frames and becomes lost_track_buffer / 30 seconds
             # in timestamp mode: convert our seconds to it exactly.
             lost_track_buffer=max(1, math.ceil(c.lost_track_seconds * 30.0)),
@@ -164,7 +166,11 @@ class Tracker:
         return TrackUpdate(ids, ended, reset, boxes)
 
     def end_all(self) -> list[int]:
-        """End every track (the stream is removed): their ids, for zone exits."""
+        """End every track (the stream ended or is removed): their ids, for zone exits. The
+        next update starts afresh, with new ids."""
         ended = sorted(self.alive)
         self.alive = set()
+        self._votes.clear()
+        self._id_base = self._issued
+        self._impl = self._new()
         return ended

@@ -84,12 +84,13 @@ class ZoneRule:
         del self.state[track_id]
         return ev
 
-    def end(self, track_id: int) -> dict[str, Any] | None:
-        """The tracker ended ``track_id``: a ``zone_exit`` (reason ``lost``) if it was inside."""
+    def end(self, track_id: int, reason: str = "lost") -> dict[str, Any] | None:
+        """The tracker ended ``track_id`` (``lost``), or the stream ended (``ended``): a
+        ``zone_exit`` stamped with its last observation inside, if it was inside."""
         st = self.state.pop(track_id, None)
         if st is None or not st.inside:
             return None
-        return self._exit(track_id, st, st.last_inside or st.entered_at, "lost")  # type: ignore[arg-type]
+        return self._exit(track_id, st, st.last_inside or st.entered_at, reason)  # type: ignore[arg-type]
 
     def _exit(self, track_id: int, st: _State, at: Stamp, reason: str) -> dict[str, Any]:
         self.occupancy[st.label] -= 1
