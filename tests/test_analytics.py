@@ -276,3 +276,47 @@ def test_sighup_changes_lines_and_zones_without_losing_tracks(run_daemon: Any, s
     assert _metric(m, "detectd_line_crossings_total", line="gate") is None  # the old line's series is gone
     assert _metric(m, "detectd_zone_occupancy", stream="cam", zone="left", label="person") is not None
     assert _metric(m, "detectd_zone_occupancy", zone="right") is None
+
+
+# ------------------------------------------------------------------------- seen, not just counted
+
+
+def test_draw_geometry_puts_zones_and_lines_where_the_config_says() -> None:
+    from daemon.vision.draw import LINE_COLOR, ZONE_COLOR, draw_geometry
+
+    cfg = AnalyticsConfig.model_validate({"tracker": {}, "zones": [
+        {"name": "z", "points": [[0.1, 0.1], [0.5, 0.1], [0.5, 0.5], [0.1, 0.5]]}],
+        "lines": [{"name": "l", "points": [[0.8, 0.1], [0.8, 0.9]]}]})
+    for w, h in ((640, 360), (1280, 720)):  # normalized: the same place at any resolution
+        img = np.zeros((h, w, 3), np.uint8)
+        draw_geometry(img, cfg.zones, cfg.lines)
+        x_line = round(0.8 * (w - 1))
+        assert (img[h // 2, x_line] == LINE_COLOR).all()
+        assert (img[round(0.3 * (h - 1)), round(0.1 * (w - 1))] == ZONE_COLOR).all()  # left edge
+        assert not img[round(0.3 * (h - 1)), round(0.3 * (w - 1))].any()  # inside: untouched
+        # the "in" arrow points to the left of top -> bottom, i.e. towards smaller x
+        row = img[h // 2]
+        lit = np.flatnonzero((row == LINE_COLOR).all(axis=1))
+        assert lit.min() < x_line - 5
+
+
+@pytest.mark.slow
+def test_annotate_draws_and_counts_a_streams_analytics(tmp_path: Path, short_video: Path, fp32_onnx: Path) -> None:
+    scene = short_scene()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"streams": [{"id": "cam", "url": str(short_video), "analytics": scene.analytics}],
+                                   "model": {"backend": "onnxruntime", "threads": 2}}))
+    out, js = tmp_path / "a.mp4", tmp_path / "a.jsonl"
+    p = subprocess.run([sys.executable, "-m", "daemon", "annotate", str(short_video), "-o", str(out), "--config",
+                        str(cfg), "--stream", "cam", "--json", str(js), "-q"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(x) for x in js.read_text().splitlines()]
+    events = [e for x in lines for e in x.get("analytics", [])]
+    got = sorted((e["line"], e["direction"]) for e in events if e["event"] == "line_cross")
+    assert got == sorted((t["line"], t["direction"]) for t in true_crossings(scene))
+    assert "line_cross/gate/in 1" in p.stderr and "line_cross/gate/out 1" in p.stderr, p.stderr
+    assert any(d.get("track_id") is not None for x in lines for d in x.get("detections", []))
+    bad = subprocess.run([sys.executable, "-m", "daemon", "annotate", str(short_video), "-o", str(out), "--config",
+                          str(cfg), "--stream", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "no stream 'nope'" in bad.stderr
