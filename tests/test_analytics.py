@@ -320,3 +320,28 @@ def test_annotate_draws_and_counts_a_streams_analytics(tmp_path: Path, short_vid
     bad = subprocess.run([sys.executable, "-m", "daemon", "annotate", str(short_video), "-o", str(out), "--config",
                           str(cfg), "--stream", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "no stream 'nope'" in bad.stderr
+
+
+def test_typed_client_decodes_analytics_and_track_ids() -> None:
+    from daemon.publish import schema
+    from daemon.publish.client import AnalyticsMessage, DecodeError, DetectionMessage, decode
+
+    ev = {"event": "line_cross", "line": "gate", "direction": "in", "track_id": 7, "label": "person",
+          "frame": 12, "pts": 0.48, "captured_at": 1.7e9}
+    body = schema.encode(schema.analytics_payload("cam", 3, ev))
+    assert not list(SCHEMA.iter_errors(json.loads(body)))
+    msg = decode(schema.topic(schema.ANALYTICS, "cam"), body)
+    assert isinstance(msg, AnalyticsMessage)
+    assert (msg.event, msg.name, msg.direction, msg.track_id, msg.seq) == ("line_cross", "gate", "in", 7, 3)
+    with pytest.raises(DecodeError, match="direction"):
+        decode(b"analytics/cam/", {**json.loads(body), "direction": "up"})
+    d = Detections(np.array([[0, 0, 10, 10], [5, 5, 20, 20]], np.float32), np.array([0.9, 0.8], np.float32),
+                   np.array([0, 0], np.int32), np.array([4, -1]))
+    items = d.to_list(["person"])
+    assert [i["track_id"] for i in items] == [4, None]
+    det = decode(b"detections/cam/", {"v": 1, "stream": "cam", "seq": 0, "frame": 0, "pts": 0.0, "captured_at": 1.0,
+                                      "published_at": 1.0, "width": 20, "height": 20,
+                                      "model": {"name": "m", "precision": "fp32", "backend": "onnxruntime"},
+                                      "detections": items})
+    assert isinstance(det, DetectionMessage) and det.detections.track_ids.tolist() == [4, -1]  # type: ignore[union-attr]
+    assert det.to_dict()["detections"][1]["track_id"] is None

@@ -93,6 +93,10 @@ class LineConfig(_Shape):
     left of start -> end to its right (as seen on screen) is direction ``in``, the other way
     ``out``; e.g. for [[0, 0.5], [1, 0.5]] moving down the picture is ``in``."""
 
+    # Hysteresis: an anchor closer to the line than this (normalized distance) says nothing
+    # about its side, so a box whose bottom edge jitters across the line does not flap.
+    margin: float = Field(default=0.01, ge=0, le=0.5)
+
     @field_validator("points")
     @classmethod
     def _line(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.analytics.config import LineConfig
-from daemon.analytics.geometry import Point, segments_intersect, side
+from daemon.analytics.geometry import Point, cross, segments_intersect
 from daemon.analytics.zones import Stamp
 
 __all__ = ["LineRule"]
@@ -42,14 +42,16 @@ class LineRule:
         (ax, ay), (bx, by) = cfg.points
         self.a: Point = (float(ax), float(ay))
         self.b: Point = (float(bx), float(by))
+        self.length = max(((self.b[0] - self.a[0]) ** 2 + (self.b[1] - self.a[1]) ** 2) ** 0.5, 1e-12)
         self.labels = frozenset(cfg.labels)
         self.state: dict[int, _State] = {}
         self.counts: Counter[tuple[str, str]] = Counter()
 
     def observe(self, track_id: int, label: str, p: Point, at: Stamp) -> dict[str, Any] | None:
-        s = side(self.a, self.b, p)
-        if s == 0:
-            return None  # exactly on the line: wait for a side
+        d = cross(self.a, self.b, p) / self.length  # signed distance, > 0 right of start -> end
+        if abs(d) <= self.cfg.margin or d == 0:
+            return None  # on the line or within its margin: wait for a side
+        s = 1 if d > 0 else -1
         st = self.state.get(track_id)
         if st is None:
             self.state[track_id] = _State(s, p)
