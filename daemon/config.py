@@ -361,6 +361,13 @@ def check_config(cfg: Config) -> list[str]:
             path = s.url[5:] if s.url.startswith("file:") else s.url
             if not Path(path).is_file():
                 problems.append(f"streams[{i}].url: stream {s.id!r}: file not found: {path}")
+    tracked = [i for i, s in enumerate(cfg.streams) if s.analytics is not None and s.analytics.tracker is not None]
+    if tracked:
+        import importlib.util
+
+        if importlib.util.find_spec("trackers") is None:
+            problems.append(f"streams[{tracked[0]}].analytics.tracker: needs the 'trackers' package "
+                            "(pip install 'detectd[analytics]', docs/analytics.md)")
     for key in ("onnx", "cfg", "weights", "names"):
         v = getattr(cfg.model, key)
         if v is not None and not Path(v).is_file():

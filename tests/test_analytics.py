@@ -345,3 +345,34 @@ def test_typed_client_decodes_analytics_and_track_ids() -> None:
                                       "detections": items})
     assert isinstance(det, DetectionMessage) and det.detections.track_ids.tolist() == [4, -1]  # type: ignore[union-attr]
     assert det.to_dict()["detections"][1]["track_id"] is None
+
+
+@pytest.mark.slow
+def test_preview_draws_the_streams_zones_and_lines(run_daemon: Any, short_video: Path) -> None:
+    """The preview's picture (what the page shows) has the line and the zone where the config
+    puts them, at the stream's resolution."""
+    import urllib.request
+
+    import cv2
+
+    scene = short_scene()
+    port = free_port()
+    d = run_daemon([{"id": "cam", "url": str(short_video), "loop": True, "realtime": True,
+                     "analytics": scene.analytics}], preview={"enabled": True, "listen": f"127.0.0.1:{port}"})
+    deadline = time.monotonic() + 60
+    img = None
+    while time.monotonic() < deadline and img is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream/cam.jpg", timeout=5) as r:
+                img = cv2.imdecode(np.frombuffer(r.read(), np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]  # RGB
+        except OSError:
+            time.sleep(0.3)
+    assert img is not None, d.log()
+    h, w = img.shape[:2]
+    x = round(0.3 * (w - 1))  # the gate line, top to bottom between y 0.2 and 0.9
+    col = img[round(0.25 * h):round(0.85 * h), x - 1:x + 2].astype(int).reshape(-1, 3)
+    cyan = (col[:, 0] < 110) & (col[:, 1] > 170) & (col[:, 2] > 170)
+    assert cyan.mean() > 0.5, col[:10]
+    zy = round(0.6 * (h - 1))  # the zone's left edge at x 0.6
+    edge = img[zy, round(0.6 * (w - 1)) - 1:round(0.6 * (w - 1)) + 2].astype(int)
+    assert ((edge[:, 0] > 180) & (edge[:, 1] > 130) & (edge[:, 2] < 90)).any(), edge  # amber
