@@ -293,9 +293,11 @@ class Daemon:
         for sid in retuned:
             self.set_analytics(want[sid])
         logging.getLogger().setLevel(new.logging.level.upper())
-        log.info("reload: streams added %s, removed %s, restarted %s, analytics changed %s, %d unchanged",
-                 added or "none", removed or "none", changed or "none", retuned or "none",
+        log.info("reload: streams added %s, removed %s, restarted %s, %d unchanged",
+                 added or "none", removed or "none", changed or "none",
                  len(want) - len(added) - len(changed) - len(retuned))
+        if retuned:
+            log.info("reload: analytics changed %s (zones and lines applied in place, tracks kept)", retuned)
         return True
 
     # -- the loop ------------------------------------------------------------------------
