@@ -28,6 +28,7 @@ import av
 import numpy as np
 
 from daemon import __version__
+from daemon.analytics.state import StreamAnalytics
 from daemon.backends import Backend, choose_backend, create_backend
 from daemon.backends.base import warmup
 from daemon.config import check_config, Config, ConfigError, StreamConfig, load_config
@@ -85,6 +86,7 @@ class Daemon:
         self.preview_app: Any = None
         self.pending: list[tuple[Any, list[Any], list[Any]]] = []  # GPU tickets in flight
         self.exit_code = 0
+        self.analytics: dict[str, StreamAnalytics] = {}  # streams with analytics.tracker
 
     # -- start-up ------------------------------------------------------------------------
     def load_model(self) -> None:
@@ -180,14 +182,44 @@ class Daemon:
         self.scheduler.add_stream(s.id, size=s.queue_size, live=s.is_live, max_age=s.max_age_ms / 1000)
         if self.preview is not None:
             self.preview.add_stream(s.id)
+        self.set_analytics(s)
         src = StreamSource(s, self.scheduler, self.metrics, self.publisher.post_event)
         self.sources[s.id] = src
         src.start()
+
+    def set_analytics(self, s: StreamConfig) -> None:
+        """Create, reconfigure (a reload: tracks kept) or end a stream's tracker/zones/lines."""
+        a = self.analytics.get(s.id)
+        if s.analytics is None or s.analytics.tracker is None:
+            if a is not None:
+                self._publish_analytics(s.id, self.analytics.pop(s.id).close())
+        elif a is None:
+            assert self.info is not None
+            self.analytics[s.id] = StreamAnalytics(s.id, s.analytics, self.info.labels, self.metrics)
+        else:
+            a.reconfigure(s.analytics)
+        if self.preview is not None:
+            an = s.analytics
+            self.preview.set_geometry(s.id, an.zones if an else [], an.lines if an else [])
+
+    def _end_finished_analytics(self) -> None:
+        """A finite stream that has ended (and whose frames are all processed) ends its tracks:
+        the zone exits of whoever was still inside are published (reason ``ended``)."""
+        for sid in [sid for sid, src in self.sources.items() if sid in self.analytics and src.finished.is_set()]:
+            self._publish_analytics(sid, self.analytics[sid].end_tracks())
+
+    def _publish_analytics(self, sid: str, events: list[dict[str, Any]]) -> None:
+        assert self.publisher is not None
+        for ev in events:
+            self.publisher.publish_analytics(sid, ev)
 
     def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None:
         """Stop a stream without waiting for its thread (a read may block for read_timeout):
         the thread is retired, touches no metric or event any more, and ends on its own."""
         src = self.sources.pop(sid, None)
+        a = self.analytics.pop(sid, None)
+        if a is not None:
+            self._publish_analytics(sid, a.close())
         if src is not None:
             src.retire()
             self.retired.append(src)
@@ -256,7 +288,10 @@ class Daemon:
         want = {s.id: s for s in new.streams}
         removed = [sid for sid in old if sid not in want]
         added = [sid for sid in want if sid not in old]
-        changed = [sid for sid in want if sid in old and want[sid] != old[sid]]
+        # A change of analytics alone (zones, lines) is applied in place: tracks survive.
+        changed = [sid for sid in want if sid in old
+                   and want[sid].model_copy(update={"analytics": old[sid].analytics}) != old[sid]]
+        retuned = [sid for sid in want if sid in old and sid not in changed and want[sid] != old[sid]]
         for sid in removed:
             self.remove_stream(sid)
         for sid in changed:
@@ -264,10 +299,14 @@ class Daemon:
         self.cfg = new
         for sid in changed + added:
             self.add_stream(want[sid])
+        for sid in retuned:
+            self.set_analytics(want[sid])
         logging.getLogger().setLevel(new.logging.level.upper())
         log.info("reload: streams added %s, removed %s, restarted %s, %d unchanged",
                  added or "none", removed or "none", changed or "none",
-                 len(want) - len(added) - len(changed))
+                 len(want) - len(added) - len(changed) - len(retuned))
+        if retuned:
+            log.info("reload: analytics changed %s (zones and lines applied in place, tracks kept)", retuned)
         return True
 
     # -- the loop ------------------------------------------------------------------------
@@ -349,9 +388,16 @@ class Daemon:
         for frame, d in zip(batch, dets):
             m["infer"].observe(t_infer)
             m["postprocess"].observe(t_post)
+            analytics = self.analytics.get(frame.stream)
+            events: list[dict[str, Any]] = []
+            if analytics is not None:  # tracks, zones, lines: sets d.track_ids
+                t0 = time.perf_counter()
+                events = analytics.update(frame, d)
+                m["analytics"].observe(time.perf_counter() - t0)
             result = FrameResult(frame, d, {"infer": t_infer, "postprocess": t_post})
             t0 = time.perf_counter()
             published = self.publisher.publish_result(result, labels, self.model_desc)
+            self._publish_analytics(frame.stream, events)
             m["publish"].observe(time.perf_counter() - t0)
             latency = time.monotonic() - frame.t_decoded
             if published:
@@ -409,6 +455,8 @@ class Daemon:
                 self.process(batch)
             elif self.pending:
                 self.flush_pending()  # idle: nothing to overlap with, publish now
+            elif self.analytics:
+                self._end_finished_analytics()
             self.publisher.flush_events()
             now = time.monotonic()
             if wd_interval is not None and now >= next_wd and drain_deadline is None and self.watchdog_ok():
@@ -466,6 +514,8 @@ class Daemon:
         if self.preview_app is not None:
             self.preview_app.stop.set()  # ends open MJPEG responses on the metrics listener
         if self.publisher is not None:
+            for sid, a in self.analytics.items():  # zone exits of whoever is still inside
+                self._publish_analytics(sid, a.end_tracks())
             self.publisher.close()
         if self.http is not None:
             self.http.stop()

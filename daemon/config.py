@@ -16,6 +16,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.analytics.config import AnalyticsConfig
+
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 DEMO_SCHEME = "demo://"
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
@@ -71,6 +73,8 @@ class StreamConfig(Strict):
     # Frames decoded after a packet loss, until the next keyframe (docs/robustness.md): "mark"
     # publishes them with "damaged": true, "skip" drops them (counted), "off" does not look.
     damage: Literal["mark", "skip", "off"] = "mark"
+    # Tracking, zones and line crossings (docs/analytics.md); null = off.
+    analytics: AnalyticsConfig | None = None
 
     @field_validator("id")
     @classmethod
@@ -383,6 +387,13 @@ def check_config(cfg: Config) -> list[str]:
             path = s.url[5:] if s.url.startswith("file:") else s.url
             if not Path(path).is_file():
                 problems.append(f"streams[{i}].url: stream {s.id!r}: file not found: {path}")
+    tracked = [i for i, s in enumerate(cfg.streams) if s.analytics is not None and s.analytics.tracker is not None]
+    if tracked:
+        import importlib.util
+
+        if importlib.util.find_spec("trackers") is None:
+            problems.append(f"streams[{tracked[0]}].analytics.tracker: needs the 'trackers' package "
+                            "(pip install 'detectd[analytics]', docs/analytics.md)")
     for key in ("onnx", "cfg", "weights", "names"):
         v = getattr(cfg.model, key)
         if v is not None and not Path(v).is_file():

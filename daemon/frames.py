@@ -72,11 +72,13 @@ class Frame:
 @dataclass(slots=True)
 class Detections:
     """Detections of one frame: ``boxes`` (N, 4) float32 x1,y1,x2,y2 in source pixels,
-    ``scores`` (N,) float32, ``class_ids`` (N,) int32."""
+    ``scores`` (N,) float32, ``class_ids`` (N,) int32. ``track_ids`` (N,) int64 on tracked
+    streams (``streams[].analytics.tracker``; -1 = not part of a confirmed track), else None."""
 
     boxes: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
+    track_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -88,6 +90,10 @@ class Detections:
                 f"detections disagree in length: {n} boxes, {len(self.scores)} scores, "
                 f"{len(self.class_ids)} class ids"
             )
+        if self.track_ids is not None:
+            self.track_ids = np.asarray(self.track_ids, dtype=np.int64).reshape(-1)
+            if len(self.track_ids) != n:
+                raise ValueError(f"detections disagree in length: {n} boxes, {len(self.track_ids)} track ids")
 
     @classmethod
     def empty(cls) -> "Detections":
@@ -97,7 +103,8 @@ class Detections:
         return len(self.boxes)
 
     def to_list(self, labels: list[str]) -> list[dict[str, Any]]:
-        """The contract's JSON form: ``{label, class_id, score, box}`` per detection."""
+        """The contract's JSON form: ``{label, class_id, score, box}`` per detection, plus
+        ``track_id`` (an int, or null while unconfirmed) when the stream is tracked."""
         out = []
         for box, score, cid in zip(self.boxes.tolist(), self.scores.tolist(), self.class_ids.tolist()):
             out.append(
@@ -108,6 +115,9 @@ class Detections:
                     "box": [round(float(v), 2) for v in box],
                 }
             )
+        if self.track_ids is not None:
+            for item, tid in zip(out, self.track_ids.tolist()):
+                item["track_id"] = tid if tid >= 0 else None
         return out
 
 

@@ -20,7 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger(__name__)
 
-STAGES = ("decode", "preprocess", "infer", "postprocess", "publish")
+STAGES = ("decode", "preprocess", "infer", "postprocess", "analytics", "publish")
 STAGE_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03,
                  0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3,
@@ -93,6 +93,18 @@ class Metrics:
                                   ["stream", "label"], registry=r)
         self.events_dropped = Counter("detectd_events_dropped_total",
                                       "Stream events dropped because the event queue was full.", registry=r)
+        # Analytics (streams[].analytics, docs/analytics.md): zone and line names come from the
+        # config, labels from the model's fixed class list.
+        self.line_crossings = Counter("detectd_line_crossings_total",
+                                      "Tracked objects that crossed a configured line, by stream, "
+                                      "line, direction (in, out) and label.",
+                                      ["stream", "line", "direction", "label"], registry=r)
+        self.zone_occupancy = Gauge("detectd_zone_occupancy",
+                                    "Tracked objects inside a configured zone now, by stream, zone and label.",
+                                    ["stream", "zone", "label"], registry=r)
+        self.zone_entries = Counter("detectd_zone_entries_total",
+                                    "Tracked objects that entered a configured zone, by stream, zone and label.",
+                                    ["stream", "zone", "label"], registry=r)
         self.build_info = Gauge("detectd_build_info", "Version, backend and precision of the running daemon.",
                                 ["version", "backend", "precision"], registry=r)
         self.ready = Gauge("detectd_ready", "1 once the model is warm and the publisher bound.", registry=r)

@@ -45,7 +45,7 @@ import av
 import numpy as np
 
 from daemon.frames import Detections, FrameResult
-from daemon.vision.draw import draw_detections
+from daemon.vision.draw import draw_detections, draw_geometry
 
 __all__ = [
     "PreviewHub", "PreviewApp", "PreviewServer", "JpegEncoder", "mount", "request_handler",
@@ -148,6 +148,8 @@ class PreviewHub:
         # Optional per-stream status read by HTTP threads only (e.g. from the metrics registry,
         # see registry_status): the pipeline pays nothing for it.
         self.status_source: Callable[[str], Mapping[str, Any]] | None = None
+        # Zones and lines drawn under the boxes, per stream (streams[].analytics).
+        self.geometry: dict[str, tuple[Sequence[Any], Sequence[Any]]] = {}
 
     # -- pipeline side -------------------------------------------------------------------------
 
@@ -186,6 +188,10 @@ class PreviewHub:
         if slot is not None:
             slot.status = status
             slot.t_status = self._clock()
+
+    def set_geometry(self, stream: str, zones: Sequence[Any], lines: Sequence[Any]) -> None:
+        """Zones and lines (``name`` + normalized ``points``) to draw on ``stream``'s tiles."""
+        self.geometry = {**self.geometry, stream: (list(zones), list(lines))}
 
     def add_stream(self, stream: str) -> None:
         """Give ``stream`` a tile before its first frame (the page then says 'waiting')."""
@@ -266,7 +272,10 @@ class PreviewHub:
         boxes = dets.boxes
         if (ow, oh) != (w, h):
             boxes = boxes * np.array([ow / w, oh / h, ow / w, oh / h], dtype=np.float32)
-        draw_detections(rgb, boxes, dets.scores, dets.class_ids, labels)
+        zones, lines = self.geometry.get(frame.stream, ((), ()))
+        if zones or lines:
+            draw_geometry(rgb, zones, lines)
+        draw_detections(rgb, boxes, dets.scores, dets.class_ids, labels, track_ids=dets.track_ids)
         return rgb
 
     def jpeg(self, stream: str) -> tuple[int, bytes] | None:

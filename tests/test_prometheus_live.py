@@ -82,7 +82,11 @@ def start_prometheus(tmp: Path, name: str, cfg: dict[str, Any], port: int) -> su
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("prom")
-    daemon = Daemon(tmp, [demo_stream("cam1"), demo_stream("cam2"),
+    # cam1 is tracked with a zone and a line (issue 14): the analytics panels have series.
+    analytics = {"tracker": {}, "lines": [{"name": "road", "points": [[0.5, 0.35], [0.5, 1.0]], "labels": ["car", "person"]}],
+                 "zones": [{"name": "kerb", "points": [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]],
+                            "labels": ["car", "person"]}]}
+    daemon = Daemon(tmp, [demo_stream("cam1", analytics=analytics), demo_stream("cam2"),
                           {"id": "broken", "url": f"rtsp://127.0.0.1:{free_port()}/live"}])
     site_port, fed_port = free_port(), free_port()
     shutil.copy(ROOT / "deploy" / "prometheus" / "detectd-alerts.yml", tmp / "detectd-alerts.yml")

@@ -158,7 +158,7 @@ def test_stream_filter_is_exact(captured: tuple[Daemon, list[tuple[bytes, bytes]
         raw = collect(sub, 20, lambda r: len(r) >= 8)
     assert len(raw) >= 8, d.log()
     assert {t for t, _ in raw} == {b"detections/cam1/"}  # never cam10
-    assert topic_prefixes(["cam1"]) == [b"detections/cam1/", b"events/cam1/"]
+    assert topic_prefixes(["cam1"]) == [b"detections/cam1/", b"events/cam1/", b"analytics/cam1/"]
 
 
 def test_subscribe_command_prints_json_lines(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:

@@ -99,6 +99,23 @@ def _model_config(config: str | None) -> Any:
     return load_config(config).model if config else ModelConfig()
 
 
+def _analytics_config(config: str | None, stream: str | None) -> Any:
+    """``--stream ID``: that stream's ``analytics`` section of ``--config`` (None without)."""
+    from daemon.config import ConfigError, load_config
+
+    if stream is None:
+        return None
+    if config is None:
+        raise ConfigError(["--stream: needs --config (the file whose streams[].analytics to draw)"])
+    cfg = load_config(config)
+    for i, s in enumerate(cfg.streams):
+        if s.id == stream:
+            if s.analytics is None:
+                raise ConfigError([f"streams[{i}].analytics: stream {stream!r} has no analytics section"])
+            return s.analytics
+    raise ConfigError([f"--stream: no stream {stream!r} in {config} (streams: {', '.join(s.id for s in cfg.streams)})"])
+
+
 def _input_path(s: str) -> str:
     if s.startswith("demo://"):
         from daemon.models import assets
@@ -117,15 +134,19 @@ def annotate(
     json_out: IO[str] | None = None,
     progress: bool = True,
     max_frames: int | None = None,
+    analytics: Any = None,
 ) -> dict[str, Any]:
-    """Annotate ``input_path`` into ``out``; returns a summary (frames, size, detections)."""
+    """Annotate ``input_path`` into ``out``; returns a summary (frames, size, detections, and
+    with ``analytics`` (a stream's AnalyticsConfig) its zones, lines and track ids drawn, the
+    events in the JSON lines and their counts in the summary)."""
     from daemon.backends import choose_backend, create_backend
     from daemon.frames import Detections
     from daemon.models.info import ModelInfo
     from daemon.models.resolve import resolve_model
-    from daemon.sources.validate import check_frame
-    from daemon.vision.draw import draw
+    from daemon.frames import Frame
     from daemon.sources.open import no_video_reason, pick_video_stream
+    from daemon.sources.validate import check_frame
+    from daemon.vision.draw import draw, draw_geometry
     from daemon.vision.letterbox import letterbox_av
     from daemon.vision.orient import displayed_size, frame_orientation, letterbox_oriented, oriented_rgb
     from daemon.vision.yolo import postprocess
@@ -138,6 +159,12 @@ def annotate(
     labels = info.labels
     batch = np.empty((1, 3, info.height, info.width), np.float32)
     counts: Counter[str] = Counter()
+    event_counts: Counter[str] = Counter()
+    tracking = None
+    if analytics is not None and analytics.tracker is not None:
+        from daemon.analytics.state import StreamAnalytics
+
+        tracking = StreamAnalytics("annotate", analytics, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
     frames = 0
@@ -185,7 +212,15 @@ def annotate(
                         backend.infer(batch), [lb], info.heads,
                         model_cfg.conf_threshold, model_cfg.nms_threshold,
                     )[0]  # fmt: skip
+                    events: list[dict[str, Any]] = []
+                    if tracking is not None:  # the frame's own timestamp drives the tracker
+                        t = vf.time if vf.time is not None else frames / float(rate)
+                        events = tracking.update(Frame("annotate", frames, w, h, t, 0.0, t), dets)
+                        for ev in events:
+                            event_counts[ev["event"] + ("/" + ev["line"] + "/" + ev["direction"] if "line" in ev else "")] += 1
                     rgb = oriented_rgb(vf, orient) if orient else vf.to_ndarray(format="rgb24")
+                    if analytics is not None:
+                        draw_geometry(rgb, analytics.zones, analytics.lines)
                     draw(rgb, dets, labels)
                     of = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                     of.pts = frames
@@ -201,6 +236,8 @@ def annotate(
                         json_out.write(json.dumps({
                             "frame": frames, "pts": vf.time, "width": w, "height": h,
                             "detections": dets.to_list(labels),
+                            **({"analytics": [{k: v for k, v in e.items() if k != "captured_at"} for e in events]}
+                               if tracking is not None else {}),
                         }) + "\n")  # fmt: skip
                     frames += 1
                     bar.update(frames)
@@ -208,6 +245,12 @@ def annotate(
                         break
                 for pkt in ost.encode(None):
                     dst.mux(pkt)
+                if tracking is not None:  # the video ended: whoever is still inside a zone leaves
+                    for ev in tracking.end_tracks():
+                        event_counts[ev["event"]] += 1
+                        if json_out is not None:
+                            json_out.write(json.dumps({"frame": frames, "analytics": [
+                                {k: v for k, v in ev.items() if k != "captured_at"}]}) + "\n")
             bar.update(frames, final=True)
         os.replace(tmp, out)
     except BaseException:
@@ -216,7 +259,7 @@ def annotate(
     finally:
         backend.close()
     return {"frames": frames, "width": w, "height": h, "codec": chosen, "pix_fmt": pix_fmt,
-            "detections": dict(counts)}  # fmt: skip
+            "detections": dict(counts), "analytics": dict(event_counts)}  # fmt: skip
 
 
 def _format_for(out: Path) -> str | None:
@@ -233,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
         logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         model_cfg = _model_config(args.config)
+        analytics = _analytics_config(args.config, args.stream)
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
@@ -259,7 +303,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = annotate(
             src, out, model_cfg=model_cfg, codec=args.codec, crf=args.crf, json_out=json_out,
-            progress=not args.quiet, max_frames=args.max_frames,
+            progress=not args.quiet, max_frames=args.max_frames, analytics=analytics,
         )  # fmt: skip
     except OutputError as exc:
         print(f"annotate: {exc}", file=sys.stderr)
@@ -271,9 +315,11 @@ def run(args: argparse.Namespace) -> int:
         if json_out is not None:
             json_out.close()
     top = ", ".join(f"{k} {v}" for k, v in Counter(summary["detections"]).most_common(8)) or "none"
+    events = ", ".join(f"{k} {v}" for k, v in sorted(summary["analytics"].items()))
     print(
         f"wrote {out}: {summary['frames']} frames {summary['width']}x{summary['height']} "
-        f"({summary['codec']}, {summary['pix_fmt']}); detections: {top}",
+        f"({summary['codec']}, {summary['pix_fmt']}); detections: {top}"
+        + (f"; analytics: {events or 'no events'}" if analytics is not None else ""),
         file=sys.stderr,
     )
     return 0
@@ -300,6 +346,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("input", metavar="INPUT", help="video file (or demo://bikes.mp4)")
     p.add_argument("--out", "-o", required=True, metavar="OUTPUT", help="output file, e.g. out.mp4")
     p.add_argument("--config", "-c", help="config whose model section to use")
+    p.add_argument("--stream", metavar="ID",
+                   help="also track and draw that stream's zones, lines and track ids (its "
+                        "streams[].analytics in --config); events go to --json")
     p.add_argument("--conf", type=_conf, help="confidence threshold (default: model.conf_threshold)")
     p.add_argument("--nms", type=_conf, help="NMS IoU threshold (default: model.nms_threshold)")
     p.add_argument("--codec", default="auto",

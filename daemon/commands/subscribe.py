@@ -32,7 +32,7 @@ def register(subparsers: Any) -> None:
         help="endpoint to connect to, e.g. tcp://127.0.0.1:5560 (repeat for several daemons)",
     )
     p.add_argument("--stream", action="append", metavar="ID", help="only this stream (repeatable)")
-    p.add_argument("--kind", choices=KINDS, action="append", help="only detections or only events")
+    p.add_argument("--kind", choices=KINDS, action="append", help="only these kinds (detections, events, analytics); repeatable")
     p.add_argument("--count", type=int, default=0, metavar="N", help="exit after N messages")
     p.add_argument("--timeout", type=float, default=None, metavar="S",
                    help="exit 1 when no message arrives for S seconds")

@@ -8,8 +8,9 @@
                 for label, box in zip(msg.labels, msg.detections.boxes):
                     ...
 
-- Messages are multipart ``[topic, payload]``; topics are ``detections/<stream>/`` and
-  ``events/<stream>/`` (always ending in ``/``, so a subscription to ``cam1`` never matches
+- Messages are multipart ``[topic, payload]``; topics are ``detections/<stream>/``,
+  ``events/<stream>/`` and ``analytics/<stream>/`` (:class:`AnalyticsMessage`: zone entries and
+  exits, line crossings of tracked streams) (always ending in ``/``, so a subscription to ``cam1`` never matches
   ``cam10``). Payloads are UTF-8 JSON; :func:`decode` turns them into :class:`DetectionMessage`
   (boxes, scores and class ids as :class:`daemon.frames.Detections`) or :class:`EventMessage`.
 - Reconnecting is ZeroMQ's job: a SUB socket reconnects on its own (``RECONNECT_IVL`` with
@@ -50,6 +51,7 @@ __all__ = [
     "DetectionMessage",
     "EventMessage",
     "TRANSITIONS",
+    "AnalyticsMessage",
     "Message",
     "Gap",
     "SeqTracker",
@@ -61,10 +63,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-KINDS = ("detections", "events")
+KINDS = ("detections", "events", "analytics")
 EVENTS = frozenset({"up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed", "state"})
 # Transitions change a stream's state; a ``state`` message only repeats it (for late subscribers).
 TRANSITIONS = EVENTS - {"state"}
+ANALYTICS_EVENTS = frozenset({"zone_enter", "zone_exit", "line_cross"})
 
 
 class DecodeError(ValueError):
@@ -82,7 +85,8 @@ class ModelRef:
 class DetectionMessage:
     """One processed frame of one stream (topic ``detections/<stream>/``).
 
-    ``detections`` holds the boxes (x1, y1, x2, y2 in source-frame pixels), scores and class ids;
+    ``detections`` holds the boxes (x1, y1, x2, y2 in source-frame pixels), scores and class ids,
+    and on tracked streams ``track_ids`` ((N,) int64, -1 where the payload says null);
     ``labels`` the class name of each, in the same order. ``raw`` is the payload as received.
     """
 
@@ -113,13 +117,16 @@ class DetectionMessage:
 
     def to_dict(self) -> dict[str, Any]:
         """The contract's JSON form again (unknown fields of the payload kept)."""
-        items = [
+        items: list[dict[str, Any]] = [
             {"label": label, "class_id": int(cid), "score": float(score), "box": [float(v) for v in box]}
             for label, cid, score, box in zip(
                 self.labels, self.detections.class_ids.tolist(), self.detections.scores.tolist(),
                 self.detections.boxes.tolist(),
             )
         ]
+        if self.detections.track_ids is not None:
+            for item, tid in zip(items, self.detections.track_ids.tolist()):
+                item["track_id"] = tid if tid >= 0 else None
         out = dict(self.extra)
         out.update(
             v=self.v, stream=self.stream, seq=self.seq, frame=self.frame, pts=self.pts,
@@ -167,7 +174,38 @@ class EventMessage:
         return out
 
 
-Message = Union[DetectionMessage, EventMessage]
+@dataclass(frozen=True, slots=True)
+class AnalyticsMessage:
+    """A zone entry or exit, or a line crossing, of one tracked object (topic
+    ``analytics/<stream>/``; schemas/analytics.v1.json). ``name`` is the zone or line;
+    ``direction`` (``in``/``out``) is set for ``line_cross``, ``dwell_seconds`` and ``reason``
+    (``left``/``lost``) for ``zone_exit``. ``pts``/``captured_at``/``frame`` are those of the
+    frame where it happened."""
+
+    v: int
+    stream: str
+    seq: int
+    event: str
+    track_id: int
+    label: str
+    frame: int
+    pts: float | None
+    captured_at: float
+    at: float
+    name: str
+    direction: str | None = None
+    dwell_seconds: float | None = None
+    reason: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    kind = "analytics"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.raw)
+
+
+Message = Union[DetectionMessage, EventMessage, AnalyticsMessage]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +266,7 @@ def _decode_detections(p: Mapping[str, Any], where: str) -> DetectionMessage:
     scores = np.zeros(len(items), np.float32)
     class_ids = np.zeros(len(items), np.int32)
     labels = []
+    track_ids = np.full(len(items), -1, np.int64) if any(isinstance(it, dict) and "track_id" in it for it in items) else None
     for i, item in enumerate(items):
         w = f"{where}: detections[{i}]"
         if not isinstance(item, dict):
@@ -239,6 +278,8 @@ def _decode_detections(p: Mapping[str, Any], where: str) -> DetectionMessage:
         scores[i] = _number(item, "score", w)  # type: ignore[assignment]
         class_ids[i] = _count(item, "class_id", w)
         labels.append(_field(item, "label", str, w))
+        if track_ids is not None and item.get("track_id") is not None:
+            track_ids[i] = _count(item, "track_id", w)
     known = {"v", "stream", "seq", "frame", "pts", "captured_at", "published_at", "width", "height", "model",
              "detections", "damaged"}
     damaged = p.get("damaged", False)
@@ -259,7 +300,7 @@ def _decode_detections(p: Mapping[str, Any], where: str) -> DetectionMessage:
             precision=_field(model, "precision", str, f"{where}: model"),
             backend=_field(model, "backend", str, f"{where}: model"),
         ),
-        detections=Detections(boxes, scores, class_ids),
+        detections=Detections(boxes, scores, class_ids, track_ids),
         labels=tuple(labels),
         extra={k: v for k, v in p.items() if k not in known},
         raw=p,
@@ -285,6 +326,36 @@ def _decode_event(p: Mapping[str, Any], where: str) -> EventMessage:
     )
 
 
+def _decode_analytics(p: Mapping[str, Any], where: str) -> AnalyticsMessage:
+    event = _field(p, "event", str, where)
+    if event not in ANALYTICS_EVENTS:
+        raise DecodeError(f"{where}: unknown analytics event {event!r}")
+    key = "line" if event == "line_cross" else "zone"
+    known = {"v", "stream", "seq", "event", "track_id", "label", "frame", "pts", "captured_at", "at", key,
+             "direction", "dwell_seconds", "reason"}
+    direction = _field(p, "direction", str, where) if event == "line_cross" else None
+    if direction is not None and direction not in ("in", "out"):
+        raise DecodeError(f"{where}: field 'direction' must be 'in' or 'out', got {direction!r}")
+    return AnalyticsMessage(
+        v=_count(p, "v", where),
+        stream=_field(p, "stream", str, where),
+        seq=_count(p, "seq", where),
+        event=event,
+        track_id=_count(p, "track_id", where),
+        label=_field(p, "label", str, where),
+        frame=_count(p, "frame", where),
+        pts=_number(p, "pts", where, nullable=True),
+        captured_at=_number(p, "captured_at", where),  # type: ignore[arg-type]
+        at=_number(p, "at", where),  # type: ignore[arg-type]
+        name=_field(p, key, str, where),
+        direction=direction,
+        dwell_seconds=_number(p, "dwell_seconds", where) if event == "zone_exit" else None,
+        reason=_field(p, "reason", str, where) if event == "zone_exit" else None,
+        extra={k: v for k, v in p.items() if k not in known},
+        raw=p,
+    )
+
+
 def decode(topic: bytes | str, payload: bytes | str | Mapping[str, Any]) -> Message:
     """Decode one message. Raises :class:`DecodeError` naming the topic and field when the
     message breaks the contract (unknown kind, bad JSON, a missing or mistyped field, a topic
@@ -292,7 +363,7 @@ def decode(topic: bytes | str, payload: bytes | str | Mapping[str, Any]) -> Mess
     t = topic.decode("utf-8", "replace") if isinstance(topic, bytes) else topic
     parts = t.split("/")
     if len(parts) != 3 or parts[2] != "" or parts[0] not in KINDS or not parts[1]:
-        raise DecodeError(f"topic {t!r}: expected 'detections/<stream>/' or 'events/<stream>/'")
+        raise DecodeError(f"topic {t!r}: expected 'detections/<stream>/', 'events/<stream>/' or 'analytics/<stream>/'")
     kind, stream = parts[0], parts[1]
     if isinstance(payload, Mapping):
         p = payload
@@ -303,7 +374,8 @@ def decode(topic: bytes | str, payload: bytes | str | Mapping[str, Any]) -> Mess
             raise DecodeError(f"{t}: payload is not UTF-8 JSON: {exc}") from exc
     if not isinstance(p, dict):
         raise DecodeError(f"{t}: payload must be a JSON object")
-    msg: Message = _decode_detections(p, t) if kind == "detections" else _decode_event(p, t)
+    msg: Message = (_decode_detections(p, t) if kind == "detections" else _decode_event(p, t) if kind == "events"
+                    else _decode_analytics(p, t))
     if msg.stream != stream:
         raise DecodeError(f"{t}: payload stream {msg.stream!r} disagrees with the topic")
     return msg

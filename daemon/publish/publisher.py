@@ -92,6 +92,7 @@ class Publisher:
         self.skip_empty = skip_empty
         self.seq: dict[str, int] = defaultdict(int)
         self.event_seq: dict[str, int] = defaultdict(int)
+        self.analytics_seq: dict[str, int] = defaultdict(int)
         self.events: queue.Queue[tuple[str, str, str | None, dict[str, Any]]] = queue.Queue(event_queue_size)
         # Per tracked stream: its last transition (payload fields), the source of ``state``.
         self.states: dict[str, dict[str, Any]] = {}
@@ -150,6 +151,16 @@ class Publisher:
         self._send_states(only=stream)
         if stream in self.state_due:  # no room, and no later chance: counted
             self.metrics.events_dropped.inc()
+
+    def publish_analytics(self, stream: str, event: dict[str, Any]) -> bool:
+        """Publish one analytics event (topic ``analytics/<stream>/``, own per-stream ``seq``);
+        from the publishing thread. A drop at the HWM is counted in detectd_events_dropped_total."""
+        payload = schema.analytics_payload(stream, self.analytics_seq[stream], event)
+        self.analytics_seq[stream] += 1
+        if not self._send(schema.topic(schema.ANALYTICS, stream), schema.encode(payload)):
+            self.metrics.events_dropped.inc()
+            return False
+        return True
 
     def post_event(self, stream: str, event: str, reason: str | None = None, **extra: Any) -> None:
         """Thread-safe: queue an event for the publishing thread."""

@@ -19,6 +19,8 @@ EVENTS = "events"
 # "state" is not a transition: the stream's current state, sent in answer to a new subscription
 # (see daemon.publish.publisher); added within v1, consumers ignore kinds they do not know.
 EVENT_KINDS = ("up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed", "state")
+ANALYTICS = "analytics"
+ANALYTICS_EVENTS = ("zone_enter", "zone_exit", "line_cross")
 
 
 def topic(kind: str, stream: str) -> bytes:
@@ -54,3 +56,11 @@ def event_payload(stream: str, seq: int, event: str, reason: str | None = None,
 
 def encode(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def analytics_payload(stream: str, seq: int, event: dict[str, Any]) -> dict[str, Any]:
+    """Topic ``analytics/<stream>/``: one zone_enter, zone_exit or line_cross (the fields of
+    ``event`` as made by :mod:`daemon.analytics`; schemas/analytics.v1.json)."""
+    if event.get("event") not in ANALYTICS_EVENTS:
+        raise ValueError(f"unknown analytics event {event.get('event')!r}")
+    return {"v": SCHEMA_VERSION, "stream": stream, "seq": seq, **event, "at": round(time.time(), 6)}

@@ -33,6 +33,8 @@ __all__ = [
     "layout",
     "draw_detections",
     "draw_text",
+    "draw_segment",
+    "draw_geometry",
 ]
 
 # 20 saturated colours, far apart in hue and brightness (tab20-like order, vivid variants), so
@@ -166,8 +168,9 @@ def _clip(r: Rect, w: int, h: int) -> Rect:
     return Rect(max(r.x0, 0), max(r.y0, 0), min(r.x1, w), min(r.y1, h))
 
 
-def format_label(label: str, score: float) -> str:
-    return f"{label} {score:.2f}"
+def format_label(label: str, score: float, track_id: int | None = None) -> str:
+    """``person 0.91``, or ``#7 person 0.91`` for a detection of track 7."""
+    return f"#{track_id} {label} {score:.2f}" if track_id is not None and track_id >= 0 else f"{label} {score:.2f}"
 
 
 def layout(
@@ -180,8 +183,10 @@ def layout(
     thickness: int | None = None,
     font_scale: int | None = None,
     show_labels: bool = True,
+    track_ids: np.ndarray | None = None,
 ) -> list[Mark]:
     """Where each detection's outline and tag go on an image of ``shape`` (H, W, ...).
+    ``track_ids`` (N,) ints, -1 = untracked: tracked detections' tags start with ``#id``.
 
     Boxes are x1, y1, x2, y2 in pixels (as published); the outline is drawn *inside* the box,
     rounded to whole pixels, so it never covers pixels outside the reported box. The tag sits
@@ -202,9 +207,10 @@ def layout(
     ib[:, 1::2] = ib[:, 1::2].clip(0, h)
     scores_l = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
     cids = np.asarray(class_ids, dtype=np.int64).reshape(-1).tolist()
+    tids = [-1] * len(cids) if track_ids is None else np.asarray(track_ids, np.int64).reshape(-1).tolist()
     pad = s  # tag padding around the text
     marks = []
-    for (x0, y0, x1, y1), score, cid in zip(ib.tolist(), scores_l, cids):
+    for (x0, y0, x1, y1), score, cid, tid in zip(ib.tolist(), scores_l, cids, tids):
         if x1 <= x0 or y1 <= y0:
             continue
         outer = Rect(x0, y0, x1, y1)
@@ -215,7 +221,7 @@ def layout(
         origin = (0, 0)
         if show_labels:
             name = labels[cid] if 0 <= cid < len(labels) else str(cid)
-            text = format_label(name, score)
+            text = format_label(name, score, tid)
             tw, th = text_size(text, s)
             tag_h = th + 2 * pad
             tag_w = tw + 2 * pad
@@ -270,8 +276,10 @@ def draw_detections(
     thickness: int | None = None,
     font_scale: int | None = None,
     show_labels: bool = True,
+    track_ids: np.ndarray | None = None,
 ) -> list[Mark]:
-    """Draw boxes, labels and scores on ``image`` (RGB uint8 (H, W, 3)) in place.
+    """Draw boxes, labels and scores (and ``#track id`` when given) on ``image`` (RGB uint8
+    (H, W, 3)) in place.
 
     Lower scores are drawn first so the most confident detection's tag ends up on top.
     Returns the marks drawn (see :func:`layout`).
@@ -289,6 +297,7 @@ def draw_detections(
         thickness=thickness,
         font_scale=font_scale,
         show_labels=show_labels,
+        track_ids=None if track_ids is None else np.asarray(track_ids).reshape(-1)[order],
     )
     draw_marks(image, marks)
     return marks
@@ -302,5 +311,68 @@ def draw(image: np.ndarray, detections: object, labels: Sequence[str] = (), **kw
         detections.scores,  # type: ignore[attr-defined]
         detections.class_ids,  # type: ignore[attr-defined]
         labels,
+        track_ids=getattr(detections, "track_ids", None),
         **kw,  # type: ignore[arg-type]
     )
+
+
+ZONE_COLOR = (255, 200, 0)  # amber: zones
+LINE_COLOR = (0, 255, 255)  # cyan: lines (the "in" arrow too)
+
+
+def draw_segment(image: np.ndarray, p0: tuple[float, float], p1: tuple[float, float],
+                 color: tuple[int, int, int], thickness: int = 2) -> None:
+    """A straight segment between pixel points p0 and p1 (x, y), ``thickness`` px square pen,
+    clipped to the image, in place: one sample per pixel step along the longer axis."""
+    h, w = image.shape[:2]
+    n = int(max(abs(p1[0] - p0[0]), abs(p1[1] - p0[1]))) + 1
+    xs = np.rint(np.linspace(p0[0], p1[0], n)).astype(np.int64)
+    ys = np.rint(np.linspace(p0[1], p1[1], n)).astype(np.int64)
+    lo = -(thickness // 2)
+    for dy in range(lo, lo + thickness):
+        for dx in range(lo, lo + thickness):
+            x, y = xs + dx, ys + dy
+            ok = (x >= 0) & (x < w) & (y >= 0) & (y < h)
+            image[y[ok], x[ok]] = color
+
+
+def _tag(image: np.ndarray, text: str, x: int, y: int, color: tuple[int, int, int], scale: int) -> None:
+    h, w = image.shape[:2]
+    tw, th = text_size(text, scale)
+    x = min(max(x, 0), max(w - tw - 2 * scale, 0))
+    y = min(max(y, 0), max(h - th - 2 * scale, 0))
+    image[y : y + th + 2 * scale, x : x + tw + 2 * scale] = color
+    draw_text(image, text, x + scale, y + scale, _text_color(color), scale)
+
+
+def draw_geometry(image: np.ndarray, zones: Sequence[object] = (), lines: Sequence[object] = (),
+                  *, thickness: int | None = None, font_scale: int | None = None) -> None:
+    """Draw configured zones (closed polygon outlines, amber, named at their first point) and
+    directed lines (cyan, named at their start, with an arrow from the middle towards the side
+    whose crossing counts as ``in``) on ``image`` in place. ``zones``/``lines`` are anything with
+    ``name`` and ``points`` in normalized [0, 1] coordinates (the config's ZoneConfig /
+    LineConfig), scaled here to the image, so the same config draws right at any size."""
+    h, w = image.shape[:2]
+    t = thickness if thickness is not None else default_thickness(w, h)
+    s = font_scale if font_scale is not None else default_font_scale(w, h)
+    for z in zones:
+        pts = [(x * (w - 1), y * (h - 1)) for x, y in z.points]  # type: ignore[attr-defined]
+        for i, p in enumerate(pts):
+            draw_segment(image, p, pts[(i + 1) % len(pts)], ZONE_COLOR, t)
+        _tag(image, z.name, int(pts[0][0]), int(pts[0][1]), ZONE_COLOR, s)  # type: ignore[attr-defined]
+    for ln in lines:
+        (ax, ay), (bx, by) = [(x * (w - 1), y * (h - 1)) for x, y in ln.points]  # type: ignore[attr-defined]
+        draw_segment(image, (ax, ay), (bx, by), LINE_COLOR, t)
+        # The "in" side is to the right of start -> end on screen (y down): normal (-dy, dx).
+        dx, dy = bx - ax, by - ay
+        norm = max((dx * dx + dy * dy) ** 0.5, 1e-9)
+        nx, ny = -dy / norm, dx / norm
+        size = max(8.0, 0.04 * max(w, h))
+        mx, my = (ax + bx) / 2, (ay + by) / 2
+        tx, ty = mx + nx * size, my + ny * size
+        draw_segment(image, (mx, my), (tx, ty), LINE_COLOR, t)
+        for sgn in (1, -1):  # the arrow head
+            hx = tx - nx * size * 0.4 + sgn * (-ny) * size * 0.3
+            hy = ty - ny * size * 0.4 + sgn * nx * size * 0.3
+            draw_segment(image, (tx, ty), (hx, hy), LINE_COLOR, t)
+        _tag(image, f"{ln.name} in", int(tx), int(ty), LINE_COLOR, s)  # type: ignore[attr-defined]

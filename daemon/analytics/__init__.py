@@ -1,0 +1,1 @@
+"""Analytics: tracks, zones and line crossings (``streams[].analytics``; docs/analytics.md)."""

@@ -1,0 +1,186 @@
+"""Per-stream analytics: the tracker, the zones and the lines of one stream, and what they say.
+
+The pipeline loop calls :meth:`StreamAnalytics.update` once per processed frame, after
+post-processing and before publishing: it writes the track id of every detection into
+``Detections.track_ids`` (published as ``track_id``) and returns the analytics events of that
+frame (``zone_enter``, ``zone_exit``, ``line_cross``), each a dict of the payload fields beyond
+``v``/``stream``/``seq`` (see ``daemon/publish/schemas/analytics.v1.json``). Metrics are updated
+here too. A reload swaps zones and lines with :meth:`reconfigure` and keeps the tracks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from daemon.analytics.config import AnalyticsConfig
+from daemon.analytics.lines import LineRule
+from daemon.analytics.tracker import Tracker
+from daemon.analytics.zones import Stamp, ZoneRule
+from daemon.frames import Detections, Frame
+
+__all__ = ["StreamAnalytics", "anchors"]
+
+
+def anchors(boxes: np.ndarray, width: int, height: int, kind: str) -> np.ndarray:
+    """(N, 2) float64 anchor points in normalized coordinates of (N, 4) pixel boxes x1,y1,x2,y2:
+    ``bottom_center`` ((x1+x2)/2, y2) or ``center``."""
+    b = np.asarray(boxes, np.float64).reshape(-1, 4)
+    x = (b[:, 0] + b[:, 2]) / 2 / width
+    y = (b[:, 3] if kind == "bottom_center" else (b[:, 1] + b[:, 3]) / 2) / height
+    return np.stack([x, y], axis=1)
+
+
+class StreamAnalytics:
+    """Tracking, zones and lines of one stream. ``metrics`` is a :class:`daemon.metrics.Metrics`
+    (or None in benchmarks and tests that read the events only)."""
+
+    def __init__(self, stream: str, cfg: AnalyticsConfig, labels: Sequence[str], metrics: Any = None) -> None:
+        self.stream = stream
+        self.labels = list(labels)
+        self.metrics = metrics
+        self.cfg = cfg
+        self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
+        self.zones: list[ZoneRule] = []
+        self.lines: list[LineRule] = []
+        self._series: set[tuple[str, tuple[str, ...]]] = set()
+        self._install(cfg)
+
+    @property
+    def enabled(self) -> bool:
+        return self.tracker is not None
+
+    def _name(self, cid: int) -> str:
+        return self.labels[cid] if 0 <= cid < len(self.labels) else str(cid)
+
+    def _install(self, cfg: AnalyticsConfig) -> None:
+        old_z = {z.name: z for z in self.zones}
+        old_l = {ln.name: ln for ln in self.lines}
+        # An unchanged zone or line keeps its state (who is inside, which side each track is on).
+        self.zones = [old_z[z.name] if z.name in old_z and old_z[z.name].cfg == z else ZoneRule(z) for z in cfg.zones]
+        self.lines = [old_l[ln.name] if ln.name in old_l and old_l[ln.name].cfg == ln else LineRule(ln)
+                      for ln in cfg.lines]
+        if self.metrics is not None:
+            live_z = {z.name: z for z in self.zones}
+            live_l = {ln.name for ln in self.lines}
+            for kind, key in list(self._series):
+                name = key[1]
+                if (kind in "ze" and name not in live_z) or (kind == "c" and name not in live_l):
+                    self._remove(kind, key)
+                elif kind == "z" and live_z[name] is not old_z.get(name):
+                    self._gauge(key, 0)  # a changed zone starts empty
+            # Series at zero from the start, so rate() and Grafana see them before the first event.
+            for ln in self.lines:
+                for lab in ln.cfg.labels:
+                    for d in ("in", "out"):
+                        self._counter("c", (self.stream, ln.name, d, lab), 0)
+            for z in self.zones:
+                for lab in z.cfg.labels:
+                    self._gauge((self.stream, z.name, lab), z.occupancy.get(lab, 0))
+                    self._counter("e", (self.stream, z.name, lab), 0)
+        self.cfg = cfg
+
+    def _metric(self, kind: str) -> Any:
+        m = self.metrics
+        return {"c": m.line_crossings, "z": m.zone_occupancy, "e": m.zone_entries}[kind]
+
+    def _counter(self, kind: str, key: tuple[str, ...], n: int) -> None:
+        self._series.add((kind, key))
+        c = self._metric(kind).labels(*key)
+        if n:
+            c.inc(n)
+
+    def _gauge(self, key: tuple[str, ...], v: float) -> None:
+        self._series.add(("z", key))
+        self.metrics.zone_occupancy.labels(*key).set(v)
+
+    def _remove(self, kind: str, key: tuple[str, ...]) -> None:
+        self._series.discard((kind, key))
+        try:
+            self._metric(kind).remove(*key)
+        except KeyError:
+            pass
+
+    def reconfigure(self, cfg: AnalyticsConfig) -> None:
+        """New zones/lines (a reload). Tracks survive: the tracker is rebuilt only when its own
+        settings changed (and then its tracks end, as a restart would)."""
+        if cfg.tracker != self.cfg.tracker:
+            self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
+            for z in self.zones:
+                z.state.clear()
+                z.occupancy.clear()
+            for ln in self.lines:
+                ln.state.clear()
+        self._install(cfg)
+
+    def update(self, frame: Frame, dets: Detections) -> list[dict[str, Any]]:
+        """Track ``dets`` of ``frame``; set ``dets.track_ids``; return this frame's events."""
+        if self.tracker is None:
+            return []
+        t = frame.pts if frame.pts is not None else frame.t_decoded
+        up = self.tracker.update(dets, t)
+        dets.track_ids = up.ids
+        events: list[dict[str, Any]] = []
+        for tid in up.ended:
+            for z in self.zones:
+                ev = z.end(tid)
+                if ev is not None:
+                    events.append(ev)
+            for ln in self.lines:
+                ln.end(tid)
+        if self.zones or self.lines:
+            at = Stamp(t, frame.pts, frame.captured_at, frame.index)
+            ids = sorted(up.boxes)
+            if ids:
+                names = [self._name(self.tracker.label_of(tid)) for tid in ids]
+                tb = np.array([up.boxes[tid] for tid in ids])
+                pts = {k: anchors(tb, frame.width, frame.height, k).tolist()
+                       for k in {r.cfg.anchor for r in (*self.zones, *self.lines)}}
+                for rule in (*self.zones, *self.lines):
+                    ps = pts[rule.cfg.anchor]
+                    for tid, name, (x, y) in zip(ids, names, ps):
+                        ev = rule.observe(tid, name, (x, y), at)
+                        if ev is not None:
+                            events.append(ev)
+        if events and self.metrics is not None:
+            self._count(events)
+        return events
+
+    def _count(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            kind = ev["event"]
+            if kind == "line_cross":
+                self._counter("c", (self.stream, ev["line"], ev["direction"], ev["label"]), 1)
+            else:
+                z = next(z for z in self.zones if z.name == ev["zone"])
+                if kind == "zone_enter":
+                    self._counter("e", (self.stream, z.name, ev["label"]), 1)
+                self._gauge((self.stream, z.name, ev["label"]), z.occupancy.get(ev["label"], 0))
+
+    def end_tracks(self) -> list[dict[str, Any]]:
+        """End every track (the stream ended): the zone exits of the tracks still inside, with
+        reason ``ended``; occupancy drops to zero. The tracker itself carries on (a stream that
+        starts again restarts its clock, which resets it anyway)."""
+        events: list[dict[str, Any]] = []
+        if self.tracker is not None and self.tracker.alive:
+            for tid in self.tracker.end_all():
+                for z in self.zones:
+                    ev = z.end(tid, "ended")
+                    if ev is not None:
+                        events.append(ev)
+                for ln in self.lines:
+                    ln.end(tid)
+        if events and self.metrics is not None:
+            self._count(events)
+        return events
+
+    def close(self) -> list[dict[str, Any]]:
+        """The stream is removed: its tracks end (see :meth:`end_tracks`) and its series are
+        removed from the registry. Returns the zone exits."""
+        events = self.end_tracks()
+        if self.metrics is not None:
+            for kind, key in list(self._series):
+                self._remove(kind, key)
+        return events
