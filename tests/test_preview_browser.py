@@ -330,8 +330,9 @@ def test_daemon_preview_matches_published_detections(tmp_path: Path) -> None:
         f"preview: {{enabled: true, listen: '127.0.0.1:{prev}', fps: 5}}\n"
         "logging: {status_interval: 0}\n"
     )
-    exe = ROOT / ".venv" / "bin" / "detectd"
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "daemon"]
+    from tests.test_ops_support import detectd_command
+
+    cmd = detectd_command()  # this checkout's code, not the console script's
     log = open(tmp_path / "daemon.log", "wb")
     proc = subprocess.Popen([*cmd, "run", "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     ctx = zmq.Context()
