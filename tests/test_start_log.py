@@ -47,7 +47,8 @@ def test_start_log_is_one_logger_line_per_event(run_daemon: Any) -> None:
     since_loaded = _stamp(first) - _stamp(loaded)
     assert window <= since_loaded + 0.05, (window, since_loaded)  # (the log's ms resolution)
     assert window >= interval - 0.05
-    assert rate == pytest.approx(frames / window, abs=0.15)
+    # Both figures are printed to 0.1: the window is within +-0.05 s of its printed value.
+    assert frames / (window + 0.05) - 0.05 <= rate <= frames / (window - 0.05) + 0.05, (rate, frames, window)
 
 
 def _stamp(line: str) -> float:
