@@ -36,6 +36,7 @@ from daemon.frames import FrameResult
 from daemon.metrics import Metrics, MetricsServer
 from daemon.models.info import ModelInfo
 from daemon.models.resolve import resolve_model
+from daemon.prepare import resolve_demo_urls
 from daemon.publish.publisher import Publisher
 from daemon.scheduler import Scheduler
 from daemon.sources.pyav import StreamSource
@@ -69,6 +70,10 @@ class Daemon:
         self.frames_total = 0  # frames processed (published or not), for the watchdog
         self._wd_frames = 0
         self._supervisor: threading.Thread | None = None
+        # Held by the supervisor while it polls the streams, and by remove_stream: a removed
+        # stream's gauges are never written again after its series are gone.
+        self._supervise_lock = threading.Lock()
+        self._forget: set[StreamSource] = set()  # retired streams whose series go for good
         self.metrics = metrics or Metrics()
         self.stop_requested = threading.Event()
         self.sources: dict[str, StreamSource] = {}
@@ -82,7 +87,8 @@ class Daemon:
         self.hooks: list[Callable[[FrameResult, list[str]], None]] = []  # e.g. the preview page
         self.notifier: Any = None
         self.preview: Any = None  # PreviewHub when preview.enabled
-        self.preview_server: Any = None
+        self.preview_server: Any = None  # bound before the model loads, served after
+        self.preview_hub: Any = None
         self.preview_app: Any = None
         self.pending: list[tuple[Any, list[Any], list[Any]]] = []  # GPU tickets in flight
         self.exit_code = 0
@@ -92,8 +98,7 @@ class Daemon:
     def load_model(self) -> None:
         if self.backend is not None and self.info is not None:
             return
-        name, why = choose_backend(self.cfg.model.backend)
-        log.info("backend: %s (%s)", name, why)
+        name, _why = choose_backend(self.cfg.model.backend)  # logs the choice and why, once
         # The stop event reaches first-start calibration and engine builds: SIGTERM abandons
         # them cleanly (nothing half-written is cached) instead of waiting for SIGKILL.
         path = resolve_model(self.cfg.model, target="tensorrt" if name == "tensorrt" else "cpu",
@@ -105,6 +110,11 @@ class Daemon:
         log.info("model %s (%s, %s) loaded and warm in %.2fs: input %dx%d, %d classes",
                  path.name, self.backend.name, self.backend.precision, time.perf_counter() - t0,
                  self.info.width, self.info.height, len(self.info.labels))
+        from daemon.models.assets import verified_files
+
+        verified = verified_files()
+        if verified:  # one line, not one per file and use (those are DEBUG)
+            log.info("assets verified (SHA-256) in the cache: %s", ", ".join(p.name for p in verified))
 
     def start(self) -> None:
         # Sockets first, model second: a subscriber already waiting for the endpoint (a consumer
@@ -121,6 +131,7 @@ class Daemon:
             raise OSError(f"metrics.listen: cannot listen on {self.cfg.metrics.listen}: {exc}") from exc
         self.http.start()
         log.info("metrics on http://%s:%d/metrics", host, self.http.port)
+        self.bind_preview()  # every listening socket is bound before the (slow) model load
         self.load_model()
         assert self.backend is not None and self.info is not None
         self.model_desc = {"name": self.info.path.stem, "precision": self.backend.precision,
@@ -138,6 +149,24 @@ class Daemon:
         if self.notifier is not None:
             self.notifier.ready()
 
+    def bind_preview(self) -> None:
+        """Bind the preview's own port (preview.enabled with preview.listen) before the model
+        loads: a busy port is an error at once (OSError naming the key), not after a minute of
+        calibration. Nothing is served until :meth:`start_preview`."""
+        pc = self.cfg.preview
+        if not pc.enabled:
+            return
+        from daemon.preview import PreviewHub, PreviewServer, registry_status
+
+        self.preview_hub = PreviewHub(max_streams=64)
+        self.preview_hub.status_source = registry_status(self.metrics.registry)
+        if pc.listen is not None:
+            host, _, port = pc.listen.rpartition(":")
+            try:
+                self.preview_server = PreviewServer(self.preview_hub, host, int(port), fps=pc.fps)
+            except OSError as exc:
+                raise OSError(f"preview.listen: cannot listen on {pc.listen}: {exc}") from exc
+
     def start_preview(self) -> None:
         """The live preview page (preview.enabled): a one-frame slot per stream filled by
         ``offer`` (O(1), never encodes); JPEGs are made on the viewer's thread only while someone
@@ -145,24 +174,19 @@ class Daemon:
         pc = self.cfg.preview
         if not pc.enabled:
             return
-        from daemon.preview import PreviewApp, PreviewHub, PreviewServer, registry_status, request_handler
+        from daemon.preview import PreviewApp, request_handler
 
         assert self.backend is not None
-        hub = PreviewHub(max_streams=64)
+        hub = self.preview_hub
         hub.info = {"model": self.model_desc["name"], "backend": self.backend.name,
                     "precision": self.backend.precision, "version": __version__}
-        hub.status_source = registry_status(self.metrics.registry)
         if pc.listen is None:
             assert self.http is not None
             self.preview_app = PreviewApp(hub, fps=pc.fps)
             self.http.mount("/preview", request_handler(self.preview_app, "/preview"))
             log.info("preview page on http://%s/preview/", self.cfg.metrics.listen)
         else:
-            host, _, port = pc.listen.rpartition(":")
-            try:
-                self.preview_server = PreviewServer(hub, host, int(port), fps=pc.fps).start()
-            except OSError as exc:
-                raise OSError(f"preview.listen: cannot listen on {pc.listen}: {exc}") from exc
+            self.preview_server.start()  # bound by bind_preview
         self.preview = hub
         self.hooks.append(hub.offer)
 
@@ -215,31 +239,47 @@ class Daemon:
 
     def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None:
         """Stop a stream without waiting for its thread (a read may block for read_timeout):
-        the thread is retired, touches no metric or event any more, and ends on its own."""
-        src = self.sources.pop(sid, None)
-        a = self.analytics.pop(sid, None)
-        if a is not None:
-            self._publish_analytics(sid, a.close())
-        if src is not None:
-            src.retire()
-            self.retired.append(src)
-        dropped = self.scheduler.remove_stream(sid)
-        if self.publisher is not None:  # removed for good: subscribers hear it is stopped
-            self.publisher.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
-        if forget_metrics:
-            self.metrics.remove_stream(sid)
-        elif dropped:
-            self.metrics.frames_dropped.labels(sid, "shutdown").inc(dropped)
-        self.retired = [s for s in self.retired if not s.finished.is_set()]
+        the thread is retired, touches no metric or event any more, and ends on its own.
+        ``forget_metrics``: every series of the stream goes from /metrics, now and again once
+        its thread has ended (a write racing the retirement cannot bring one back)."""
+        self.flush_pending()  # GPU batches in flight publish (and count) before the removal
+        with self._supervise_lock:  # the supervisor writes per-stream gauges
+            src = self.sources.pop(sid, None)
+            a = self.analytics.pop(sid, None)
+            if a is not None:
+                self._publish_analytics(sid, a.close())
+            if src is not None:
+                src.retire()
+                self.retired.append(src)
+                if forget_metrics:
+                    self._forget.add(src)
+            dropped = self.scheduler.remove_stream(sid)
+            if self.publisher is not None:  # removed for good: subscribers hear it is stopped
+                self.publisher.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
+            if forget_metrics:
+                self.metrics.remove_stream(sid)
+            elif dropped:
+                self.metrics.frames_dropped.labels(sid, "shutdown").inc(dropped)
+
+    def _sweep_retired(self) -> None:
+        """Retired threads that have ended: forget their stream's series once more (unless the
+        stream is back under the same id), and stop tracking them."""
+        for src in [s for s in self.retired if s.finished.is_set()]:
+            self.retired.remove(src)
+            if src in self._forget and src.cfg.id not in self.sources:
+                self.metrics.remove_stream(src.cfg.id)
+            self._forget.discard(src)
 
     def _supervise(self) -> None:
         while not self.stop_requested.wait(SUPERVISE_INTERVAL):
             now = time.monotonic()
-            for src in list(self.sources.values()):
-                try:
-                    src.supervise(now)
-                except Exception:  # never let one stream's surprise stop the supervision of all
-                    log.exception("stream %s: supervision failed", src.cfg.id)
+            with self._supervise_lock:
+                for src in list(self.sources.values()):
+                    try:
+                        src.supervise(now)
+                    except Exception:  # never let one stream's surprise stop the supervision of all
+                        log.exception("stream %s: supervision failed", src.cfg.id)
+                self._sweep_retired()
 
     # -- reload (SIGHUP) -------------------------------------------------------------------
     def reload(self) -> bool:
@@ -269,6 +309,7 @@ class Daemon:
             return False
         try:
             new = load_config(self.config_path)
+            resolve_demo_urls(new)  # as at start: the same path, so the stream is unchanged
             problems = check_config(new)  # what check-config rejects, a reload rejects too
             if problems:
                 raise ConfigError(problems)
@@ -421,13 +462,16 @@ class Daemon:
         lat = np.asarray(w.latencies) * 1000 if w.latencies else np.zeros(1)
         top = ", ".join(f"{k} {v}" for k, v in w.labels.most_common(6)) or "none"
         up = sum(1 for s in self.sources.values() if self.metrics.stream_up.labels(s.cfg.id)._value.get())
-        log.info("status: %.1f frames/s, latency p50 %.0f ms p99 %.0f ms, streams up %d/%d, detections: %s",
-                 w.frames / dt if dt > 0 else 0.0, np.percentile(lat, 50), np.percentile(lat, 99),
-                 up, len(self.sources), top)
+        log.info("status: %.1f frames/s (%d frames in %.1f s), latency p50 %.0f ms p99 %.0f ms, "
+                 "streams up %d/%d, detections: %s", w.frames / dt if dt > 0 else 0.0, w.frames, dt,
+                 np.percentile(lat, 50), np.percentile(lat, 99), up, len(self.sources), top)
         self.window = _Window()
 
     def run_loop(self) -> None:
         assert self.publisher is not None
+        # The first window starts with the pipeline: model loading and calibration are not time
+        # in which frames could have flowed, so they must not dilute the first rate.
+        self.window = _Window()
         next_status = time.monotonic() + (self.cfg.logging.status_interval or float("inf"))
         wd_interval = self.notifier.watchdog_interval() if self.notifier is not None else None
         next_wd = time.monotonic()

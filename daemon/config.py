@@ -17,9 +17,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.analytics.config import AnalyticsConfig
+from daemon.yamlconf import load_yaml
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 DEMO_SCHEME = "demo://"
+DEMO_VIDEOS = ("", "bikes.mp4")  # demo:// names; fetched at start (daemon.prepare), never here
 LIVE_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 URL_SCHEMES = ("file", "demo", "rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 # An http(s) URL whose path ends in one of these is a finite file, unless `live` says otherwise.
@@ -92,6 +94,8 @@ class StreamConfig(Strict):
         if m and m.group(1).lower() not in URL_SCHEMES:
             raise ValueError(f"unsupported URL scheme {m.group(1)}:// (use a file path, "
                              + ", ".join(f"{s}://" for s in URL_SCHEMES if s != "file") + ")")
+        if v.startswith(DEMO_SCHEME) and v[len(DEMO_SCHEME):] not in DEMO_VIDEOS:
+            raise ValueError(f"unknown demo video {v!r} (use {DEMO_SCHEME}bikes.mp4)")
         from daemon.sources import urls
 
         urls.register_url(v)  # before any message about it can be printed
@@ -342,17 +346,8 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         return str(q if q.is_absolute() else (base / q))
 
     for s in cfg.streams:
-        if s.url.startswith(DEMO_SCHEME):
-            # The demo video, fetched and verified into the cache on first use (then offline).
-            from daemon.models import assets
-
-            if s.url[len(DEMO_SCHEME):] not in ("", "bikes.mp4"):
-                raise ConfigError([f"streams[{cfg.streams.index(s)}].url: unknown demo video {s.url!r} (use {DEMO_SCHEME}bikes.mp4)"])
-            try:
-                s.url = str(assets.fetch_demo_video(cfg.model.cache_dir and fix(cfg.model.cache_dir), progress=True))
-            except Exception as exc:
-                raise ConfigError([f"streams[{cfg.streams.index(s)}].url: cannot fetch the demo video: {exc}"]) from None
-        elif s.is_local and not s.url.startswith("file:"):
+        # demo:// stays as written: validation never fetches; daemon.prepare resolves it at start.
+        if s.is_local and not s.url.startswith(("file:", DEMO_SCHEME)):
             s.url = fix(s.url) or s.url
     m = cfg.model
     m.onnx, m.cfg, m.weights, m.names = fix(m.onnx), fix(m.cfg), fix(m.weights), fix(m.names)
@@ -369,21 +364,28 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{p}: cannot read config file: {exc}"]) from None
     try:
-        data = yaml.safe_load(text)
+        data, duplicates = load_yaml(text)  # yaml.safe_load, but duplicate keys are reported
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
         raise ConfigError([f"{p}: YAML syntax error at {where}: {exc.problem or exc}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{p}: YAML error: {exc}"]) from None
-    return parse_config(data, p.resolve().parent)
+    if not duplicates:
+        return parse_config(data, p.resolve().parent)
+    problems = [f"{p}: {d}" for d in duplicates]
+    try:  # the rest of the file is checked too: every problem in one run
+        parse_config(data, p.resolve().parent)
+    except ConfigError as exc:
+        problems += exc.problems
+    raise ConfigError(problems)
 
 
 def check_config(cfg: Config) -> list[str]:
     """Problems the types cannot see: missing files. Empty list when everything is there."""
     problems = []
     for i, s in enumerate(cfg.streams):
-        if s.is_local:
+        if s.is_local and not s.url.startswith(DEMO_SCHEME):  # demo: daemon.prepare
             path = s.url[5:] if s.url.startswith("file:") else s.url
             if not Path(path).is_file():
                 problems.append(f"streams[{i}].url: stream {s.id!r}: file not found: {path}")

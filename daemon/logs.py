@@ -19,8 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 import time
 import traceback
+import warnings
 from typing import Callable, TextIO
 
 __all__ = [
@@ -128,6 +130,16 @@ def stream_is_journal(stream: TextIO, environ: dict[str, str] | None = None) -> 
 _HANDLER_MARK = "_detectd_handler"
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` replacement: ``py.warnings: UserWarning: text (module.py:12)``."""
+    if file is not None:  # someone asked for a specific stream: the standard behaviour
+        file.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    where = "/".join(Path(filename).parts[-2:]) if filename else "?"
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, where, lineno)
+
+
 def setup_logging(
     level: int | str = logging.INFO,
     stream: TextIO | None = None,
@@ -158,7 +170,10 @@ def setup_logging(
             root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    logging.captureWarnings(True)
+    # Python warnings (ours and libraries') become one WARNING record each on "py.warnings",
+    # with the category, the message and where it was raised; never the source line that
+    # logging.captureWarnings() would quote.
+    warnings.showwarning = _show_warning
     # Timestamps in local time are what a person at a terminal expects; journald stores UTC.
     OneLineFormatter.converter = time.localtime
     return handler

@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 log = logging.getLogger(__name__)
 
@@ -130,28 +131,15 @@ class Metrics:
         self.set_state(stream, "connecting")
 
     def remove_stream(self, stream: str) -> None:
-        for m in (self.frames_decoded, self.frames_published, self.frames_damaged, self.frame_latency, self.stream_up,
-                  self.stream_reconnects, self.stream_attempts, self.stream_since_frame,
-                  self.stream_last_error_time, self.stream_backpressure):
-            try:
-                m.remove(stream)
-            except KeyError:
-                pass
-        for reason in DROP_REASONS:
-            try:
-                self.frames_dropped.remove(stream, reason)
-            except KeyError:
-                pass
-        for state in STREAM_STATES:
-            try:
-                self.stream_state.remove(stream, state)
-            except KeyError:
-                pass
-        for kind in ERROR_KINDS:
-            for m in (self.stream_errors, self.stream_last_error):
+        """Forget a stream (removed by a reload): every series labelled ``stream=<id>`` of every
+        metric with a ``stream`` label goes, whatever its other labels (detections by label,
+        drops by reason, states...), and with it its ``_created``/``_bucket``/``_sum`` samples.
+        Sums over streams then count only the streams that exist."""
+        for metric in vars(self).values():
+            if isinstance(metric, MetricWrapperBase):
                 try:
-                    m.remove(stream, kind)
-                except KeyError:
+                    metric.remove_by_labels({"stream": stream})
+                except ValueError:  # a metric without a "stream" label
                     pass
 
     def set_last_error(self, stream: str, kind: str, at: float) -> None:

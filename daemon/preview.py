@@ -91,22 +91,30 @@ class JpegEncoder:
         return b"".join(bytes(p) for p in self._ctx.encode(frame))
 
 
+# (frame, detections, labels, offer time (monotonic s), sequence number 1, 2, ... per stream)
+Snapshot = tuple[Any, Detections, Sequence[str], float, int]
+
+
 class _Slot:
     """One stream's latest frame and the cheap running figures the page shows.
 
     Written by the publisher thread only (``offer``), read by HTTP threads. ``latest`` is replaced
-    by one assignment of a fresh tuple, so a reader always sees a consistent frame + detections.
+    by one assignment of a fresh :data:`Snapshot` (frame, detections, labels, offer time, sequence
+    number), so a reader always sees a consistent frame + detections + number. ``shown`` is the
+    snapshot of the last JPEG encoded: what the viewers' pictures show, and what the status
+    describes while someone watches.
     """
 
     __slots__ = (
-        "stream", "latest", "count", "times", "latencies", "status", "t_status",
-        "enc_lock", "encoder", "jpeg", "jpeg_count",
+        "stream", "latest", "shown", "count", "times", "latencies", "status", "t_status",
+        "enc_lock", "encoder", "jpeg",
     )  # fmt: skip
 
     def __init__(self, stream: str) -> None:
         self.stream = stream
-        self.latest: tuple[Any, Detections, Sequence[str], float] | None = None
-        self.count = 0  # frames offered; doubles as the latest frame's sequence number
+        self.latest: Snapshot | None = None
+        self.shown: Snapshot | None = None
+        self.count = 0  # frames offered (the latest snapshot's sequence number)
         self.times: deque[float] = deque(maxlen=256)  # offer times, for frames/s
         self.latencies: deque[float] = deque(maxlen=512)  # decoded -> offered, seconds
         self.status: Mapping[str, Any] = {}
@@ -114,7 +122,6 @@ class _Slot:
         self.enc_lock = threading.Lock()
         self.encoder: JpegEncoder | None = None
         self.jpeg: bytes | None = None
-        self.jpeg_count = -1
 
 
 class PreviewHub:
@@ -174,8 +181,9 @@ class PreviewHub:
             if slot is None:
                 return
         now = self._clock()
-        slot.latest = (frame, result.detections, labels, now)
-        slot.count += 1
+        seq = slot.count + 1
+        slot.latest = (frame, result.detections, labels, now, seq)
+        slot.count = seq
         slot.times.append(now)
         slot.latencies.append(now - frame.t_decoded)
         if status is not None:
@@ -244,7 +252,7 @@ class PreviewHub:
         latest = slot.latest if slot is not None else None
         if latest is None:
             return None
-        frame, dets, labels, _ = latest
+        frame, dets, labels, _, _ = latest
         return self._render(frame, dets, labels)
 
     def _render(self, frame: Any, dets: Detections, labels: Sequence[str]) -> np.ndarray:
@@ -286,22 +294,32 @@ class PreviewHub:
             return None
         self._last_view = self._clock()
         with slot.enc_lock:
-            count, latest = slot.count, slot.latest
-            if slot.jpeg is not None and slot.jpeg_count == count:
-                return count, slot.jpeg
-            frame, dets, labels, _ = latest
+            latest = slot.latest  # one read: frame, detections and number belong together
+            seq = latest[4]
+            if slot.jpeg is not None and slot.shown is not None and slot.shown[4] == seq:
+                return seq, slot.jpeg
+            frame, dets, labels, _, _ = latest
             rgb = self._render(frame, dets, labels)
             if slot.encoder is None:
                 slot.encoder = JpegEncoder(self.quality)
             slot.jpeg = slot.encoder.encode(rgb)
+            slot.shown = latest
             self.encoded += 1
-            slot.jpeg_count = count
-            return count, slot.jpeg
+            return seq, slot.jpeg
 
     def stream_status(self, stream: str) -> dict[str, Any]:
         """What the page shows for ``stream``: the app's status, completed by the hub's own
         measurements. Keys: id, state, fps, latency_p50_s, latency_p99_s, drops, reconnects,
-        frames, detections, age_s, width, height, extra (app keys the page has no place for)."""
+        frames, detections, age_s, width, height, seq, frame_index, extra (app keys the page has
+        no place for).
+
+        ``detections``, ``width``, ``height``, ``seq`` (the hub's number of the frame, as in the
+        MJPEG part's ``X-Frame-Seq`` header) and ``frame_index`` (the source's frame index, as
+        ``frame`` in published messages) describe one frame: the one whose picture was served
+        last while someone watches, else the latest offered. They come from one snapshot, so the
+        status line never describes a different frame than the picture beside it. ``frames``,
+        ``fps``, the latencies and ``age_s`` (seconds since the latest offer) describe the stream.
+        """
         slot = self._slots.get(stream)
         if slot is None:
             return {"id": stream, "state": "unknown"}
@@ -313,6 +331,8 @@ class PreviewHub:
             except Exception:  # a status lookup must never break the page
                 log.debug("preview status source failed for %s", stream, exc_info=True)
         latest = slot.latest
+        shown = slot.shown if self.watching else None
+        snap = shown if shown is not None else latest  # the frame the status line describes
         age = now - latest[3] if latest is not None else None
         times = list(slot.times)
         lat = np.array(slot.latencies, dtype=np.float64)
@@ -331,14 +351,17 @@ class PreviewHub:
             "drops": None,
             "reconnects": None,
             "frames": slot.count,
-            "detections": len(latest[1]) if latest is not None else 0,
+            "detections": len(snap[1]) if snap is not None else 0,
             "age_s": age,
-            "width": latest[0].width if latest is not None else None,
-            "height": latest[0].height if latest is not None else None,
+            "width": snap[0].width if snap is not None else None,
+            "height": snap[0].height if snap is not None else None,
+            "seq": snap[4] if snap is not None else None,
+            "frame_index": getattr(snap[0], "index", None) if snap is not None else None,
         }
         extra = {}
+        own = ("id", "frames", "detections", "age_s", "width", "height", "seq", "frame_index")
         for k, v in status.items():
-            if k in out and k not in ("id", "frames", "detections", "age_s", "width", "height"):
+            if k in out and k not in own:
                 if v is not None:
                     out[k] = v
             elif k != "id":
@@ -453,7 +476,8 @@ class PreviewApp:
                     got = self.hub.jpeg(stream)
                     if got is not None and got[0] != sent:
                         sent, data = got
-                        head = f"Content-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
+                        head = (f"Content-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"
+                                f"X-Frame-Seq: {sent}\r\n\r\n")
                         yield head.encode() + data + f"\r\n--{_BOUNDARY}\r\n".encode()
                 self.stop.wait(max(0.0, period - (time.monotonic() - t0)))
         finally:

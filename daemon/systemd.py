@@ -73,6 +73,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._warned = False
+        self._stopping_sent = False
 
     @property
     def enabled(self) -> bool:
@@ -107,6 +108,12 @@ class Notifier:
         return self.send("WATCHDOG=1")
 
     def stopping(self, status: str | None = None) -> bool:
+        """``STOPPING=1``, once: a stop is final, and both the drain and the shutdown that
+        follows it announce it (later calls send nothing and return False)."""
+        with self._lock:
+            if self._stopping_sent:
+                return False
+            self._stopping_sent = True
         return self.send("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []))
 
     def reloading(self, status: str | None = None) -> bool:

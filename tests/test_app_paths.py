@@ -80,15 +80,22 @@ def _run_inprocess(cfg_dict: dict[str, Any], backend: Any, info: ModelInfo) -> l
 
     t = threading.Thread(target=reader)
     t.start()
+    monitor = sub.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
     d = Daemon(cfg, backend=backend, info=info)
     try:
         d.start()
-        time.sleep(0.5)  # let the SUB's subscription reach the PUB (ZeroMQ's slow joiner);
-        d.run_loop()     # file frames wait in their queues meanwhile, none is dropped
+        # ZeroMQ's slow joiner: wait until the SUB has completed its handshake with the PUB (a
+        # fixed sleep was too short on a loaded machine), then a moment for the subscription
+        # that follows it. File frames wait in their queues meanwhile, none is dropped.
+        assert monitor.poll(30000), "the subscriber never connected"
+        time.sleep(0.2)
+        d.run_loop()
     finally:
         d.shutdown()
         done.set()
         t.join(10)
+        sub.disable_monitor()
+        monitor.close(0)
         sub.close(0)
         ctx.term()
     assert d.exit_code == 0

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,21 @@ def test_setup_is_idempotent_and_redacts_args_of_any_logger() -> None:
             if h not in before:
                 root.removeHandler(h)
         root.setLevel(level)
+
+
+def test_python_warnings_are_one_log_line_without_source() -> None:
+    """A warning raised by any code is one WARNING record on py.warnings: category, message and
+    place, never the quoted source line (logging.captureWarnings' format)."""
+    buf = io.StringIO()
+    with warnings.catch_warnings():  # restores warnings.showwarning afterwards
+        warnings.simplefilter("always")
+        handler = setup_logging("INFO", stream=buf, journal=False)
+        try:
+            warnings.warn("calibration gave fewer frames\nthan asked", UserWarning, stacklevel=1)
+        finally:
+            logging.getLogger().removeHandler(handler)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert " WARNING py.warnings: UserWarning: calibration gave fewer frames\\nthan asked " in lines[0]
+    assert "(tests/test_logs.py:" in lines[0], lines[0]
+    assert "warnings.warn(" not in lines[0]  # no source line

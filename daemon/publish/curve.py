@@ -115,7 +115,10 @@ def load_secret_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     except (OSError, ValueError) as exc:
         raise CurveError(f"{p}: cannot read a CURVE key pair: {exc}") from exc
     if not public or not secret:
-        raise CurveError(f"{p}: not a secret key file (expected the NAME.key_secret that `detectd keygen` writes)")
+        sibling = p.with_name(p.name + "_secret") if p.suffix == ".key" else None
+        hint = f"; its pair is {sibling}" if sibling is not None and sibling.is_file() else ""
+        raise CurveError(f"{p}: holds no secret key (a public key file?): give the NAME.key_secret "
+                         f"file that `detectd keygen` writes{hint}")
     if not (_valid_z85_key(public) and _valid_z85_key(secret)):
         raise CurveError(f"{p}: public-key/secret-key are not 40-character Z85 CURVE keys")
     try:
@@ -127,32 +130,52 @@ def load_secret_key(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
     return public, secret
 
 
-class _ZapLog:
-    """The logger handed to pyzmq's ZAP handler, which reports a refused client only at DEBUG:
-    a refusal becomes one WARNING per client key and minute (a refused SUB reconnects every
-    100 ms), naming the key (a public key: no secret) and the directory it is missing from."""
+# A refused client retries every ZMQ_RECONNECT_IVL (100 ms by default): say it once, then at
+# most once per this many seconds per client key, with the count in between.
+REFUSAL_LOG_INTERVAL = 60.0
 
-    def __init__(self, logger: logging.Logger, allowed_dir: Path, every: float = 60.0) -> None:
-        self._log = logger
-        self._dir = allowed_dir
-        self._every = every
-        self._last: dict[str, float] = {}
 
-    def debug(self, msg: str, *args: Any, **kw: Any) -> None:
-        # pyzmq writes "%s (CURVE) domain=%s client_key=%s" % ("DENIED", domain, key).
-        if "(CURVE" in str(msg) and args and args[0] == "DENIED":
-            raw = args[-1]
-            key = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
-            now = time.monotonic()
-            if now - self._last.get(key, -self._every) >= self._every:
-                self._last[key] = now
-                self._log.warning("CURVE: refused a subscriber: its public key %s is not among the "
-                                  "authorized keys in %s (repeats of this client are not logged for "
-                                  "%.0f s)", key or "(none)", self._dir, self._every)
-        self._log.debug(msg, *args, **kw)
+class _RefusalLoggingAuthenticator(ThreadAuthenticator):
+    """pyzmq's ZAP handler, plus a WARNING for every refused client (pyzmq says it at DEBUG only):
+    the peer's address, the mechanism, the client's *public* key (Z85; a CURVE client sends
+    nothing else, so no secret can reach the log) and the reason. Rate-limited per key."""
 
-    def __getattr__(self, name: str) -> Any:  # info, warning, error, exception: as they are
-        return getattr(self._log, name)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._request: tuple[str, str, str] | None = None  # (address, mechanism, client key)
+        self._refused: dict[tuple[str, str], tuple[float, int]] = {}  # -> (last logged, since)
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        if len(msg) >= 6:
+            address, mechanism, creds = msg[3], msg[5], msg[6:]
+            key = "-"
+            if mechanism == b"CURVE" and creds and len(creds[0]) == 32:
+                key = z85.encode(creds[0]).decode()
+            self._request = (address.decode("utf-8", "replace"), mechanism.decode("ascii", "replace"), key)
+        try:
+            await super().handle_zap_message(msg)
+        finally:
+            self._request = None
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        if status_code != b"200":
+            self._log_refusal(status_text.decode("utf-8", "replace"))
+        super()._send_zap_reply(request_id, status_code, status_text, user_id)
+
+    def _log_refusal(self, reason: str) -> None:
+        address, mechanism, key = self._request or ("?", "?", "-")
+        now = time.monotonic()
+        last, since = self._refused.get((address, key), (-1e18, 0))
+        if now - last < REFUSAL_LOG_INTERVAL:
+            self._refused[(address, key)] = (last, since + 1)
+            return
+        self._refused[(address, key)] = (now, 0)
+        more = f" ({since} more refusals since the last report)" if since else ""
+        if reason == "Unknown key":  # pyzmq's words for "not in the directory"
+            reason = "its public key is not in publish.curve.authorized_keys_dir"
+        log.warning("CURVE: refused a subscriber from %s (%s, client public key %s): %s%s",
+                    address or "?", mechanism, key, reason, more)
 
 
 @dataclass
@@ -208,8 +231,7 @@ def configure_server(
     _require_expanded(allowed)
     if not allowed.is_dir():
         raise CurveError(f"{allowed}: authorized client keys directory does not exist")
-    zap_log: Any = _ZapLog(logging.getLogger("daemon.publish.zap"), allowed)
-    auth = ThreadAuthenticator(socket.context, log=zap_log)
+    auth = _RefusalLoggingAuthenticator(socket.context, log=logging.getLogger("daemon.publish.zap"))
     auth.start()
     server = CurveServer(auth, allowed)
     try:

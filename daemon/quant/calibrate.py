@@ -339,7 +339,9 @@ class CalibrationReport:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, default=str)
 
-    def summary(self) -> str:
+    def summary(self, with_warnings: bool = True) -> str:
+        """Human-readable lines; ``with_warnings=False`` leaves out the ``warning:`` lines (for
+        a caller that logs them at WARNING itself)."""
         lines = [f"model {self.model}  source {self.source}  method {self.method}"]
         if self.cache_reused:
             lines.append(f"calibration cache reused: {self.cache}")
@@ -355,7 +357,7 @@ class CalibrationReport:
         if self.skipped:
             parts = ", ".join(f"{n} {r}" for r, n in self.skipped.items())
             lines.append(f"skipped inputs: {parts}")
-        for w in self.warnings:
+        for w in self.warnings if with_warnings else ():
             lines.append(f"warning: {w}")
         for v in self.variants.values():
             ratio = v.size_bytes / self.fp32_size_bytes if self.fp32_size_bytes else math.nan
@@ -788,31 +790,46 @@ def ensure_int8_model(
             if progress and (done % 50 < settings.batch or done >= total):
                 log.info("calibration: %d/%d frames", min(done, total), total)
 
-        report = calibrate(fp32, source, settings.count, target, out[target], table,
-                           settings=settings, other_out=out[other_target(target)],
-                           progress=say, cancel=cancel)
-        for line in report.summary().splitlines():
+        # calibrate() also raises its report's warnings as Python warnings (for library users):
+        # the daemon logs each once, below, and never as a raw py.warnings line.
+        with warnings.catch_warnings(record=True) as raised:
+            warnings.simplefilter("always")
+            report = calibrate(fp32, source, settings.count, target, out[target], table,
+                               settings=settings, other_out=out[other_target(target)],
+                               progress=say, cancel=cancel)
+        for line in report.summary(with_warnings=False).splitlines():
             log.info("%s", line)
+        for w in raised:
+            if str(w.message) not in report.warnings:
+                log.warning("INT8 calibration: %s: %s", w.category.__name__, w.message)
         map50 = report.variants[target].map50
         scored = report.frames_scored
+        notes = list(report.warnings)
     else:
         q = (quality.get("quality") or {}).get(target) or {}
         map50 = q.get("map50")
         scored = int(quality.get("frames_scored") or 0)
-    _gate(map50, scored, gate, target, settings)
+        notes = []
+    _gate(map50, scored, gate, target, settings, notes)
     return out[target]
 
 
 def _gate(map50: float | None, scored: int, gate: float, target: str,
-          settings: CalibrationSettings) -> None:
-    if gate <= 0.0:
-        return
-    if map50 is None or scored == 0:
+          settings: CalibrationSettings, notes: list[str] | None = None) -> None:
+    """Refuse an INT8 model below the agreement gate. ``notes`` (the calibration report's
+    warnings) are logged here, once each; the one about agreement not being measured is folded
+    into the gate's own warning, so a start says it once, naming the config keys."""
+    notes = notes or []
+    if gate > 0.0 and (map50 is None or scored == 0):
         log.warning("INT8 (%s) agreement with FP32 NOT checked against "
                     "model.calibration.min_agreement %.2f: no frame was left to hold out "
                     "after the %d calibration frames; lower model.calibration.count so that "
-                    "model.calibration.holdout (%d) frames remain", target, gate,
-                    settings.count, settings.holdout)
+                    "model.calibration.holdout (%d) frames remain%s", target, gate,
+                    settings.count, settings.holdout, f" ({'; '.join(notes)})" if notes else "")
+        return
+    for note in notes:
+        log.warning("INT8 calibration: %s", note)
+    if gate <= 0.0:
         return
     if map50 < gate:
         raise AgreementTooLow(
