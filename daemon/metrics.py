@@ -27,6 +27,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125, 0.15,
                    0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 STREAM_STATES = ("connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped", "error")
 ERROR_KINDS = ("network", "auth", "eof", "decode", "stall", "timeout")
+PROBE_RESULTS = ("reachable", "unreachable")
 DROP_REASONS = ("stale", "superseded", "queue_full", "corrupt", "zmq_hwm", "shutdown")
 
 
@@ -75,6 +76,14 @@ class Metrics:
                                          "1 while frames arrive faster than the pipeline takes "
                                          "them (the stream's queue was full at its last frame); "
                                          "not a stall.", ["stream"], registry=r)
+        self.stream_probes = Counter("detectd_stream_probes_total",
+                                     "Reachability probes (a TCP connect to the source's host:port) "
+                                     "made while waiting to reconnect, by result (reachable, "
+                                     "unreachable).", ["stream", "result"], registry=r)
+        self.stream_discontinuities = Counter("detectd_stream_pts_discontinuities_total",
+                                              "Timestamp jumps in a realtime file that the pacer "
+                                              "resynchronised on instead of waiting them out.",
+                                              ["stream"], registry=r)
         self.config_reloads = Counter("detectd_config_reloads_total",
                                       "SIGHUP config reloads, by result (ok, error).", ["result"],
                                       registry=r)
@@ -99,6 +108,9 @@ class Metrics:
         self.stream_backpressure.labels(stream).set(0)
         for kind in ERROR_KINDS:
             self.stream_errors.labels(stream, kind)
+        for result in PROBE_RESULTS:
+            self.stream_probes.labels(stream, result)
+        self.stream_discontinuities.labels(stream)
         for reason in DROP_REASONS:
             self.frames_dropped.labels(stream, reason)
         self.set_state(stream, "connecting")
@@ -106,7 +118,7 @@ class Metrics:
     def remove_stream(self, stream: str) -> None:
         for m in (self.frames_decoded, self.frames_published, self.frame_latency, self.stream_up,
                   self.stream_reconnects, self.stream_attempts, self.stream_since_frame,
-                  self.stream_last_error_time, self.stream_backpressure):
+                  self.stream_last_error_time, self.stream_backpressure, self.stream_discontinuities):
             try:
                 m.remove(stream)
             except KeyError:
@@ -114,6 +126,11 @@ class Metrics:
         for reason in DROP_REASONS:
             try:
                 self.frames_dropped.remove(stream, reason)
+            except KeyError:
+                pass
+        for result in PROBE_RESULTS:
+            try:
+                self.stream_probes.remove(stream, result)
             except KeyError:
                 pass
         for state in STREAM_STATES:

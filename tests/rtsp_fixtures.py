@@ -8,6 +8,7 @@ fixture for every test. In a test::
         srv = rtsp_server(user="cam", password="s3cret")      # Basic auth
         srv = rtsp_server(mode="silent")                      # answers RTSP, never sends media
         srv = rtsp_server(freeze_after=2.0)                   # media for 2 s, then silence
+        srv = rtsp_server(frame_interval=11.0)                # one frame every 11 s
         srv = rtsp_server(source="/path/video.mp4")           # an H.264 MP4, played once
         srv.url                      # rtsp://127.0.0.1:<port>/stream (credentials included
                                      # when user/password were given)
@@ -103,6 +104,7 @@ class RtspServer:
         height: int = 240,
         fps: int = 25,
         freeze_after: float | None = None,
+        frame_interval: float | None = None,
         extra_mounts: tuple[str, ...] = (),
         host: str = "127.0.0.1",
     ) -> None:
@@ -124,6 +126,8 @@ class RtspServer:
             self._args += ["--user", user, "--password", password or ""]
         if freeze_after is not None:
             self._args += ["--freeze-after", str(freeze_after)]
+        if frame_interval is not None:
+            self._args += ["--frame-interval", str(frame_interval)]
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []  # the server's stdout ("LISTENING", "FROZEN")
 
