@@ -86,7 +86,7 @@ def test_camera_that_comes_back_does_not_wait_out_a_long_backoff(
     assert (sample(text, "detectd_stream_probes_total", stream="cam", result="unreachable") or 0) >= 2
     assert (sample(text, "detectd_stream_probes_total", stream="cam", result="reachable") or 0) >= 1
     log = d.log()
-    assert "answers again; reconnecting now" in log
+    assert "port answers again; reconnecting now" in log
     assert password not in log
     assert all(password not in str(m) for _, m in d.messages)
 

@@ -3,8 +3,9 @@
 While a stream waits to reconnect, :class:`daemon.sources.policy.ReconnectPolicy` asks for a
 probe every ``probe_interval`` s; a probe that finds the endpoint back after it was seen down
 moves the next (expensive) open forward. A probe is one TCP handshake, closed at once: no
-RTSP or HTTP request is sent, so no credentials are involved, and log lines name only
-``host:port``.
+RTSP or HTTP request is sent, so no credentials are involved (and the caller's log lines name
+only the stream: a URL with raw special characters in its password can be split in the wrong
+place, which ``check-config`` rejects, but a probe must not echo it).
 """
 
 from __future__ import annotations

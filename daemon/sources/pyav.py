@@ -236,8 +236,9 @@ class StreamSource:
             self.finished.set()
 
     def _probe(self) -> None:
-        """One reachability probe while waiting to reconnect (see policy.py). Logs name only
-        host:port: a probe never carries the URL's credentials."""
+        """One reachability probe while waiting to reconnect (see policy.py). A probe sends no
+        request, so never the URL's credentials; its log line names only the stream (a URL
+        with raw special characters in its password may even be parsed into a wrong host)."""
         target = self._probe_target
         if target is None:  # cannot happen: the policy probes only when a target exists
             self.policy.on_probe(self.clock(), True)
@@ -251,7 +252,7 @@ class StreamSource:
         if not self.retired:
             self.metrics.stream_probes.labels(self.cfg.id, "reachable" if ok else "unreachable").inc()
         if early:
-            log.info("stream %s: %s:%d answers again; reconnecting now", self.cfg.id, host, port)
+            log.info("stream %s: the camera's port answers again; reconnecting now", self.cfg.id)
 
     def _attempt(self) -> None:
         now = self.clock()
