@@ -78,6 +78,10 @@ def test_check_config_cli_reports_it_with_exit_2(tmp_path: Path) -> None:
     ("https://cam/mjpg", ("cam", 443)),
     ("/videos/a.mp4", None),
     ("udp://239.0.0.1:1234", None),
+    ("srt://cam:9000", None),
+    ("rtmp://media/live/cam", ("media", 1935)),
+    ("tcp://10.0.0.9:5000", ("10.0.0.9", 5000)),
+    ("tcp://10.0.0.9", None),
     ("rtsp://cam:notaport/x", None),
 ])
 def test_probe_target(url: str, target: tuple[str, int] | None) -> None:

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 
 __all__ = ["DEFAULT_PORTS", "probe_target", "tcp_reachable"]
 
-# The IANA default ports of the schemes detectd reads over TCP.
-DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443}
+# The IANA default ports of the schemes detectd reads over TCP (``tcp://`` has none: its URL
+# must name the port). UDP-based schemes (udp, srt) have nothing to probe.
+DEFAULT_PORTS: dict[str, int | None] = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443,
+                                        "rtmp": 1935, "tcp": None}
 
 
 def probe_target(url: str) -> tuple[str, int] | None:
@@ -31,7 +33,8 @@ def probe_target(url: str) -> tuple[str, int] | None:
         scheme = parts.scheme.lower()
         if scheme not in DEFAULT_PORTS or not parts.hostname:
             return None
-        return parts.hostname, parts.port or DEFAULT_PORTS[scheme]
+        port = parts.port or DEFAULT_PORTS[scheme]
+        return (parts.hostname, port) if port else None
     except ValueError:  # a port that is not a number, a bad IPv6 literal
         return None
 
