@@ -84,9 +84,13 @@ def test_camera_that_comes_back_does_not_wait_out_a_long_backoff(
     assert first - t_back < 6.0
     text = d.scrape()
     assert (sample(text, "detectd_stream_probes_total", stream="cam", result="unreachable") or 0) >= 2
-    assert (sample(text, "detectd_stream_probes_total", stream="cam", result="reachable") or 0) >= 1
     log = d.log()
-    assert "port answers again; reconnecting now" in log
+    # Full jitter may draw a short wait (about 1 time in 15 with a 60 s window): then the
+    # scheduled attempt itself brought the stream back. Otherwise it was the probe.
+    last = [e for e in events_of(d.messages, "cam") if e["event"] == "reconnecting"][-1]
+    if last["at"] + last["delay"] > first:
+        assert "port answers again; reconnecting now" in log
+        assert (sample(text, "detectd_stream_probes_total", stream="cam", result="reachable") or 0) >= 1
     assert password not in log
     assert all(password not in str(m) for _, m in d.messages)
 
