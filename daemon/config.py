@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.analytics.config import AnalyticsConfig
 from daemon.yamlconf import load_yaml
+from daemon.sources.timeouts import timeout_problems
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 DEMO_SCHEME = "demo://"
@@ -42,14 +43,20 @@ class StreamConfig(Strict):
     realtime: bool = False
     # Live/realtime sources: decoded frames older than this are dropped before inference.
     max_age_ms: float = Field(default=500.0, gt=0)
-    # Live sources: connected but no frame for this long -> ``stalled``, the connection is
-    # dropped and reopened with backoff. Also bounds each blocking read (PyAV's read timeout is
-    # min(read_timeout, stall_timeout + 1)). Files (realtime or not) are never declared stalled.
+    # The one judge of "no frames for too long" (see docs/reconnect.md): connected but no frame
+    # for this long -> ``stalled``, the connection is dropped and reopened with backoff. Applies
+    # to files too (time the source spends waiting for data; a realtime file's pacing and a full
+    # queue do not count). Each blocking read is bounded by stall_timeout + 1 s (PyAV's read
+    # timeout and FFmpeg's RTSP/HTTP socket ``timeout`` option follow from it).
     stall_timeout: float = Field(default=10.0, gt=0)
-    # Seconds for av.open() (connect, RTSP handshake, probing) before the attempt fails.
+    # Seconds for av.open() (connect, RTSP handshake) and again for stream probing.
     open_timeout: float = Field(default=10.0, gt=0)
-    # Seconds one blocking read may take (also FFmpeg's RTSP/HTTP socket ``timeout`` option).
-    read_timeout: float = Field(default=10.0, gt=0)
+    # Kept for old configs: the read bound follows stall_timeout. If given, it must be >=
+    # stall_timeout (a smaller value would let a read give up before the stream is stalled).
+    read_timeout: float | None = Field(default=None, gt=0)
+    # While waiting to reconnect: a TCP connect to the camera's host:port every this many
+    # seconds; when it succeeds after failing, the next open happens at once. 0 = off.
+    probe_interval: float = Field(default=1.0, ge=0)
     # Reconnect backoff (live sources): the n-th consecutive failure waits
     # uniform(0, min(backoff_cap, backoff_base * 2**n)) seconds ("full jitter"), never less than
     # 0.1 s. ``attempts`` go back to 0 once the stream has delivered frames for ``stable_after``
@@ -122,6 +129,15 @@ class StreamConfig(Strict):
     def _backoff(self) -> "StreamConfig":
         if self.backoff_cap < self.backoff_base:
             raise ValueError(f"backoff_cap ({self.backoff_cap}) must be >= backoff_base ({self.backoff_base})")
+        return self
+
+    @model_validator(mode="after")
+    def _timeouts(self) -> "StreamConfig":
+        # stall_timeout alone decides when a stream is stalled: no other timeout may end a read
+        # of a slow source sooner (see docs/reconnect.md).
+        problems = timeout_problems(self.stall_timeout, self.read_timeout, self.options, self.url)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property

@@ -28,6 +28,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125, 0.15,
                    0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
 STREAM_STATES = ("connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped", "error")
 ERROR_KINDS = ("network", "auth", "eof", "decode", "stall", "timeout", "unsupported")
+PROBE_RESULTS = ("reachable", "unreachable")
 # unsupported_frame, damaged: docs/robustness.md
 DROP_REASONS = ("stale", "superseded", "queue_full", "corrupt", "zmq_hwm", "shutdown",
                 "unsupported_frame", "damaged")
@@ -85,6 +86,14 @@ class Metrics:
                                          "1 while frames arrive faster than the pipeline takes "
                                          "them (the stream's queue was full at its last frame); "
                                          "not a stall.", ["stream"], registry=r)
+        self.stream_probes = Counter("detectd_stream_probes_total",
+                                     "Reachability probes (a TCP connect to the source's host:port) "
+                                     "made while waiting to reconnect, by result (reachable, "
+                                     "unreachable).", ["stream", "result"], registry=r)
+        self.stream_discontinuities = Counter("detectd_stream_pts_discontinuities_total",
+                                              "Timestamp jumps in a realtime file that the pacer "
+                                              "resynchronised on instead of waiting them out.",
+                                              ["stream"], registry=r)
         self.config_reloads = Counter("detectd_config_reloads_total",
                                       "SIGHUP config reloads, by result (ok, error).", ["result"],
                                       registry=r)
@@ -126,6 +135,9 @@ class Metrics:
         self.stream_backpressure.labels(stream).set(0)
         for kind in ERROR_KINDS:
             self.stream_errors.labels(stream, kind)
+        for result in PROBE_RESULTS:
+            self.stream_probes.labels(stream, result)
+        self.stream_discontinuities.labels(stream)
         for reason in DROP_REASONS:
             self.frames_dropped.labels(stream, reason)
         self.set_state(stream, "connecting")

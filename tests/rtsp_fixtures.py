@@ -9,6 +9,7 @@ fixture for every test. In a test::
         srv = rtsp_server(mode="silent")                      # answers RTSP, never sends media
         srv = rtsp_server(freeze_after=2.0)                   # media for 2 s, then silence
         srv = rtsp_server(audio_only_for=3.0)                 # audio-only sessions for 3 s, then video
+        srv = rtsp_server(frame_interval=11.0)                # one frame every 11 s
         srv = rtsp_server(source="/path/video.mp4")           # an H.264 MP4, played once
         srv.url                      # rtsp://127.0.0.1:<port>/stream (credentials included
                                      # when user/password were given)
@@ -105,6 +106,7 @@ class RtspServer:
         fps: int = 25,
         freeze_after: float | None = None,
         audio_only_for: float | None = None,
+        frame_interval: float | None = None,
         extra_mounts: tuple[str, ...] = (),
         host: str = "127.0.0.1",
     ) -> None:
@@ -128,6 +130,8 @@ class RtspServer:
             self._args += ["--freeze-after", str(freeze_after)]
         if audio_only_for is not None:
             self._args += ["--audio-only-for", str(audio_only_for)]
+        if frame_interval is not None:
+            self._args += ["--frame-interval", str(frame_interval)]
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []  # the server's stdout ("LISTENING", "FROZEN")
 

@@ -11,7 +11,8 @@ subprocess. Modes:
     ``--user/--password`` turn on HTTP Basic authentication (GstRTSPAuth): a client without
     them, or with wrong ones, gets ``401 Unauthorized``. ``--freeze-after S`` stops sending media
     S seconds after each client starts playing, keeping the session and the TCP connection open
-    (the camera whose encoder hung: a stall *after* frames flowed).
+    (the camera whose encoder hung: a stall *after* frames flowed). ``--frame-interval S`` sends
+    one frame (a keyframe) every S seconds: a camera in night or timelapse mode.
 
 ``--audio-only-for S`` (media mode): for the first S seconds every client gets an audio-only
     session (A-law, the track of a camera still booting or on an audio profile); from then on
@@ -50,6 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--password")
     p.add_argument("--freeze-after", type=float, default=None, metavar="S")
     p.add_argument("--audio-only-for", type=float, default=None, metavar="S")
+    p.add_argument("--frame-interval", type=float, default=None, metavar="S",
+                   help="one frame every S seconds (each a keyframe; overrides --fps): a night-mode "
+                        "or timelapse camera")
     a = p.parse_args(argv)
     a.mount = a.mount or ["/stream"]
     for m in a.mount:
@@ -63,7 +67,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- media (GStreamer)
 
 def launch_line(a: argparse.Namespace) -> str:
-    if a.source == "testsrc":
+    if a.source == "testsrc" and a.frame_interval is not None:
+        ms = max(1, round(a.frame_interval * 1000))
+        src = (
+            f"videotestsrc is-live=true pattern=ball ! "
+            f"video/x-raw,width={a.width},height={a.height},framerate=1000/{ms} ! "
+            f"videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=1 "
+            f"bframes=0 threads=1 ! video/x-h264,profile=constrained-baseline ! "
+        )
+    elif a.source == "testsrc":
         src = (
             # A moving ball: every frame differs, as from a real camera.
             f"videotestsrc is-live=true pattern=ball ! "

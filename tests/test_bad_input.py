@@ -120,9 +120,9 @@ def broken_run(tmp_path_factory: pytest.TempPathFactory, fp32_onnx: Path, demo_v
         {"id": "cut", "url": str(cut)},
         {"id": "damaged", "url": str(damaged)},
         {"id": "refused", "url": f"rtsp://user:secret@127.0.0.1:{free_port()}/cam",
-         "open_timeout": 2, "read_timeout": 2},
+         "open_timeout": 2, "stall_timeout": 2},
         {"id": "silent", "url": f"rtsp://127.0.0.1:{blackhole.getsockname()[1]}/cam",
-         "open_timeout": 2, "read_timeout": 2},
+         "open_timeout": 2, "stall_timeout": 2},
     ]
     path, cfg = write_config(tmp / "bad.yaml", streams)
     d = DaemonProc(path, cfg)

@@ -551,6 +551,8 @@ def test_counters() -> None:
         ("stall_timeout", 0.0, "stall_timeout and connect_timeout must be > 0"),
         ("auth_backoff", float("nan"), "auth_backoff must be"),
         ("auth_jitter", -0.1, "auth_jitter"),
+        ("probe_interval", -1.0, "probe_interval must be"),
+        ("probe_interval", 0.01, r"probe_interval must be 0 \(off\) or >= min_delay"),
     ],
 )
 def test_config_validation(field: str, value: float, match: str) -> None:
@@ -592,3 +594,176 @@ def test_next_delay_and_aliases() -> None:
     assert p.next_delay(99.0) == 0.0
     assert p.last_kind == p.last_error_kind == "network"
     assert p.state == "backoff"  # State is a str enum: compares with plain strings
+
+
+# --------------------------------------------------------------------------- reachability probes
+
+def down_with_probes(interval: float = 1.0, frac: float = 1.0) -> tuple[ReconnectPolicy, float]:
+    """Up at 0, frames until 1, then the server dies at 1 (eof): returns (policy, first due)."""
+    p, _ = make(frac=frac, probe_interval=interval, cap=30.0)
+    p._attempts = 4  # an outage after flapping: the backoff window is already large (16 s)
+    p.on_connect_attempt(0.0)
+    p.on_connected(0.0)
+    p.on_frame(0.5)
+    p.on_error(1.0, "eof", "the stream ended")
+    assert p.state is State.BACKOFF
+    due = p.next_attempt_at
+    assert due is not None
+    return p, due
+
+
+def test_probe_at_once_then_at_a_steady_pace_while_waiting() -> None:
+    p, due = down_with_probes(interval=1.5)
+    assert due == pytest.approx(1.0 + 16.0)
+    assert p.poll(1.0) == Decision(Action.PROBE)
+    p.on_probe(1.01, False)
+    assert p.poll(1.5) == Decision(Action.WAIT, pytest.approx(1.01))  # next probe, not the open
+    assert p.poll(2.51) == Decision(Action.PROBE)
+    assert p.on_probe(2.6, False) is False
+    assert (p.probes_total, p.probes_failed_total) == (2, 2)
+
+
+def test_probe_that_sees_the_server_return_moves_the_open_forward_once() -> None:
+    p, due = down_with_probes()
+    assert p.on_probe(1.0, False) is False
+    assert p.on_probe(2.0, False) is False
+    assert p.on_probe(3.0, True) is True  # back after being seen down
+    assert p.poll(3.0) == Decision(Action.CONNECT)
+    assert p.early_opens_total == 1
+    # The open fails: the backoff goes on, and reachable probes alone do not open again.
+    p.on_connect_attempt(3.1)
+    p.on_error(3.2, "network", "404 Not Found")
+    assert p.state is State.BACKOFF and p.attempts == 6
+    later = p.next_attempt_at
+    assert later is not None and later > 20.0
+    for t in (3.2, 4.2, 5.2, 6.2):
+        assert p.poll(t).action is Action.PROBE
+        assert p.on_probe(t, True) is False
+    assert p.poll(6.3).action is Action.WAIT
+    assert p.next_attempt_at == later
+    # A new down -> up edge earns one more early open.
+    p.on_probe(7.2, False)
+    assert p.on_probe(8.2, True) is True
+    assert p.poll(8.2).action is Action.CONNECT
+
+
+def test_probe_reachable_from_the_start_does_not_shorten_the_backoff() -> None:
+    """An endpoint that accepts TCP while the open fails (a server error, a wrong path) is
+    retried on the backoff alone: probes must not turn into an open per probe."""
+    p, due = down_with_probes()
+    for k in range(10):
+        assert p.on_probe(1.0 + k, True) is False
+    assert p.next_attempt_at == due
+    assert p.early_opens_total == 0
+
+
+def test_no_probes_after_an_auth_failure() -> None:
+    p, _ = make(probe_interval=1.0)
+    p.on_connect_attempt(0.0)
+    p.on_error(0.1, "auth", "401 Unauthorized")
+    assert p.state is State.AUTH_FAILED
+    for t in (0.1, 1.0, 30.0, 59.0):
+        assert p.poll(t).action is Action.WAIT
+    assert p.on_probe(2.0, True) is False  # a stray report changes nothing
+    assert p.poll(59.0).action is Action.WAIT
+    assert p.poll(66.1).action is Action.CONNECT
+    assert p.probes_total == 0
+
+
+def test_probes_after_a_stall_verdict_too() -> None:
+    p, _ = make(probe_interval=1.0)
+    p.on_connect_attempt(0.0)
+    p.on_connected(0.0)
+    p.on_frame(1.0)
+    assert p.poll(6.0).action is Action.STALL
+    assert p.state is State.STALLED
+    assert p.poll(6.0).action is Action.PROBE
+
+
+def test_no_probes_while_up_connecting_or_when_off() -> None:
+    p, _ = make(probe_interval=1.0)
+    assert p.poll(0.0).action is Action.CONNECT  # initial: connect, not probe
+    p.on_connect_attempt(0.0)
+    assert p.poll(1.0).action is Action.WAIT  # attempt in flight
+    p.on_connected(1.0)
+    assert p.poll(2.0).action is Action.WAIT
+    q, _ = make()  # probe_interval = 0: off
+    q.on_connect_attempt(0.0)
+    q.on_error(0.0, "network")
+    assert all(q.poll(t).action is not Action.PROBE for t in (0.0, 0.05, 0.5))
+
+
+def test_probe_report_after_the_state_moved_on_is_ignored() -> None:
+    p, _ = down_with_probes()
+    p.on_probe(1.0, False)
+    p.on_connect_attempt(2.0)  # the backoff ran out while a probe was in flight
+    assert p.on_probe(2.1, True) is False
+    assert p.probes_total == 1
+
+
+def test_flapping_endpoint_gets_at_most_one_early_open_per_two_probes() -> None:
+    """Probes alternate down/up, every open fails at once: opens stay bounded."""
+    p, _ = make(frac=1.0, probe_interval=1.0, cap=30.0)
+    now, opens, reachable = 0.0, 0, False
+    while now < 100.0:
+        d = p.poll(now)
+        if d.action is Action.CONNECT:
+            opens += 1
+            p.on_connect_attempt(now)
+            p.on_error(now, "network", "refused")
+        elif d.action is Action.PROBE:
+            p.on_probe(now, reachable)
+            reachable = not reachable
+        else:
+            assert d.delay > 0
+            now += d.delay
+    assert opens <= 100.0 / 2.0 + 1
+
+
+# --------------------------------------------------------------------------- holds
+
+def test_hold_pauses_the_stall_clock_until_it_ends() -> None:
+    p, _ = make()  # stall_timeout 5
+    p.on_connect_attempt(0.0)
+    p.on_connected(0.0)
+    p.on_frame(1.0)
+    p.hold(1.0, 9.0)  # the pacer waits for a frame due at 9
+    assert p.poll(8.0).action is Action.WAIT  # 7 s without a frame, but held
+    assert p.poll(13.9).action is Action.WAIT
+    assert p.poll(14.1).action is Action.STALL  # 5 s after the hold ended
+
+
+def test_open_ended_hold_and_release() -> None:
+    p, _ = make()
+    p.on_connect_attempt(0.0)
+    p.on_connected(0.0)
+    p.on_frame(1.0)
+    p.hold(1.0, float("inf"))  # blocked on a full queue
+    assert p.poll(1000.0) == Decision(Action.WAIT, 5.0)
+    p.release(1000.0)
+    assert p.poll(1004.9).action is Action.WAIT
+    assert p.poll(1005.1).action is Action.STALL
+
+
+def test_hold_of_a_previous_connection_does_not_hide_a_stall() -> None:
+    p, _ = make()
+    p.on_connect_attempt(0.0)
+    p.on_connected(0.0)
+    p.hold(0.0, float("inf"))
+    p.on_error(1.0, "eof")
+    p.on_connect_attempt(2.0)
+    p.on_connected(2.0)
+    assert p.poll(7.1).action is Action.STALL
+
+
+def test_early_open_comes_no_sooner_than_two_probe_intervals_after_the_last_attempt() -> None:
+    p, _ = make(frac=1.0, probe_interval=1.0, cap=30.0)
+    p._attempts = 4
+    p.on_connect_attempt(10.0)
+    p.on_error(10.0, "network", "Connection refused")
+    assert p.poll(10.0).action is Action.PROBE
+    p.on_probe(10.0, False)
+    assert p.on_probe(11.0, True) is True
+    assert p.next_attempt_at == pytest.approx(12.0)
+    assert p.poll(11.5).action is Action.WAIT
+    assert p.poll(12.0).action is Action.CONNECT

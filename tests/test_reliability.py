@@ -191,9 +191,9 @@ def test_sd_notify_ready_watchdog_reload_stopping(run_daemon: Any, demo_video: P
 def test_watchdog_fed_while_waiting_to_reconnect_not_while_up_and_silent(
         run_daemon: Any, rtsp_server: Any, notify: Any) -> None:
     srv = rtsp_server(mode="silent")
-    # FFmpeg's probing waits read_timeout for media before av.open returns; then up, silent,
-    # for stall_timeout.
-    silent = {**FAST, "stall_timeout": 8, "read_timeout": 6, "open_timeout": 10}
+    # FFmpeg's probing waits for media until open_timeout before av.open returns; then up,
+    # silent, for stall_timeout.
+    silent = {**FAST, "stall_timeout": 8, "read_timeout": 8, "open_timeout": 6}
     d = run_daemon([{"id": "cam", "url": srv.url, **silent}])
     deadline = time.monotonic() + 30
     while sample(d.scrape(), "detectd_stream_state", stream="cam", state="up") != 1:

@@ -26,12 +26,16 @@ NO_VIDEO = "no video stream in the input"
 def open_options(cfg: StreamConfig) -> dict[str, str]:
     """FFmpeg demuxer/protocol options for ``av.open``: defaults for the URL's protocol, then
     ``cfg.options`` over them. Timeouts are in microseconds, as FFmpeg wants them."""
+    from daemon.sources.timeouts import socket_timeout_us
+
     url = cfg.url.lower()
     opts: dict[str, str] = {}
+    # A little over stall_timeout (daemon/sources/timeouts.py): the stall verdict comes first.
+    sock_timeout = socket_timeout_us(cfg.stall_timeout, cfg.read_timeout)
     if url.startswith(("rtsp://", "rtsps://")):
-        opts = {"rtsp_transport": "tcp", "timeout": str(int(cfg.read_timeout * 1e6))}
+        opts = {"rtsp_transport": "tcp", "timeout": sock_timeout}
     elif url.startswith(("http://", "https://")):
-        opts = {"timeout": str(int(cfg.read_timeout * 1e6)), "reconnect": "0"}
+        opts = {"timeout": sock_timeout, "reconnect": "0"}
     if cfg.format == "mjpeg" and not cfg.is_file:
         # A raw MJPEG stream has no timestamps: FFmpeg's stream-info probe reads ~5 s of it
         # before av.open returns (measured: 5.06 s against 0.10 s), which eats open_timeout.

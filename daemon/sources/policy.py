@@ -20,6 +20,8 @@ How a source uses it (one policy per stream)::
                 policy.on_error(now, "eof")
             except Exception as e:
                 policy.on_error(now, classify_error(e), str(e))
+        elif d.action is Action.PROBE:        # only while waiting to reconnect
+            policy.on_probe(now, tcp_connect(host, port, timeout=...))
         elif d.action is Action.WAIT:
             stop_event.wait(d.delay)          # returns early on stop
         elif d.action is Action.STALL:
@@ -56,6 +58,32 @@ Full jitter spreads many cameras behind one failed NVR evenly instead of in sync
 connection opened, so a server that accepts and drops at once (or after a few frames) still
 backs off instead of being hammered. An authentication failure waits ``auth_backoff`` s (plus up
 to ``auth_jitter`` of it), whatever ``attempts`` is, and never gives up.
+
+Reachability probes (quick recovery)
+------------------------------------
+The backoff protects a server from being hammered by expensive opens (an RTSP handshake plus
+stream probing), but it also makes a camera that comes back wait out a window of up to ``cap``
+seconds. So while a reconnect is scheduled after a network failure or a stall (states
+``backoff`` and ``stalled``, not ``auth_failed``), :meth:`poll` also answers ``PROBE`` every
+``probe_interval`` s (the first one at once): the source checks a cheap signal, such as whether
+a TCP connection to the camera's host and port is accepted, and reports it with
+:meth:`on_probe`. When a probe succeeds after a probe failed (the endpoint was seen
+unreachable since the last open attempt, and now answers), the next open is due at once,
+once; if that open fails, the backoff goes on as scheduled. A probe that succeeds while the
+open keeps failing (a wrong mount path, a server error) changes nothing, so such a server is
+still retried on the backoff alone; after an authentication failure no probe is made at all
+(the camera answers, the password is wrong: wait ``auth_backoff``). An early open needs a failed
+probe since the last attempt, and is never sooner than two probe intervals after the last
+attempt started, so even a flapping endpoint gets at most one extra open per two probe
+intervals. ``probe_interval = 0`` turns probes off (files, or a source with no host).
+
+Stall clock and holds
+---------------------
+The stall clock runs from the later of the connection's start and its last frame. A source that
+is idle on purpose (a realtime file's pacer waiting for a frame's due time, or a file blocked
+on a full queue) calls :meth:`hold` with the time it expects to go on (``math.inf`` for
+"until further notice") and :meth:`release` when it does: the stall clock is then measured
+from the end of the hold, so only time spent waiting for the *source* counts.
 
 Never spins: every scheduled delay is at least ``min_delay`` (0.1 s by default), even when the
 jitter draws 0, and :meth:`poll` answers ``CONNECT`` only while no attempt is in flight, so a
@@ -110,6 +138,7 @@ class Action(str, enum.Enum):
     CONNECT = "connect"  # open the stream now, after calling on_connect_attempt(now)
     WAIT = "wait"  # nothing to do for Decision.delay seconds (or until an event)
     STALL = "stall"  # a stall was just detected: abort the current connection
+    PROBE = "probe"  # check reachability now, then call on_probe(now, reachable)
     END = "end"  # the source is finished (end of a finite file)
     STOP = "stop"  # stop() was called
 
@@ -167,10 +196,11 @@ class PolicyConfig:
     stall_timeout: float = 10.0  # connected, no frame this long -> stalled
     connect_timeout: float = 20.0  # one attempt in flight this long -> treated as a stall
     restart_on_eof: bool = True  # live streams: end of stream -> reconnect; files: False -> ended
+    probe_interval: float = 0.0  # reachability probe pace while waiting to reconnect; 0 = off
 
     def __post_init__(self) -> None:
         for name in ("base", "cap", "min_delay", "stable_after", "auth_backoff", "stall_timeout",
-                     "connect_timeout"):
+                     "connect_timeout", "probe_interval"):
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
@@ -178,6 +208,8 @@ class PolicyConfig:
             raise ValueError("min_delay must be > 0 (it is what keeps the policy from spinning)")
         if self.stall_timeout <= 0 or self.connect_timeout <= 0:
             raise ValueError("stall_timeout and connect_timeout must be > 0")
+        if 0 < self.probe_interval < self.min_delay:
+            raise ValueError(f"probe_interval must be 0 (off) or >= min_delay ({self.min_delay})")
         if self.cap < self.base:
             raise ValueError(f"cap ({self.cap}) must be >= base ({self.base})")
         if not (math.isfinite(self.auth_jitter) and self.auth_jitter >= 0):
@@ -196,11 +228,15 @@ class ReconnectPolicy:
         self._last_error: str | None = None
         self._last_error_kind: str | None = None
         self._in_flight_since: float | None = None  # an attempt is in progress since
+        self._attempt_started_at: float | None = None  # the last attempt started at
         self._next_attempt_at: float | None = None  # None = immediately (state CONNECTING)
         self._connected_at: float | None = None
         self._last_frame_at: float | None = None  # last frame of the current or a past connection
         self._queue_full = False
         self._changed_at: float | None = None
+        self._held_until: float | None = None  # the stall clock restarts at this time
+        self._next_probe_at: float | None = None  # None: no probe scheduled
+        self._probe_saw_down = False  # a probe failed since the last open attempt
         # Counters for metrics (monotonic, never reset).
         self.connect_attempts_total = 0
         self.reconnects_total = 0  # connect attempts after the first successful connection
@@ -208,6 +244,9 @@ class ReconnectPolicy:
         self.decode_errors_total = 0
         self.frames_total = 0
         self.frames_backpressured_total = 0
+        self.probes_total = 0
+        self.probes_failed_total = 0
+        self.early_opens_total = 0  # opens moved forward by a probe that saw the endpoint return
         self._ever_connected = False
 
     # ----------------------------------------------------------------- read-only view
@@ -279,7 +318,10 @@ class ReconnectPolicy:
             if self._ever_connected:
                 self.reconnects_total += 1
             self._in_flight_since = now
+            self._attempt_started_at = now
             self._next_attempt_at = None
+            self._next_probe_at = None
+            self._probe_saw_down = False
             return self._set(State.CONNECTING, now, None)
 
     def on_connected(self, now: float) -> Transition | None:
@@ -291,6 +333,8 @@ class ReconnectPolicy:
             self._next_attempt_at = None
             self._connected_at = now
             self._queue_full = False
+            self._held_until = None
+            self._next_probe_at = None
             self._ever_connected = True
             return self._set(State.UP, now, None)
 
@@ -310,6 +354,7 @@ class ReconnectPolicy:
                 # racing a stall verdict from the supervisor): trust the evidence.
                 self._in_flight_since = None
                 self._next_attempt_at = None
+                self._next_probe_at = None
                 self._connected_at = now
                 self._ever_connected = True
                 tr = self._set(State.UP, now, None)
@@ -363,6 +408,7 @@ class ReconnectPolicy:
                     self.stalls_total += 1
             self._attempts += 1
             self._next_attempt_at = now + delay
+            self._schedule_probes(now, new)
             return self._set(new, now, text)
 
     def stop(self, now: float) -> Transition | None:
@@ -372,7 +418,50 @@ class ReconnectPolicy:
                 return None
             self._in_flight_since = None
             self._next_attempt_at = None
+            self._next_probe_at = None
             return self._set(State.STOPPED, now, None)
+
+    def on_probe(self, now: float, reachable: bool) -> bool:
+        """The result of the probe that :meth:`poll` asked for (``Action.PROBE``).
+
+        Returns True when it moved the next open forward: the endpoint was seen unreachable by
+        an earlier probe since the last open attempt and answers again. The open is then due
+        now, or two probe intervals after the last attempt started if that is later (the bound
+        on opens for an endpoint that flaps). The next probe is due ``probe_interval`` s after
+        ``now``.
+        """
+        with self._lock:
+            if self._next_probe_at is None or self._state not in (State.BACKOFF, State.STALLED):
+                return False  # a stale report: the state moved on while the probe ran
+            self.probes_total += 1
+            self._next_probe_at = now + self.config.probe_interval
+            if not reachable:
+                self.probes_failed_total += 1
+                self._probe_saw_down = True
+                return False
+            if not self._probe_saw_down or self._in_flight_since is not None:
+                return False
+            self._probe_saw_down = False
+            early = now
+            if self._attempt_started_at is not None:
+                early = max(now, self._attempt_started_at + 2.0 * self.config.probe_interval)
+            if self._next_attempt_at is not None and self._next_attempt_at > early:
+                self._next_attempt_at = early
+                self.early_opens_total += 1
+                return True
+            return False
+
+    def hold(self, now: float, until: float) -> None:
+        """The source is idle on purpose until ``until`` (monotonic s; ``math.inf``: until
+        :meth:`release`): no stall is declared before ``until + stall_timeout``."""
+        with self._lock:
+            self._held_until = until
+
+    def release(self, now: float) -> None:
+        """The hold is over at ``now``: the stall clock starts again from ``now``."""
+        with self._lock:
+            if self._held_until is not None:
+                self._held_until = now
 
     # ----------------------------------------------------------------- the clock
     def poll(self, now: float) -> Decision:
@@ -390,6 +479,10 @@ class ReconnectPolicy:
                 ref = self._connected_at if self._connected_at is not None else now
                 if self._last_frame_at is not None and self._last_frame_at > ref:
                     ref = self._last_frame_at
+                if self._held_until is not None and self._held_until > ref:
+                    if math.isinf(self._held_until):
+                        return Decision(Action.WAIT, cfg.stall_timeout)
+                    ref = self._held_until
                 left = ref + cfg.stall_timeout - now
                 if left <= 0:
                     return self._stall(now, f"stall: no frame for {now - ref:.1f} s")
@@ -404,6 +497,11 @@ class ReconnectPolicy:
             due = self._next_attempt_at
             if due is None or now >= due:
                 return Decision(Action.CONNECT)
+            probe = self._next_probe_at
+            if probe is not None:
+                if now >= probe:
+                    return Decision(Action.PROBE)
+                return Decision(Action.WAIT, min(due, probe) - now)
             return Decision(Action.WAIT, due - now)
 
     # ----------------------------------------------------------------- internals
@@ -414,8 +512,18 @@ class ReconnectPolicy:
         delay = self._backoff_delay()
         self._attempts += 1
         self._next_attempt_at = now + delay
+        self._schedule_probes(now, State.STALLED)
         tr = self._set(State.STALLED, now, reason)
         return Decision(Action.STALL, 0.0, tr)
+
+    def _schedule_probes(self, now: float, new: State) -> None:
+        """Probe at once (to see the endpoint down) and then every ``probe_interval`` s while a
+        reconnect is scheduled after a network failure or a stall; never after an
+        authentication failure."""
+        if self.config.probe_interval > 0 and new in (State.BACKOFF, State.STALLED):
+            self._next_probe_at = now
+        else:
+            self._next_probe_at = None
 
     def _backoff_delay(self) -> float:
         cfg = self.config

@@ -11,10 +11,14 @@
   ``error``: retrying cannot help.
 - Live sources: RTSP over TCP with open/read timeouts. When and whether to (re)connect is decided
   by the pure state machine of ``policy.py`` (backoff with full jitter and a cap, long waits after
-  an authentication failure, stall detection); this module only turns its transitions into
-  metrics, ``events/<id>/`` messages and log lines. A blocking read is bounded by PyAV's
-  ``timeout=(open, read)``; a stall is noticed on time by :meth:`StreamSource.supervise`, called
-  by the daemon's supervisor thread, which asks the session to end.
+  an authentication failure, stall detection, reachability probes that end a backoff early when
+  the camera comes back); this module only turns its transitions into metrics,
+  ``events/<id>/`` messages and log lines, and runs the probes (``probe.py``). ``stall_timeout``
+  alone decides when a stream is stalled (``timeouts.py``): a blocking read is bounded by PyAV's
+  ``timeout=(open, stall_timeout + 1)``; a stall is noticed on time by
+  :meth:`StreamSource.supervise`, called by the daemon's supervisor thread, which asks the
+  session to end. Files are judged the same way (a file that stops delivering is ``stalled``),
+  except while the realtime pacer waits on purpose or a full queue holds the decoder.
 - The stream, its orientation and its input format are chosen as FFmpeg's command-line tool
   would (``open.py``, ``daemon.vision.orient``, docs/sources.md); frames leave in displayed size.
 - Every decoded frame passes :class:`~daemon.sources.guard.FrameGuard` before anything else
@@ -29,6 +33,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -43,13 +48,18 @@ from daemon.redact import redact_text, redact_url
 from daemon.sources.errors import SourceError, classify_error, describe_error, is_config_error
 from daemon.sources.guard import FrameGuard, UnsupportedFrame
 from daemon.sources.open import no_video_reason, open_options, pick_video_stream
+from daemon.sources.pacing import RealtimeClock
 from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
+from daemon.sources.probe import probe_target, tcp_reachable
+from daemon.sources.timeouts import connect_timeout, read_bound
 from daemon.vision.orient import displayed_size, frame_orientation, odd_rotation
 
 log = logging.getLogger(__name__)
 
 EventFn = Callable[..., None]
 MAX_CONSECUTIVE_DEMUX_ERRORS = 50
+MAX_PROBE_TIMEOUT = 1.0  # seconds one reachability probe may take (loopback/LAN: milliseconds)
+MAX_LOGGED_DISCONTINUITIES = 10  # per stream; later ones are only counted
 RETRYING = (State.BACKOFF, State.STALLED, State.AUTH_FAILED)
 
 
@@ -67,13 +77,13 @@ __all__ = ["StreamSource", "PermanentError", "open_options", "policy_config"]
 
 
 def policy_config(cfg: StreamConfig) -> PolicyConfig:
+    probes = cfg.probe_interval > 0 and not cfg.is_local and probe_target(cfg.url) is not None
     return PolicyConfig(
         base=cfg.backoff_base, cap=max(cfg.backoff_cap, cfg.backoff_base), stable_after=cfg.stable_after,
         auth_backoff=cfg.auth_backoff, stall_timeout=cfg.stall_timeout,
-        # av.open() is bounded by open_timeout, and FFmpeg's probing by the socket timeout: an
-        # attempt still in flight after both is hung, and the supervisor declares it stalled.
-        connect_timeout=cfg.open_timeout + cfg.read_timeout + 2.0,
+        connect_timeout=connect_timeout(cfg.open_timeout),
         restart_on_eof=not cfg.is_file,
+        probe_interval=max(cfg.probe_interval, 0.1) if probes else 0.0,
     )
 
 
@@ -98,6 +108,8 @@ class StreamSource:
         self._abort = threading.Event()  # the supervisor saw a stall: end the current session
         self._announced_up = False  # an "up" event was sent for the current connection
         self._lock = threading.Lock()  # transitions are applied by two threads
+        self._probe_target = probe_target(cfg.url) if not cfg.is_local else None
+        self._discontinuities = 0
         self.thread = threading.Thread(target=self._run, name=f"source-{cfg.id}", daemon=True)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -133,8 +145,10 @@ class StreamSource:
             self.metrics.stream_since_frame.labels(sid).set(round(self._since_frame(now), 3))
         self.metrics.stream_attempts.labels(sid).set(self.policy.attempts)
         self.metrics.stream_backpressure.labels(sid).set(1 if self.policy.backpressure else 0)
-        if self.cfg.is_file or self.finished.is_set():
-            return  # local files do not stall; a slow pipeline only makes them wait
+        if self.finished.is_set():
+            return
+        # Files too: a file that stops delivering is stalled like a camera (the pacer's waits
+        # and a full queue are holds, see policy.hold).
         d = self.policy.poll(now)
         if d.action is Action.STALL:
             self._abort.set()  # the source thread leaves the session at its next packet/timeout
@@ -206,6 +220,8 @@ class StreamSource:
                     # Wake up at least twice a second: stop() is seen at once (Event), and a
                     # delay shortened by an event is not overslept.
                     self.stop_event.wait(min(max(d.delay, 0.01), 0.5))
+                elif d.action is Action.PROBE:
+                    self._probe()
                 elif d.action is Action.STALL:  # only if the supervisor has not polled yet
                     self._apply(d.transition)
                 else:  # END, STOP
@@ -219,6 +235,25 @@ class StreamSource:
             if not self.retired and not self.failed and self.policy.state is not State.ENDED:
                 self.metrics.set_state(self.cfg.id, "stopped")
             self.finished.set()
+
+    def _probe(self) -> None:
+        """One reachability probe while waiting to reconnect (see policy.py). A probe sends no
+        request, so never the URL's credentials; its log line names only the stream (a URL
+        with raw special characters in its password may even be parsed into a wrong host)."""
+        target = self._probe_target
+        if target is None:  # cannot happen: the policy probes only when a target exists
+            self.policy.on_probe(self.clock(), True)
+            return
+        host, port = target
+        timeout = min(MAX_PROBE_TIMEOUT, self.policy.config.probe_interval)
+        ok = tcp_reachable(host, port, timeout, self.stop_event)
+        if self.stop_event.is_set():
+            return
+        early = self.policy.on_probe(self.clock(), ok)
+        if not self.retired:
+            self.metrics.stream_probes.labels(self.cfg.id, "reachable" if ok else "unreachable").inc()
+        if early:
+            log.info("stream %s: the camera's port answers again; reconnecting now", self.cfg.id)
 
     def _attempt(self) -> None:
         now = self.clock()
@@ -239,8 +274,9 @@ class StreamSource:
             if self.stop_event.is_set():
                 return
             words = describe_error(exc, self.cfg.url, format_forced=self.cfg.format is not None)
-            if self.cfg.is_local:
-                # A local file that fails to open or read fails the same way next time.
+            if self.cfg.is_local and not self._abort.is_set():
+                # A local file that fails to open or read fails the same way next time (one
+                # that stalled is retried, like a camera).
                 self._fail(f"cannot read {self.safe_url}: {words}")
                 return
             if is_config_error(exc) and self.frame_index == 0:
@@ -276,16 +312,14 @@ class StreamSource:
 
     def _open(self) -> Any:
         url = self.cfg.url[5:] if self.cfg.url.startswith("file:") else self.cfg.url
-        read_timeout = self.cfg.read_timeout
+        # A little over stall_timeout: the supervisor declares the stall first (with a clear
+        # reason), and the blocked read ends soon after even if nobody else notices.
+        read_timeout = read_bound(self.cfg.stall_timeout, self.cfg.read_timeout)
         if self.cfg.is_local:
             if not os.path.exists(url):
                 raise PermanentError(f"file not found: {url}")
             if os.path.isdir(url):
                 raise PermanentError(f"is a directory, not a video: {url}")
-        else:
-            # A little over stall_timeout: the supervisor declares the stall first (with a clear
-            # reason), and the blocked read ends soon after even if nobody else notices.
-            read_timeout = min(read_timeout, self.cfg.stall_timeout + 1.0)
         try:
             return av.open(url, format=self.cfg.format, options=open_options(self.cfg),
                            timeout=(self.cfg.open_timeout, read_timeout))
@@ -320,7 +354,7 @@ class StreamSource:
                 # reads (daemon/sources/damage.py); most cameras send one slice per frame anyway.
                 vstream.thread_type = "NONE"
             rate = float(vstream.average_rate) if vstream.average_rate else 25.0
-            pacer = _Pacer(rate, self.stop_event) if self.cfg.realtime and self.cfg.is_file else None
+            pacer = self._pacer(rate) if self.cfg.realtime and self.cfg.is_file else None
             guard = FrameGuard(self.cfg, self.metrics, vstream)
             self._announced_up = False
             while True:
@@ -367,7 +401,7 @@ class StreamSource:
                         if not self._announced_up:
                             self._announced_up = True
                             self._say_up(vf, orient)
-                        if pacer is not None and not pacer.wait(vf.time):
+                        if pacer is not None and not self._pace(pacer, vf.time):
                             return "stopped"
                         self._emit(vf, dt / max(1, len(frames)), orient, damaged, publish)
                         got_any = True
@@ -419,35 +453,42 @@ class StreamSource:
             return
         self.metrics.frames_decoded.labels(sid).inc()
         self.metrics.stage["decode"].observe(decode_seconds)
-        self.sink.put(frame, self.stop_event)
+        if self.cfg.is_live:
+            self.sink.put(frame, self.stop_event)  # never blocks: a full queue drops the oldest
+            return
+        # A file that is not realtime waits for room in its queue: a slow pipeline, not a stall.
+        self.policy.hold(now, math.inf)
+        try:
+            self.sink.put(frame, self.stop_event)
+        finally:
+            self.policy.release(self.clock())
 
+    # -- realtime files ------------------------------------------------------------------------
+    def _pacer(self, rate: float) -> RealtimeClock:
+        """The stream's realtime clock, kept across reopenings (a loop or a reconnect after a
+        stall goes on one period after the last frame)."""
+        pacer: RealtimeClock | None = getattr(self, "_realtime_clock", None)
+        if pacer is None:
+            pacer = self._realtime_clock = RealtimeClock(rate, max_gap=self.cfg.stall_timeout)
+        pacer.reset()
+        return pacer
 
-class _Pacer:
-    """Release frames at the file's own timestamps, like a camera would."""
-
-    def __init__(self, rate: float, stop: threading.Event) -> None:
-        self.period = 1.0 / rate if rate > 0 else 0.04
-        self.stop = stop
-        self.due: float | None = None  # when the last frame was due
-        self.reset()
-
-    def reset(self) -> None:
-        """Start over (a loop back to the start): the next frame comes one period after the last
-        one, as from a camera, not at once (which would run a looped file fast)."""
-        self.t0: float | None = None
-        self.pts0 = 0.0
-        self.n = 0
-
-    def wait(self, pts: float | None) -> bool:
-        now = time.monotonic()
-        if self.t0 is None:
-            self.t0 = now if self.due is None else max(now, self.due + self.period)
-            self.pts0 = pts or 0.0
-        # Missing or non-increasing timestamps fall back to the nominal frame rate.
-        offset = (pts - self.pts0) if pts is not None and pts >= self.pts0 else self.n * self.period
-        self.n += 1
-        self.due = self.t0 + offset
-        delay = self.due - now
-        if delay > 0:
-            return not self.stop.wait(delay)
-        return not self.stop.is_set()
+    def _pace(self, pacer: RealtimeClock, pts: float | None) -> bool:
+        """Wait until the frame with timestamp ``pts`` is due (see pacing.py); False on stop.
+        The wait is a hold: the stall clock does not run while the pacer waits on purpose."""
+        now = self.clock()
+        r = pacer.schedule(now, pts)
+        if r.discontinuity is not None:
+            self._discontinuities += 1
+            if not self.retired:
+                self.metrics.stream_discontinuities.labels(self.cfg.id).inc()
+            if self._discontinuities <= MAX_LOGGED_DISCONTINUITIES:
+                log.warning("stream %s: timestamps jump by %+.3f s at pts %s; resynchronised the "
+                            "realtime clock (not waited out)%s", self.cfg.id, r.discontinuity,
+                            f"{pts:.3f}" if pts is not None else "?",
+                            "; further jumps are only counted"
+                            if self._discontinuities == MAX_LOGGED_DISCONTINUITIES else "")
+        if r.delay <= 0:
+            return not self.stop_event.is_set()
+        self.policy.hold(now, r.due)
+        return not self.stop_event.wait(r.delay)
