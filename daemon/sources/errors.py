@@ -129,7 +129,7 @@ def describe_error(exc: BaseException, url: str | None = None, *, format_forced:
         return f"FFmpeg rejected the URL or an option: {words}"
     if _av("ExitError") and isinstance(exc, _av("ExitError")):
         # PyAV's interrupt callback ("Immediate exit requested"): its timeout=(open, read) hit.
-        return "no answer within open_timeout/read_timeout"
+        return "no answer within open_timeout (or stall_timeout + 1 s while reading)"
     if not format_forced and _DECODE and isinstance(exc, _DECODE):
         return (f"{words}: FFmpeg did not recognise the input format; if you know it, set it with "
                 "`format:` (e.g. `format: mjpeg` for an MJPEG-over-HTTP camera)")

@@ -206,7 +206,7 @@ def register_url(url: str) -> None:
 _CLI_ONLY_OPTIONS = {
     "f": "the input format has its own key, `format: {value}` next to `options`",
     "format": "the input format has its own key, `format: {value}` next to `options`",
-    "stimeout": "FFmpeg 5 renamed it `timeout` (microseconds); detectd sets it from read_timeout",
+    "stimeout": "FFmpeg 5 renamed it `timeout` (microseconds); detectd sets it from stall_timeout",
     "re": "a command-line flag; `realtime: true` paces a file at its own rate",
     "hwaccel": "a command-line option; `decode:` chooses the decoder",
     "i": "the input is `url`",
