@@ -132,7 +132,8 @@ class CalibrationConfig(Strict):
 
 
 class ModelConfig(Strict):
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    # auto: TensorRT on a GPU, else OpenVINO where it imports, else ONNX Runtime.
+    backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = "auto"
     precision: Literal["fp32", "int8", "fp16"] = "fp32"
     conf_threshold: float = Field(default=0.25, gt=0, lt=1)
     nms_threshold: float = Field(default=0.45, gt=0, le=1)
@@ -142,8 +143,12 @@ class ModelConfig(Strict):
     cfg: str | None = None
     weights: str | None = None
     names: str | None = None
-    # Intra-op threads of ONNX Runtime; 0 = one per core.
+    # Intra-op threads of ONNX Runtime / OpenVINO's INFERENCE_NUM_THREADS; 0 = one per core.
     threads: int = Field(default=0, ge=0, le=256)
+    # OpenVINO's PERFORMANCE_HINT (docs/openvino.md has the measurements behind the default).
+    performance_hint: Literal["latency", "throughput"] = "latency"
+    # OpenVINO infer requests in flight; 0 = OpenVINO's optimum for the hint, at least 2.
+    infer_requests: int = Field(default=0, ge=0, le=64)
     max_batch: int = Field(default=1, ge=1, le=64)
     # How long the scheduler waits for a batch to fill once it has one frame.
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)
