@@ -234,8 +234,8 @@ def bench_opencv_e2e(a: Any, video: Path, threads: int, n: int) -> float:
     return done / (time.perf_counter() - t0)
 
 
-def bench_e2e(video: Path, a: Any, threads: int, rounds: int, bare_fps: dict[str, float]
-              ) -> dict[str, Any]:
+def bench_e2e(video: Path, a: Any, threads: int, rounds: int, bare_fps: dict[str, float],
+              messages: int) -> dict[str, Any]:
     runs = {
         "daemon_ov_int8": {"backend": "openvino", "precision": "int8", "threads": threads},
         "daemon_ort_int8": {"backend": "onnxruntime", "precision": "int8", "threads": threads},
@@ -245,10 +245,10 @@ def bench_e2e(video: Path, a: Any, threads: int, rounds: int, bare_fps: dict[str
     loads = []
     for r in range(rounds):
         for k, model in runs.items():
-            f, st = run_daemon(video, model, 1, 250, scrape=True)
+            f, st = run_daemon(video, model, 1, messages, scrape=True)
             fps[k].append(f)
             stages[k] = st
-        fps["opencv_e2e"].append(bench_opencv_e2e(a, video, threads, 120))
+        fps["opencv_e2e"].append(bench_opencv_e2e(a, video, threads, messages))
         loads.append(load())
         print(f"e2e round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in fps.items())
               + f" frames/s (load {loads[-1]:.1f})", flush=True)
@@ -260,7 +260,8 @@ def bench_e2e(video: Path, a: Any, threads: int, rounds: int, bare_fps: dict[str
             "daemon_ov_int8_vs_daemon_ort_int8": med["daemon_ov_int8"] / med["daemon_ort_int8"]}
 
 
-def bench_streams(video: Path, threads: int, rounds: int, n_streams: int) -> dict[str, Any]:
+def bench_streams(video: Path, threads: int, rounds: int, n_streams: int, per_stream: int
+                  ) -> dict[str, Any]:
     t = threads
     runs: dict[str, dict[str, Any]] = {
         "ort_int8_mb1": {"backend": "onnxruntime", "precision": "int8", "threads": t},
@@ -270,14 +271,12 @@ def bench_streams(video: Path, threads: int, rounds: int, n_streams: int) -> dic
                                    "performance_hint": "throughput"},
         "ov_int8_mb4": {"backend": "openvino", "precision": "int8", "threads": t, "max_batch": 4},
         "ov_int8_mb8": {"backend": "openvino", "precision": "int8", "threads": t, "max_batch": 8},
-        "ov_int8_mb4_throughput": {"backend": "openvino", "precision": "int8", "threads": t,
-                                   "max_batch": 4, "performance_hint": "throughput"},
     }
     fps: dict[str, list[float]] = {k: [] for k in runs}
     loads = []
     for r in range(rounds):
         for k, model in runs.items():
-            fps[k].append(run_daemon(video, model, n_streams, 120 * n_streams)[0])
+            fps[k].append(run_daemon(video, model, n_streams, per_stream * n_streams)[0])
         loads.append(load())
         print(f"streams round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in fps.items())
               + f" frames/s (load {loads[-1]:.1f})", flush=True)
@@ -307,10 +306,13 @@ def recall_precision(ref: list[Detections], got: list[Detections]) -> tuple[floa
     return tp / max(n_ref, 1), tp / max(n_got, 1), n_ref
 
 
-def bench_agreement(models: dict[str, Any], info: ModelInfo, video: Path, threads: int) -> dict[str, Any]:
+def bench_agreement(models: dict[str, Any], info: ModelInfo, video: Path, threads: int,
+                    every: int) -> dict[str, Any]:
     inputs = []
     with av.open(str(video)) as c:
-        for vf in c.decode(video=0):
+        for i, vf in enumerate(c.decode(video=0)):
+            if i % every:
+                continue
             x, li = letterbox_av(vf, info.width, info.height)
             inputs.append((x[None].copy(), li))
     for photo in assets.fetch_photos(progress=False).values():
@@ -377,6 +379,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--stream-frames", type=int, default=120, help="frames per stream per run")
+    ap.add_argument("--e2e-frames", type=int, default=250, help="daemon messages per e2e run")
+    ap.add_argument("--every", type=int, default=1, help="agreement: every k-th demo frame")
     ap.add_argument("--sections", default="bare,e2e,streams,agreement,overhead")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "openvino.json"))
     args = ap.parse_args()
@@ -412,13 +417,16 @@ def main() -> int:
                              for k, v in doc["bare"]["ms"].items()]
     bare_fps = {k: 1000 / v for k, v in doc.get("bare", {}).get("ms", {}).items()}
     if "e2e" in sections:
-        doc["e2e"] = bench_e2e(video, a, args.threads, args.rounds, bare_fps)
+        doc["e2e"] = bench_e2e(video, a, args.threads, args.rounds, bare_fps, args.e2e_frames)
     if "streams" in sections:
-        doc["streams"] = bench_streams(video, args.threads, max(1, args.rounds - 1), args.streams)
+        doc["streams"] = bench_streams(video, args.threads, args.rounds, args.streams, args.stream_frames)
     if "agreement" in sections:
-        doc["agreement"] = bench_agreement(models, info, video, args.threads)
+        doc["agreement"] = bench_agreement(models, info, video, args.threads, args.every)
     if "overhead" in sections:
         doc["overhead_ms"] = bench_overhead(info, frames, args.threads, fp32, args.rounds)
+    for section in ("bare", "e2e", "streams", "agreement", "overhead_ms"):
+        if section.split("_")[0] in sections:  # how each section's figures were made
+            doc.setdefault("commands", {})[section] = "bench/bench_openvino.py " + " ".join(sys.argv[1:])
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(doc, indent=2))
     print(json.dumps({k: doc[k] for k in ("bare", "e2e", "streams", "agreement", "overhead_ms") if k in doc},
