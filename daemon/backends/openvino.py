@@ -79,7 +79,7 @@ class OpenVinoBackend:
 
     def __init__(self, path: str | Path, input_name: str, output_names: list[str], *,
                  precision: str = "fp32", threads: int = 0, max_batch: int = 1,
-                 hint: str = "latency", in_flight: int = 0,
+                 hint: str = "throughput", in_flight: int = 0,
                  cache_dir: str | Path | None = None) -> None:
         import openvino as ov
 
