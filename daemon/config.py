@@ -148,7 +148,7 @@ class ModelConfig(Strict):
     # OpenVINO's PERFORMANCE_HINT; throughput measured 1.12x latency with 8 streams on 2 cores
     # (docs/openvino.md).
     performance_hint: Literal["latency", "throughput"] = "throughput"
-    # OpenVINO infer requests in flight; 0 = OpenVINO's optimum for the hint, at least 2.
+    # OpenVINO infer requests in flight; 0 = twice OpenVINO's optimum for the hint, at least 2.
     infer_requests: int = Field(default=0, ge=0, le=64)
     max_batch: int = Field(default=1, ge=1, le=64)
     # How long the scheduler waits for a batch to fill once it has one frame.
