@@ -29,7 +29,7 @@ import numpy as np
 
 from daemon import __version__
 from daemon.analytics.state import StreamAnalytics
-from daemon.backends import Backend, choose_backend, create_backend
+from daemon.backends import Backend, choose_backend, create_backend, int8_variant
 from daemon.backends.base import warmup
 from daemon.config import check_config, Config, ConfigError, StreamConfig, load_config
 from daemon.frames import FrameResult
@@ -101,8 +101,7 @@ class Daemon:
         name, _why = choose_backend(self.cfg.model.backend)  # logs the choice and why, once
         # The stop event reaches first-start calibration and engine builds: SIGTERM abandons
         # them cleanly (nothing half-written is cached) instead of waiting for SIGKILL.
-        path = resolve_model(self.cfg.model, target="tensorrt" if name == "tensorrt" else "cpu",
-                             cancel=self.stop_requested)
+        path = resolve_model(self.cfg.model, target=int8_variant(name), cancel=self.stop_requested)
         self.info = ModelInfo.from_onnx(path)
         self.backend = create_backend(name, path, self.info, self.cfg.model, cancel=self.stop_requested)
         t0 = time.perf_counter()
@@ -355,6 +354,9 @@ class Daemon:
         if hasattr(self.backend, "submit_yuv") and hasattr(self.backend, "collect"):
             self.process_pipelined(batch)
             return
+        if hasattr(self.backend, "input_slot") and hasattr(self.backend, "collect"):
+            self.process_async(batch)
+            return
         assert self.backend is not None and self.info is not None and self.publisher is not None
         m = self.metrics.stage
         infos, kept = [], []
@@ -405,6 +407,28 @@ class Daemon:
                 f.native = None  # copied to pinned memory by submit
         self.pending.append((ticket, batch, infos, t_submit))
         while len(self.pending) > 1:
+            self.collect_one()
+
+    # CPU backends with asynchronous requests (OpenVINO): frames are letterboxed straight into
+    # the next request's own input buffer, up to `in_flight` requests run while this thread
+    # decodes boxes and publishes the older ones (OpenVINO releases the GIL while it computes).
+    def process_async(self, batch: list[Any]) -> None:
+        assert self.backend is not None and self.info is not None
+        backend: Any = self.backend
+        while len(self.pending) >= backend.in_flight:
+            self.collect_one()
+        buf = backend.input_slot(len(batch))
+        infos = []
+        m = self.metrics.stage["preprocess"]
+        for i, frame in enumerate(batch):
+            t0 = time.perf_counter()
+            infos.append(letterbox_frame(frame, self.info.width, self.info.height, out=buf[i])[1])
+            if self.preview is None or not self.preview.watching:
+                frame.native = None
+            m.observe(time.perf_counter() - t0)
+        ticket = backend.submit(len(batch))
+        self.pending.append((ticket, batch, infos, time.perf_counter()))
+        while len(self.pending) > backend.in_flight - 1:
             self.collect_one()
 
     def collect_one(self) -> None:

@@ -182,7 +182,8 @@ class CalibrationConfig(Strict):
 
 
 class ModelConfig(Strict):
-    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    # auto: TensorRT on a GPU, else OpenVINO where it imports, else ONNX Runtime.
+    backend: Literal["auto", "onnxruntime", "openvino", "tensorrt"] = "auto"
     precision: Literal["fp32", "int8", "fp16"] = "fp32"
     conf_threshold: float = Field(default=0.25, gt=0, lt=1)
     nms_threshold: float = Field(default=0.45, gt=0, le=1)
@@ -192,8 +193,13 @@ class ModelConfig(Strict):
     cfg: str | None = None
     weights: str | None = None
     names: str | None = None
-    # Intra-op threads of ONNX Runtime; 0 = one per core.
+    # Intra-op threads of ONNX Runtime / OpenVINO's INFERENCE_NUM_THREADS; 0 = one per core.
     threads: int = Field(default=0, ge=0, le=256)
+    # OpenVINO's PERFORMANCE_HINT; throughput measured 1.12x latency with 8 streams on 2 cores
+    # (docs/openvino.md).
+    performance_hint: Literal["latency", "throughput"] = "throughput"
+    # OpenVINO infer requests in flight; 0 = twice OpenVINO's optimum for the hint, at least 2.
+    infer_requests: int = Field(default=0, ge=0, le=64)
     max_batch: int = Field(default=1, ge=1, le=64)
     # How long the scheduler waits for a batch to fill once it has one frame.
     max_wait_ms: float = Field(default=5.0, ge=0, le=1000)

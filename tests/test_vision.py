@@ -106,3 +106,25 @@ def test_postprocess_batch_gives_one_detections_per_image() -> None:
     assert isinstance(dets[1], Detections)
     with pytest.raises(ValueError, match="outputs"):
         postprocess([np.stack([a, b])] * 2, infos, [head], 0.25, 0.45)
+
+
+def test_kept_scaler_gives_the_pixels_of_a_fresh_one(demo_video) -> None:
+    """letterbox_av reuses one swscale context per thread and geometry (a fresh one per frame
+    cost most of the letterbox): frames of two sizes, interleaved as two streams would be,
+    come out exactly as from a scaler made for each frame."""
+    from daemon.vision.letterbox import INTERPOLATION, _fill
+
+    frames = []
+    with av.open(str(demo_video)) as c:
+        for i, vf in enumerate(c.decode(video=0)):
+            frames.append(vf)
+            frames.append(vf.reformat(width=320, height=240))  # another stream's geometry
+            if i == 5:
+                break
+    for vf in frames:
+        got, info = letterbox_av(vf, 416, 416)
+        rgb = vf.reformat(width=info.new_w, height=info.new_h, format="rgb24",
+                          interpolation=INTERPOLATION).to_ndarray()
+        want = np.empty_like(got)
+        _fill(want, info, rgb)
+        assert np.array_equal(got, want)

@@ -9,12 +9,21 @@ from daemon.backends.base import Backend, BackendError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BackendError", "choose_backend", "create_backend"]
+__all__ = ["Backend", "BackendError", "choose_backend", "create_backend", "int8_variant"]
+
+
+def int8_variant(backend: str) -> str:
+    """The INT8 Q/DQ variant (``daemon.quant.qdq.TARGETS``) a backend computes faithfully.
+    OpenVINO runs the ``cpu`` variant: on the symmetric ``tensorrt`` one its low-precision
+    transformations compute the route (Concat) quantization differently from the ONNX
+    semantics and lose about a fifth of the FP32 boxes (measured: docs/openvino.md)."""
+    return "tensorrt" if backend == "tensorrt" else "cpu"
 
 
 def choose_backend(requested: str) -> tuple[str, str]:
-    """(backend name, why). ``auto`` picks TensorRT when it imports and a GPU is present.
-    The choice is logged once (INFO ``inference backend: NAME (why)``), here or by the probe."""
+    """(backend name, why). ``auto``: TensorRT when it imports and a GPU is present, else
+    OpenVINO where it imports, else ONNX Runtime (``select.select_backend``). The choice is
+    logged once (INFO ``inference backend: NAME (why)``), here or by the probe."""
     if requested != "auto":
         log.info("inference backend: %s (set by model.backend)", requested)
         return requested, "set by model.backend"
@@ -23,7 +32,7 @@ def choose_backend(requested: str) -> tuple[str, str]:
     except ImportError:
         log.info("inference backend: onnxruntime (auto: no GPU backend module)")
         return "onnxruntime", "auto: no GPU backend module"
-    choice = select_backend(requested)
+    choice = select_backend(requested)  # logs the choice and why
     if isinstance(choice, tuple):
         return choice[0], choice[1]
     return getattr(choice, "backend", str(choice)), getattr(choice, "reason", "auto")
@@ -40,6 +49,22 @@ def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any, cancel
         return OnnxRuntimeBackend(model_path, info.input_name, info.output_names,
                                   precision=model_cfg.precision, threads=model_cfg.threads,
                                   max_batch=model_cfg.max_batch)
+    if name == "openvino":
+        if model_cfg.precision == "fp16":
+            raise BackendError("model.precision: fp16 exists for TensorRT engines only; "
+                               "use fp32 or int8 with openvino")
+        try:
+            from daemon.backends.openvino import OpenVinoBackend
+        except ImportError as exc:
+            raise BackendError(f"model.backend: openvino is not available here: {exc} "
+                               "(`pip install openvino`, or model.backend: onnxruntime)") from exc
+        from daemon.models import assets
+
+        return OpenVinoBackend(model_path, info.input_name, info.output_names,
+                               precision=model_cfg.precision, threads=model_cfg.threads,
+                               max_batch=model_cfg.max_batch, hint=model_cfg.performance_hint,
+                               in_flight=model_cfg.infer_requests,
+                               cache_dir=assets.cache_dir(model_cfg.cache_dir) / "openvino")
     if name == "tensorrt":
         try:
             from daemon.backends.tensorrt import create_tensorrt_backend

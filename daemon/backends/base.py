@@ -15,7 +15,7 @@ import numpy as np
 
 @runtime_checkable
 class Backend(Protocol):
-    name: str  # "onnxruntime" | "tensorrt"
+    name: str  # "onnxruntime" | "openvino" | "tensorrt"
     precision: str  # "fp32" | "int8" | "fp16"
     max_batch: int
 

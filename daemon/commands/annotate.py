@@ -139,7 +139,7 @@ def annotate(
     """Annotate ``input_path`` into ``out``; returns a summary (frames, size, detections, and
     with ``analytics`` (a stream's AnalyticsConfig) its zones, lines and track ids drawn, the
     events in the JSON lines and their counts in the summary)."""
-    from daemon.backends import choose_backend, create_backend
+    from daemon.backends import choose_backend, create_backend, int8_variant
     from daemon.frames import Detections
     from daemon.models.info import ModelInfo
     from daemon.models.resolve import resolve_model
@@ -152,7 +152,7 @@ def annotate(
     from daemon.vision.yolo import postprocess
 
     name, why = choose_backend(model_cfg.backend)
-    path = resolve_model(model_cfg, target="tensorrt" if name == "tensorrt" else "cpu")
+    path = resolve_model(model_cfg, target=int8_variant(name))
     info = ModelInfo.from_onnx(path)
     backend = create_backend(name, path, info, model_cfg)
     log.info("model %s on %s (%s, %s)", path.name, backend.name, backend.precision, why)

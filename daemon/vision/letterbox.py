@@ -12,11 +12,12 @@ Padding is 0.5, Darknet's own ``letterbox_image`` grey, so detections match Dark
 from __future__ import annotations
 
 from dataclasses import dataclass
+import threading
 from typing import Any
 
 import av
 import numpy as np
-from av.video.reformatter import Interpolation
+from av.video.reformatter import Interpolation, VideoReformatter
 
 PAD_VALUE = 0.5
 # Bilinear scaling; ACCURATE_RND + FULL_CHR_H_INT make libswscale's YUV->RGB exact BT.601 (within
@@ -79,12 +80,31 @@ def _out(out: np.ndarray | None, dst_w: int, dst_h: int) -> np.ndarray:
     return out
 
 
+# ``VideoFrame.reformat`` builds a fresh SwsContext (filter tables, ACCURATE_RND's dither
+# tables) for every frame: 2.4 ms of a 3 ms letterbox at 640x272 -> 416x177, measured. A
+# VideoReformatter kept per thread and per geometry reuses its context (0.64 ms, same pixels).
+_REFORMATTERS = threading.local()
+_MAX_REFORMATTERS = 64  # geometries kept per thread (streams of different sizes); then reset
+
+
+def _reformatter(key: tuple[Any, ...]) -> VideoReformatter:
+    cache: dict[tuple[Any, ...], VideoReformatter] | None = getattr(_REFORMATTERS, "cache", None)
+    if cache is None or len(cache) >= _MAX_REFORMATTERS and key not in cache:
+        cache = _REFORMATTERS.cache = {}
+    r = cache.get(key)
+    if r is None:
+        r = cache[key] = VideoReformatter()
+    return r
+
+
 def letterbox_av(frame: Any, dst_w: int, dst_h: int, out: np.ndarray | None = None
                  ) -> tuple[np.ndarray, LetterboxInfo]:
     """Letterbox a PyAV ``VideoFrame`` (any pixel format): scale + RGB in one swscale pass."""
     info = letterbox_params(frame.width, frame.height, dst_w, dst_h)
-    rgb = frame.reformat(width=info.new_w, height=info.new_h, format="rgb24",
-                         interpolation=INTERPOLATION).to_ndarray()
+    r = _reformatter((frame.format.name, frame.width, frame.height, info.new_w, info.new_h,
+                      getattr(frame, "colorspace", None), getattr(frame, "color_range", None)))
+    rgb = r.reformat(frame, width=info.new_w, height=info.new_h, format="rgb24",
+                     interpolation=INTERPOLATION).to_ndarray()
     buf = _out(out, dst_w, dst_h)
     _fill(buf, info, rgb)
     return buf, info
