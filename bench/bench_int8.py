@@ -148,11 +148,31 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="working directory (default: a temp dir)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "int8.json"),
                     help="write the results here ('' = no)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the --memory-frames calibration (JSON: int8-memory.json)")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     t0 = time.perf_counter()
 
     fp32 = fp32_model(ModelConfig(), progress=True)
+    if args.memory_only:
+        work = Path(args.work or tempfile.mkdtemp(prefix="detectd-bench-int8-"))
+        work.mkdir(parents=True, exist_ok=True)
+        r = calibrate_child(fp32, args.memory_frames, args.threads, methods[0], work,
+                            f"{methods[0]}-{args.memory_frames}")
+        rr = r["report"]
+        print(f"[{methods[0]}] calibration, {rr['frames_calibrated']} frames: {r['wall']:.0f} s, "
+              f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (< 3 GB); load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        if args.json:
+            out = Path(args.json).with_name("int8-memory.json")
+            out.write_text(json.dumps({
+                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+                            "platform": platform.platform()},
+                "method": methods[0], "frames": rr["frames_calibrated"], "wall_s": r["wall"],
+                "peak_rss_bytes": r["peak_rss_bytes"]}, indent=1) + "\n")
+        return 0 if r["peak_rss_bytes"] < 3e9 else 1
     info = ModelInfo.from_onnx(fp32)
     proto = onnx.load(str(fp32))
     heads = [h.name for h in info.heads]

@@ -967,3 +967,34 @@ def test_reference_table_maps_by_darknet_layer_position(fp32_onnx: Path) -> None
     assert mapped["conv_15"].threshold == pytest.approx(scales["016_convolutional"] * 127)
     assert mapped["route_20"].threshold == pytest.approx(scales["021_route"] * 127)
     assert mapped["route_17"].threshold == mapped["leaky_13"].threshold  # an Identity
+
+
+def test_demo_footage_calibrates_and_scores_on_disjoint_pictures() -> None:
+    """The demo source: 300 calibration frames and 310 held-out frames from pinned assets, no
+    source picture in both, every clip as long as declared, and no shortfall warning when
+    the held-out part is smaller than `holdout` asks."""
+    import av
+
+    from daemon.quant.footage import demo_footage
+
+    f = demo_footage(progress=False)
+    cal_sources = {s.source for s in f.calibration}
+    held_sources = {s.source for s in f.holdout}
+    videos = {"bikes.mp4", "bigbuckbunny.mp4"}  # split in time, with a gap
+    assert cal_sources.isdisjoint(held_sources - videos)
+    for v in videos:
+        a, b = [s for s in f.calibration + f.holdout if s.source == v]
+        assert a.stop + 10 <= b.start, v
+    assert sum(s.frames for s in f.calibration) == 300
+    assert sum(s.frames for s in f.holdout) == 310
+    codecs = set()
+    for seg in f.calibration + f.holdout:
+        with av.open(seg.path) as c:
+            codecs.add(c.streams.video[0].codec_context.name)
+            packets = sum(1 for p in c.demux(video=0) if p.size)
+        assert packets >= seg.stop, seg
+    assert codecs >= {"h264", "hevc", "mpeg4", "mjpeg", "vp9"}
+    settings = cal.CalibrationSettings()
+    assert settings.method == "entropy" and settings.count == 300 and settings.holdout == 300
+    assert cal._shortfall_warnings(300, 299, settings, split=True) == []
+    assert cal._shortfall_warnings(300, 299, settings)  # any other source: it says so

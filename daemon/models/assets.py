@@ -36,6 +36,8 @@ __all__ = [
     "VIDEO_PACKAGE",
     "PHOTOS_PACKAGE",
     "SKIMAGE_PACKAGE",
+    "SKLEARN_PACKAGE",
+    "MATPLOTLIB_PACKAGE",
     "cache_dir",
     "fetch_model",
     "fetch_demo_video",
@@ -142,8 +144,6 @@ SKIMAGE_PACKAGE = Package(
             ("astronaut.png", "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
             ("camera.png", "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
             ("chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
-            ("clock_motion.png",
-             "f029226b28b642e80113d86622e9b215ee067a0966feaf5e60604a1e05733955"),
             ("coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
             ("coins.png", "f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba"),
             ("horse.png", "c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455"),
@@ -170,6 +170,30 @@ PHOTOS_PACKAGE = Package(
             "ultralytics/assets/zidane.jpg",
             "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
         ),
+    ),
+)
+
+
+# Two more natural colour photos for the INT8 calibration footage (quant/footage.py).
+SKLEARN_PACKAGE = Package(
+    name="scikit-learn",
+    version="1.5.2",
+    size="13 MB",
+    subdir="media",
+    assets=(
+        Asset("china.jpg", "sklearn/datasets/images/china.jpg",
+              "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29"),
+    ),
+)
+# The wheel's path; an sdist (only where no wheel fits) keeps it under lib/ and fails loudly.
+MATPLOTLIB_PACKAGE = Package(
+    name="matplotlib",
+    version="3.9.2",
+    size="8 MB",
+    subdir="media",
+    assets=(
+        Asset("grace_hopper.jpg", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+              "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130"),
     ),
 )
 

