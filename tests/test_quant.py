@@ -998,3 +998,21 @@ def test_demo_footage_calibrates_and_scores_on_disjoint_pictures() -> None:
     assert settings.method == "entropy" and settings.count == 300 and settings.holdout == 300
     assert cal._shortfall_warnings(300, 299, settings, split=True) == []
     assert cal._shortfall_warnings(300, 299, settings)  # any other source: it says so
+
+
+def test_the_cache_key_covers_the_calibration_algorithm(tmp_path: Path) -> None:
+    """Every module that decides a threshold is hashed into the key, so a model calibrated
+    before a fix (the border counted) is never reused after it."""
+    names = {p.name for p in cal.digest_files()}
+    assert {"histogram.py", "entropy.py", "qdq.py", "calibrate.py", "footage.py",
+            "letterbox.py"} <= names
+    base = cal.CalibrationSettings().digest()
+    assert base == cal.CalibrationSettings().digest()
+    assert base != cal.CalibrationSettings(method="percentile").digest()
+    real = cal.digest_files
+    copy = tmp_path / "histogram.py"
+    copy.write_text((Path(cal.__file__).parent / "histogram.py").read_text() + "\n# changed\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cal, "digest_files", lambda: [copy if p.name == "histogram.py" else p
+                                                 for p in real()])
+        assert cal.CalibrationSettings().digest() != base

@@ -52,14 +52,20 @@ LIST_SUFFIXES = {".txt", ".list", ".lst"}
 DEFAULT_MIN_AGREEMENT = 0.90  # the daemon's quality gate (config model.calibration.min_agreement)
 
 
-def code_digest() -> str:
-    """SHA-256 of the code that turns frames into INT8 models (daemon/quant/*.py and the
-    letterbox preprocessing): a changed quantizer never reuses a model or cache made by the old
-    one, with no version number to remember to bump."""
+def digest_files() -> list[Path]:
+    """The files `code_digest` hashes: every module of daemon/quant (histograms, the picture
+    rectangle rule, KL search, shared ranges, the Q/DQ writer, the demo footage) and the
+    letterbox preprocessing."""
     here = Path(__file__).resolve().parent
-    files = sorted(here.glob("*.py")) + [here.parent / "vision" / "letterbox.py"]
+    return sorted(here.glob("*.py")) + [here.parent / "vision" / "letterbox.py"]
+
+
+def code_digest() -> str:
+    """SHA-256 of the code that turns frames into INT8 models (`digest_files`): a changed
+    quantizer (the picture-only histograms, say) never reuses a model or cache made by the old
+    one, with no version number to remember to bump."""
     h = hashlib.sha256()
-    for p in files:
+    for p in digest_files():
         h.update(f"{p.parent.name}/{p.name}\n".encode())
         h.update(p.read_bytes())
     return h.hexdigest()
