@@ -680,7 +680,7 @@ def test_cli_min_agreement_exits_3(clipped_calibrated, fp32_onnx: Path, demo_vid
             "16", "--holdout", "12", "--every", "8", "--method", "percentile", "--percentile",
             "55", "--target", "cpu", "--out", str(work / "cli.onnx"), "--cache", report.cache,
             "--quiet"]
-    gate = report.variants["cpu"].map50
+    gate = report.variants["cpu"].map50_box_weighted  # what the gate compares
     assert main(args + ["--min-agreement", "0"]) == 0  # the cache is reused: no recalibration
     assert "calibration cache reused" in capsys.readouterr().out
     assert gate < 0.9  # clipping at the median ruins it
@@ -705,7 +705,7 @@ def test_agreement_gate_in_the_daemon_path(tmp_path: Path, fp32_onnx: Path,
     import json
 
     sidecar = next(tmp_path.glob("*.calib.table.json"))
-    achieved = json.loads(sidecar.read_text())["quality"]["cpu"]["map50"]
+    achieved = json.loads(sidecar.read_text())["quality"]["cpu"]["map50_box_weighted"]
     assert path.is_file() and achieved is not None and achieved < 0.9
     calls = []
     real = cal.calibrate
@@ -932,7 +932,8 @@ def test_bootstrap_intervals_resample_source_pictures() -> None:
     ref = [det([box], [0], [0.9]) for _ in range(6)] + [det([box, [60, 60, 90, 90]], [1, 1],
                                                             [0.9, 0.9]) for _ in range(4)]
     perfect = list(ref)
-    half = ref[:6] + [det([box], [1], [0.9]) for _ in range(4)]  # misses all of class 1
+    # finds nothing of class 1: one box of that class, elsewhere
+    half = ref[:6] + [det([[100, 100, 140, 140]], [1], [0.9]) for _ in range(4)]
     sources = ["a"] * 3 + ["b"] * 3 + ["c"] * 2 + ["d"] * 2
     a = map_at_50(ref, half)
     assert a.per_class == {0: 1.0, 1: 0.0} and a.map50 == 0.5

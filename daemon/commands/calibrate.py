@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
         CalibrationError,
         CalibrationSettings,
         calibrate,
+        gated_agreement,
         print_progress,
     )
 
@@ -54,12 +55,14 @@ def run(args: argparse.Namespace) -> int:
         with open(args.report, "w") as f:
             f.write(report.to_json() + "\n")
     v = report.variants[args.target]
-    if gate is not None and gate > 0 and v.map50 is None:
+    achieved = gated_agreement(v.map50_box_weighted, v.map50)
+    if gate is not None and gate > 0 and achieved is None:
         print(f"detectd calibrate: --min-agreement {gate}: no held-out frame was scored, "
               "agreement unknown", file=sys.stderr)
         return 3
-    if gate is not None and v.map50 is not None and v.map50 < gate:
-        print(f"detectd calibrate: agreement {v.map50:.3f} is below --min-agreement {gate} "
+    if gate is not None and achieved is not None and achieved < gate:
+        print(f"detectd calibrate: agreement {achieved:.3f} (box-weighted mAP@0.5) is below "
+              f"--min-agreement {gate} "
               "(the outputs are written; nothing uses them automatically)", file=sys.stderr)
         return 3
     return 0
