@@ -855,7 +855,7 @@ def ensure_int8_model(
             if progress and (done % 50 < settings.batch or done >= total):
                 log.info("calibration: %d/%d frames", min(done, total), total)
 
-        report = calibrate(fp32, source, settings.count, target, out[target], table,
+        report = calibrate(fp32, src, settings.count, target, out[target], table,
                            settings=settings, other_out=out[other_target(target)],
                            progress=say, cancel=cancel, tensor_sqnr=False)
         for line in report.summary().splitlines():
