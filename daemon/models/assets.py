@@ -403,7 +403,10 @@ def fetch_photos(
 def fetch_all(
     cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
 ) -> tuple[ModelAssets, Path, dict[str, Path]]:
-    """Everything ``detectd fetch-model`` provides: model files, demo video, photos."""
+    """Everything ``detectd fetch-model`` provides: model files, demo video, photos, and the
+    pictures the demo's INT8 footage is made of (so a warm cache also calibrates offline)."""
+    for package in (SKIMAGE_PACKAGE, SKLEARN_PACKAGE, MATPLOTLIB_PACKAGE):
+        fetch_package(package, cache_dir, progress)
     return (
         fetch_model(cache_dir, progress),
         fetch_demo_video(cache_dir, progress),
