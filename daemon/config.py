@@ -165,16 +165,17 @@ class StreamConfig(Strict):
 
 
 class CalibrationConfig(Strict):
-    # "demo" = the demo video + photos; else an image list file, a directory, a video or URL.
+    # "demo" = the demo footage (its own calibration and held-out parts, docs/int8.md); else an
+    # image list file, a directory, a video or URL.
     source: str = "demo"
-    count: int = Field(default=500, ge=1, le=100000)
+    count: int = Field(default=300, ge=1, le=100000)
     # Video sources: take every k-th decoded frame; 0 = spread `count` over the file.
     every: int = Field(default=0, ge=0)
     # Frames kept out of calibration to score INT8 against FP32 (mAP@0.5 agreement).
-    holdout: int = Field(default=50, ge=0)
-    # Clipping thresholds: percentile (default; see README "INT8"), entropy (TensorRT's
-    # EntropyCalibrator2, KL divergence), mse, max.
-    method: Literal["percentile", "entropy", "mse", "max"] = "percentile"
+    holdout: int = Field(default=300, ge=0)
+    # Clipping thresholds: entropy (default: TensorRT's EntropyCalibrator2, KL divergence, on
+    # the picture only; docs/int8.md), percentile, mse, max.
+    method: Literal["percentile", "entropy", "mse", "max"] = "entropy"
     percentile: float = Field(default=99.99, gt=50, le=100)
     # The daemon refuses an INT8 model whose mAP@0.5 agreement with the FP32 model on the
     # held-out frames is below this; 0 = no check (README "INT8").

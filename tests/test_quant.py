@@ -424,7 +424,7 @@ def test_int8_agrees_with_fp32_on_held_out_frames(calibrated) -> None:
     # every 3rd frame: calibration sees frames 0..117, the held-out ones are 120..177
     assert report.frames_calibrated == 40 and report.frames_scored == 20
     assert not report.warnings
-    assert report.cache_header.endswith("-MinMaxCalibration")  # percentile is not entropy
+    assert report.cache_header.endswith("-EntropyCalibration2")  # the default: entropy
     assert report.reference_detections > 20  # the frames show cars and people
     for target in ("tensorrt", "cpu"):
         v = report.variants[target]
@@ -561,9 +561,9 @@ def test_held_out_frames_follow_all_calibration_frames(available: int, cal_n: in
     settings = cal.CalibrationSettings(count=10, holdout=5, batch=4, method="max")
     orig = ActivationCollector.add_batch
 
-    def spy(self, batch):
+    def spy(self, batch, pictures=None):
         seen.extend(float(x[0, 16, 16]) for x in batch)
-        return orig(self, batch)
+        return orig(self, batch, pictures)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ActivationCollector, "add_batch", spy)
@@ -639,8 +639,12 @@ def entropy_calibrated(tmp_path_factory, fp32_onnx: Path, demo_video: Path):
 @pytest.mark.slow
 def test_entropy_method_on_real_frames(entropy_calibrated) -> None:
     """TensorRT's EntropyCalibrator2 method end to end: valid models, an EntropyCalibration2
-    table, and the agreement measured and reported (its value is recorded by the benchmark,
-    not gated here: see README "INT8")."""
+    table, and thresholds that see the picture, not the border. The demo video is 57.5%
+    border at 416x416; counted, the border made KL clip maxpool_1 at 7.1 where the picture
+    reaches 56 (agreement 0.47). Over the picture alone the threshold lands near real
+    TensorRT's on natural pictures (23.4 in bench/data's cache, COCO photos without
+    border; docs/int8.md), and the symmetric model's heads keep their SQNR. On these 16 frames: 9.65 over
+    the picture against 6.43 with the border counted, head SQNR 16.9 against 14.8 dB."""
     work, _, report = entropy_calibrated
     assert report.method == "entropy" and report.frames_calibrated == 16
     assert report.frames_scored == 12
@@ -651,21 +655,36 @@ def test_entropy_method_on_real_frames(entropy_calibrated) -> None:
     assert header.endswith("-EntropyCalibration2") and report.cache_header == header
     assert all(s > 0 for s in scales.values())
     assert "EntropyCalibration2" in report.summary() and "mAP@0.5" in report.summary()
+    # the border-counted threshold was 7.06 on the demo frames (6.43 on these 16)
+    assert scales["maxpool_1"] * 127 > 1.25 * 7.06
+    assert min(report.variants["tensorrt"].head_sqnr_db.values()) > 15.5
+
+
+@pytest.fixture(scope="module")
+def clipped_calibrated(tmp_path_factory, fp32_onnx: Path, demo_video: Path):
+    """A deliberately bad calibration (clipping at the median of |x|) for the gate tests."""
+    work = tmp_path_factory.mktemp("clipped")
+    settings = cal.CalibrationSettings(count=16, holdout=12, every=8, method="percentile",
+                                       percentile=55.0)
+    report = cal.calibrate(fp32_onnx, str(demo_video), target="cpu", out=work / "c.onnx",
+                           settings=settings)
+    return work, settings, report
 
 
 @pytest.mark.slow
-def test_cli_min_agreement_exits_3(entropy_calibrated, fp32_onnx: Path, demo_video: Path,
+def test_cli_min_agreement_exits_3(clipped_calibrated, fp32_onnx: Path, demo_video: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     from daemon.__main__ import main
 
-    work, _, report = entropy_calibrated
+    work, _, report = clipped_calibrated
     args = ["calibrate", "--model", str(fp32_onnx), "--source", str(demo_video), "--count",
-            "16", "--holdout", "12", "--every", "8", "--method", "entropy", "--target", "cpu",
-            "--out", str(work / "cli.onnx"), "--cache", report.cache, "--quiet"]
-    gate = report.variants["cpu"].map50
+            "16", "--holdout", "12", "--every", "8", "--method", "percentile", "--percentile",
+            "55", "--target", "cpu", "--out", str(work / "cli.onnx"), "--cache", report.cache,
+            "--quiet"]
+    gate = report.variants["cpu"].map50_box_weighted  # what the gate compares
     assert main(args + ["--min-agreement", "0"]) == 0  # the cache is reused: no recalibration
     assert "calibration cache reused" in capsys.readouterr().out
-    assert gate < 0.95  # entropy on these frames: README "INT8"
+    assert gate < 0.9  # clipping at the median ruins it
     assert main(args + ["--min-agreement", f"{gate + 0.001:.4f}"]) == 3
     assert "below --min-agreement" in capsys.readouterr().err
     assert main(args + ["--min-agreement", "1.5"]) == 2
@@ -679,28 +698,31 @@ def test_agreement_gate_in_the_daemon_path(tmp_path: Path, fp32_onnx: Path,
         count = 8
         holdout = 8
         every = 15
-        method = "entropy"
+        method = "percentile"
+        percentile = 55.0  # a bad calibration on purpose: clipped at the median
         min_agreement = 0.0
 
     path = cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     import json
 
     sidecar = next(tmp_path.glob("*.calib.table.json"))
-    achieved = json.loads(sidecar.read_text())["quality"]["cpu"]["map50"]
-    assert path.is_file() and achieved is not None and achieved < 0.95  # entropy, README
+    achieved = json.loads(sidecar.read_text())["quality"]["cpu"]["map50_box_weighted"]
+    assert path.is_file() and achieved is not None and achieved < 0.9
     calls = []
     real = cal.calibrate
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cal, "calibrate", lambda *a, **k: calls.append(a) or real(*a, **k))
+        # the hint names the other method, never the one in use
         with pytest.raises(cal.AgreementTooLow, match=rf"{achieved:.3f}.*"
-                           r"model\.calibration\.min_agreement 0\.95"):
+                           r"model\.calibration\.min_agreement 0\.95 \(method percentile\); "
+                           r"try model\.calibration\.method: entropy"):
             cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path, min_agreement=0.95)
         Cfg.min_agreement = 0.95  # the config key, read when no argument is given
         with pytest.raises(cal.AgreementTooLow):
             cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     assert calls == []  # the gate read the cached result: no recalibration
     assert cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path,
-                                 min_agreement=max(0.01, achieved - 0.01)) == path
+                                 min_agreement=achieved) == path  # a gate at it passes
 
 
 @pytest.mark.slow
@@ -768,3 +790,231 @@ def test_video_file_and_stream_url_sources(tmp_path: Path, demo_video: Path) -> 
         assert list(dead.frames()) == [] and dead.report.skipped
     finally:
         server.shutdown()
+
+
+# ------------------------------------------------------------------ picture-only histograms
+
+
+@pytest.mark.parametrize("rect,h,expected", [
+    ((119, 296, 0, 416), 416, (119, 296)),  # stride 1: the picture's own rows
+    ((119, 296, 0, 416), 208, (60, 148)),  # stride 2: 59.5 -> 60 (cell 59 straddles the edge)
+    ((119, 296, 0, 416), 13, (4, 9)),  # stride 32: cells 4..8 lie wholly inside 119..296
+    ((200, 210, 0, 416), 13, (6, 7)),  # thinner than a cell: the cell it touches
+    ((0, 416, 0, 416), 26, (0, 26)),  # no border: everything
+])
+def test_picture_cells_keep_the_cells_wholly_inside_the_picture(rect, h, expected) -> None:
+    from daemon.quant.histogram import picture_cells
+
+    rows, cols = picture_cells(rect, 416, 416, h, h)
+    assert (rows.start, rows.stop) == expected
+    assert (cols.start, cols.stop) == (0, h)
+
+
+def test_the_border_is_never_counted() -> None:
+    """Known answer: a picture of one grey level in a 0.5 border; the input tensor's histogram
+    holds exactly the picture's values, as many as it has pixels."""
+    from daemon.vision.letterbox import letterbox_rgb
+    from daemon.quant.histogram import picture_parts, picture_rect
+
+    x, li = letterbox_rgb(np.full((272, 640, 3), 200, np.uint8), 64, 64)
+    h = TensorHistogram()
+    h.add(picture_parts(x[None], [picture_rect(li)], (64, 64)))
+    assert li.pad_y > 0 and h.count == 3 * li.new_w * li.new_h
+    assert h.min == h.max == pytest.approx(200 / 255)
+    everything = TensorHistogram()
+    everything.add(x[None])
+    assert everything.min == 0.5  # what the old calibration counted
+
+
+def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A picture with structure at several scales (so deep layers see more than noise)."""
+    small = rng.uniform(0, 255, (max(1, h // 8), max(1, w // 8), 3))
+    coarse = np.kron(small, np.ones((8, 8, 1)))[:h, :w]
+    if coarse.shape[:2] != (h, w):
+        coarse = np.pad(coarse, ((0, h - coarse.shape[0]), (0, w - coarse.shape[1]), (0, 0)),
+                        mode="edge")
+    fine = rng.uniform(-60, 60, (h, w, 3))
+    return np.clip(coarse + fine, 0, 255).astype(np.uint8)
+
+
+def _thresholds(model: onnx.ModelProto, shapes: list[tuple[int, int]], method: str,
+                picture_only: bool = True) -> dict[str, float]:
+    from daemon.vision.letterbox import letterbox_rgb
+    from daemon.quant.histogram import picture_rect
+
+    rng = np.random.default_rng(11)  # the same textures for every call
+    col = ActivationCollector(model, threads=1)
+    for k in range(0, 48, 4):
+        xs, rects = [], []
+        for j in range(4):
+            h, w = shapes[(k + j) % len(shapes)]
+            x, li = letterbox_rgb(_texture(rng, h, w), 64, 64)
+            xs.append(x)
+            rects.append(picture_rect(li))
+        col.add_batch(np.stack(xs), rects if picture_only else None)
+    stats = cal.stats_from_histograms(col.histograms, cal.CalibrationSettings(method=method))
+    return {n: s.threshold for n, s in stats.items()}
+
+
+def _pyramid_model() -> onnx.ModelProto:
+    """Conv/LeakyRelu/MaxPool at strides 1, 2, 4, 8 on a 64x64 input, like YOLO's trunk."""
+    rng = np.random.default_rng(3)
+    inits, nodes, x, cin = [], [], "images", 3
+    for i, cout in enumerate((8, 16, 16, 16)):
+        w = rng.normal(0, 1.0 / np.sqrt(cin * 9), (cout, cin, 3, 3)).astype(np.float32)
+        b = rng.normal(0, 0.2, cout).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3],
+                                   pads=[1, 1, 1, 1]),
+                  helper.make_node("LeakyRelu", [f"c{i}"], [f"l{i}"], alpha=0.1),
+                  helper.make_node("MaxPool", [f"l{i}"], [f"p{i}"], kernel_shape=[2, 2],
+                                   strides=[2, 2])]
+        x, cin = f"p{i}", cout
+    graph = helper.make_graph(
+        nodes, "pyramid",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 64, 64])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", 16, 4, 4])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])  # not max: an extreme value
+def test_letterboxed_frames_give_the_thresholds_of_border_free_ones(method: str) -> None:
+    """Frames of any aspect ratio (640x272, 16:9, 4:3, portrait), letterboxed, give the same
+    thresholds as square border-free frames of the same texture; counting the border too
+    (the first implementation) moves entropy's far off. The pictures are made at the size
+    they take in the 64x64 input (no scaling), so their pixel statistics are the same."""
+    model = _pyramid_model()
+    square = _thresholds(model, [(64, 64)], method)
+    shapes = [(27, 64), (36, 64), (48, 64), (64, 36)]  # 640x272, 16:9, 4:3, 9:16
+    boxed = _thresholds(model, shapes, method)
+    for name, t in square.items():
+        assert boxed[name] == pytest.approx(t, rel=0.12), (name, boxed[name], t)
+    if method == "entropy":
+        with_border = _thresholds(model, shapes, method, picture_only=False)
+        worst = max(abs(with_border[n] / t - 1) for n, t in square.items() if t > 0)
+        assert worst > 0.25  # the bug this guards against
+
+
+def test_pools_and_concats_share_a_range_that_covers_both_sides(tiny) -> None:
+    model, stats, x = tiny
+    s = dict(stats)
+    # a pool whose output has a larger threshold than its input (entropy can pick that)
+    s["p0"] = TensorStats("p0", s["p0"].min, s["p0"].max, s["l0"].threshold * 2)
+    shared = qdq.share_ranges(model, s)
+    assert shared["p0"].threshold == shared["l0"].threshold == s["l0"].threshold * 2
+    assert shared["u2"].threshold == shared["l2"].threshold  # nearest upsample
+    assert shared["cat"].threshold >= max(shared["u2"].threshold, shared["l1"].threshold)
+    assert shared["cat"].max >= max(shared["u2"].max, shared["l1"].max)
+    assert qdq.share_ranges(model, shared) == shared  # idempotent
+    for target in ("cpu", "tensorrt"):
+        q = qdq.quantize_model(model, s, target)
+        scale = {n.input[0]: float(_value(q, n.input[1])) for n in q.graph.node
+                 if n.op_type == "QuantizeLinear"}
+        want = (qdq.uint8_params(shared["p0"]).scale if target == "cpu"
+                else qdq.symmetric_int8(shared["p0"].threshold).scale)
+        assert scale["p0"] == pytest.approx(want, rel=1e-6), target
+    params = qdq.cpu_params(model, shared)
+    assert params["p0"] == params["l0"]  # still one range, so ORT keeps MaxPool in uint8
+    assert params["p0"].scale * (255 - params["p0"].zero_point) >= 0.99 * min(
+        shared["p0"].max, shared["p0"].threshold)
+
+
+def test_bootstrap_intervals_resample_source_pictures() -> None:
+    from daemon.frames import Detections
+    from daemon.quant.agreement import bootstrap_over_sources, map_at_50
+
+    def det(boxes, cls, scores):
+        return Detections(np.asarray(boxes, np.float32).reshape(-1, 4),
+                          np.asarray(scores, np.float32), np.asarray(cls, np.int64))
+
+    box = [10, 10, 50, 50]
+    ref = [det([box], [0], [0.9]) for _ in range(6)] + [det([box, [60, 60, 90, 90]], [1, 1],
+                                                            [0.9, 0.9]) for _ in range(4)]
+    perfect = list(ref)
+    # finds nothing of class 1: one box of that class, elsewhere
+    half = ref[:6] + [det([[100, 100, 140, 140]], [1], [0.9]) for _ in range(4)]
+    sources = ["a"] * 3 + ["b"] * 3 + ["c"] * 2 + ["d"] * 2
+    a = map_at_50(ref, half)
+    assert a.per_class == {0: 1.0, 1: 0.0} and a.map50 == 0.5
+    assert a.boxes_per_class == {0: 6, 1: 8} and a.box_weighted == pytest.approx(6 / 14)
+    iv = bootstrap_over_sources(ref, {"perfect": perfect, "half": half}, sources, rounds=200,
+                                baseline="perfect")
+    assert iv["perfect"]["map50"].low == iv["perfect"]["map50"].high == 1.0
+    assert 0.0 <= iv["half"]["box_weighted"].low < 6 / 14 < iv["half"]["box_weighted"].high
+    assert iv["half"]["map50_minus_perfect"].high <= 0.0
+    again = bootstrap_over_sources(ref, {"perfect": perfect, "half": half}, sources,
+                                   rounds=200, baseline="perfect")
+    assert again == iv  # seeded
+
+
+def test_reference_table_maps_by_darknet_layer_position(fp32_onnx: Path) -> None:
+    from daemon.quant.reference import map_reference_table
+
+    model = onnx.load(str(fp32_onnx))
+    text = (Path(__file__).parent.parent / "bench" / "data" /
+            "tensorrt-7.1.3-entropy-yolov3-tiny-416.calib").read_text()
+    header, scales = cache_mod.parse_table(text)
+    assert header == "TRT-7103-EntropyCalibration2"
+    names = [n for n in (i.name for i in model.graph.input)] + [
+        o for n in model.graph.node for o in n.output]
+    own = {n: TensorStats(n, -1.0, 1.0, 1.0) for n in names}
+    mapped, missing = map_reference_table(model, text, own)
+    assert missing == []
+    assert mapped["images"].threshold == pytest.approx(scales["000_net"] * 127)
+    assert mapped["conv_0"].threshold == pytest.approx(scales["001_convolutional_bn"] * 127)
+    assert mapped["leaky_0"].threshold == pytest.approx(scales["001_convolutional_lrelu"] * 127)
+    assert mapped["maxpool_1"].threshold == pytest.approx(scales["002_maxpool"] * 127)
+    assert mapped["conv_15"].threshold == pytest.approx(scales["016_convolutional"] * 127)
+    assert mapped["route_20"].threshold == pytest.approx(scales["021_route"] * 127)
+    assert mapped["route_17"].threshold == mapped["leaky_13"].threshold  # an Identity
+
+
+def test_demo_footage_calibrates_and_scores_on_disjoint_pictures() -> None:
+    """The demo source: 300 calibration frames and 310 held-out frames from pinned assets, no
+    source picture in both, every clip as long as declared, and no shortfall warning when
+    the held-out part is smaller than `holdout` asks."""
+    import av
+
+    from daemon.quant.footage import demo_footage
+
+    f = demo_footage(progress=False)
+    cal_sources = {s.source for s in f.calibration}
+    held_sources = {s.source for s in f.holdout}
+    videos = {"bikes.mp4", "bigbuckbunny.mp4"}  # split in time, with a gap
+    assert cal_sources.isdisjoint(held_sources - videos)
+    for v in videos:
+        a, b = [s for s in f.calibration + f.holdout if s.source == v]
+        assert a.stop + 10 <= b.start, v
+    assert sum(s.frames for s in f.calibration) == 300
+    assert sum(s.frames for s in f.holdout) == 310
+    codecs = set()
+    for seg in f.calibration + f.holdout:
+        with av.open(seg.path) as c:
+            codecs.add(c.streams.video[0].codec_context.name)
+            packets = sum(1 for p in c.demux(video=0) if p.size)
+        assert packets >= seg.stop, seg
+    assert codecs >= {"h264", "hevc", "mpeg4", "mjpeg", "vp9"}
+    settings = cal.CalibrationSettings()
+    assert settings.method == "entropy" and settings.count == 300 and settings.holdout == 300
+    assert cal._shortfall_warnings(300, 299, settings, split=True) == []
+    assert cal._shortfall_warnings(300, 299, settings)  # any other source: it says so
+
+
+def test_the_cache_key_covers_the_calibration_algorithm(tmp_path: Path) -> None:
+    """Every module that decides a threshold is hashed into the key, so a model calibrated
+    before a fix (the border counted) is never reused after it."""
+    names = {p.name for p in cal.digest_files()}
+    assert {"histogram.py", "entropy.py", "qdq.py", "calibrate.py", "footage.py",
+            "letterbox.py"} <= names
+    base = cal.CalibrationSettings().digest()
+    assert base == cal.CalibrationSettings().digest()
+    assert base != cal.CalibrationSettings(method="percentile").digest()
+    real = cal.digest_files
+    copy = tmp_path / "histogram.py"
+    copy.write_text((Path(cal.__file__).parent / "histogram.py").read_text() + "\n# changed\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cal, "digest_files", lambda: [copy if p.name == "histogram.py" else p
+                                                 for p in real()])
+        assert cal.CalibrationSettings().digest() != base

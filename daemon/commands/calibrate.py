@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
         CalibrationError,
         CalibrationSettings,
         calibrate,
+        gated_agreement,
         print_progress,
     )
 
@@ -54,12 +55,14 @@ def run(args: argparse.Namespace) -> int:
         with open(args.report, "w") as f:
             f.write(report.to_json() + "\n")
     v = report.variants[args.target]
-    if gate is not None and gate > 0 and v.map50 is None:
+    achieved = gated_agreement(v.map50_box_weighted, v.map50)
+    if gate is not None and gate > 0 and achieved is None:
         print(f"detectd calibrate: --min-agreement {gate}: no held-out frame was scored, "
               "agreement unknown", file=sys.stderr)
         return 3
-    if gate is not None and v.map50 is not None and v.map50 < gate:
-        print(f"detectd calibrate: agreement {v.map50:.3f} is below --min-agreement {gate} "
+    if gate is not None and achieved is not None and achieved < gate:
+        print(f"detectd calibrate: agreement {achieved:.3f} (box-weighted mAP@0.5) is below "
+              f"--min-agreement {gate} "
               "(the outputs are written; nothing uses them automatically)", file=sys.stderr)
         return 3
     return 0
@@ -83,8 +86,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--source", default="demo",
                    help="a text file listing image paths (one a line), a directory of images, "
                         "a video file or stream URL (every k-th frame), or 'demo' (default: "
-                        "the demo video and photos)")
-    p.add_argument("--count", type=int, default=500, help="calibration frames (default 500)")
+                        "the demo footage: its own calibration and held-out parts)")
+    p.add_argument("--count", type=int, default=300, help="calibration frames (default 300)")
     p.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
                    help="which model --out gets: tensorrt (int8 symmetric Q/DQ on conv inputs "
                         "and weights) or cpu (uint8 activations, fastest in ONNX Runtime)")
@@ -95,14 +98,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--every", type=int, default=0,
                    help="video: take every k-th frame (default: spread --count over a file, "
                         "every 10th frame of a stream)")
-    p.add_argument("--holdout", type=int, default=50,
+    p.add_argument("--holdout", type=int, default=300,
                    help="frames read after the --count calibration frames (the end of a "
-                        "video, the last files of a list), never calibrated, to score INT8 "
-                        "against FP32 (default 50)")
-    p.add_argument("--method", default="percentile",
-                   help="threshold method: percentile (of |x|, default; cache header "
-                        "MinMaxCalibration), entropy (TensorRT EntropyCalibrator2, KL; header "
-                        "EntropyCalibration2), mse, max (header MinMaxCalibration)")
+                        "video, the last files of a list; for 'demo' its held-out part), "
+                        "never calibrated, to score INT8 against FP32 (default 300)")
+    p.add_argument("--method", default="entropy",
+                   help="threshold method: entropy (TensorRT EntropyCalibrator2, KL, default; "
+                        "header EntropyCalibration2), percentile (of |x|; header "
+                        "MinMaxCalibration), mse, max (header MinMaxCalibration)")
     p.add_argument("--percentile", type=float, default=99.99,
                    help="--method percentile: the percentile of |x| kept (default 99.99)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")

