@@ -21,6 +21,18 @@ def threads_and_fds(pid: int) -> tuple[int, int]:
     return threads, len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def thread_names(pid: int) -> dict[str, int]:
+    """Thread names of a process (``/proc/<pid>/task/*/comm``) with their counts: what grew."""
+    names: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended meanwhile
+            continue
+        names[name] = names.get(name, 0) + 1
+    return names
+
+
 def test_random_outages_and_restarts(run_daemon: Any, rtsp_server: Any, demo_video: Path) -> None:
     rng = random.Random(20261125)
     servers = [rtsp_server() for _ in range(3)]
@@ -32,6 +44,7 @@ def test_random_outages_and_restarts(run_daemon: Any, rtsp_server: Any, demo_vid
              "every stream's first frames")
     d.collect(2)
     threads0, fds0 = threads_and_fds(d.proc.pid)
+    names0 = thread_names(d.proc.pid)
 
     actions = []
     end = time.monotonic() + 40
@@ -61,5 +74,5 @@ def test_random_outages_and_restarts(run_daemon: Any, rtsp_server: Any, demo_vid
     gaps = [b - a for a, b in zip(at, at[1:])]
     assert max(gaps) < 2.0, max(gaps)
     threads1, fds1 = threads_and_fds(d.proc.pid)
-    assert threads1 <= threads0 + 4, (threads0, threads1)
+    assert threads1 <= threads0 + 4, (threads0, threads1, names0, thread_names(d.proc.pid))
     assert fds1 <= fds0 + 8, (fds0, fds1)
