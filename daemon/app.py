@@ -518,11 +518,14 @@ class Daemon:
             elif self.reload_requested.is_set() and drain_deadline is None:
                 self.reload_requested.clear()
                 self.reload()
-            batch = self.scheduler.next_batch(timeout=0.1)
+            # With results in flight, only take frames already waiting: when none is, publish the
+            # oldest result now (a wait of at most one inference) rather than leave it until more
+            # frames arrive; a live stream's result would otherwise wait in_flight-1 frame periods.
+            batch = self.scheduler.next_batch(timeout=0.0 if self.pending else 0.1)
             if batch:
                 self.process(batch)
             elif self.pending:
-                self.flush_pending()  # idle: nothing to overlap with, publish now
+                self.collect_one()  # idle: nothing to overlap with, publish now
             elif self.analytics:
                 self._end_finished_analytics()
             self.publisher.flush_events()

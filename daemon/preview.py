@@ -61,6 +61,8 @@ _STREAM_PATH = re.compile(r"^/stream/([A-Za-z0-9_-]+)\.(mjpg|jpg)$")
 _BOUNDARY = "detectdframe"
 # A stream whose last frame is older than this is shown as stalled when the app gives no state.
 _STALE_S = 5.0
+# How long a new viewer waits for a frame that still has its pixels (see PreviewHub.jpeg).
+_PICTURE_WAIT_S = 1.0
 
 
 class JpegEncoder:
@@ -286,9 +288,13 @@ class PreviewHub:
         draw_detections(rgb, boxes, dets.scores, dets.class_ids, labels, track_ids=dets.track_ids)
         return rgb
 
-    def jpeg(self, stream: str) -> tuple[int, bytes] | None:
+    def jpeg(self, stream: str, require_picture: bool = False) -> tuple[int, bytes] | None:
         """(frame sequence number, JPEG of the latest annotated frame), encoded at most once per
-        frame however many viewers ask. ``None`` before the first frame or for unknown streams."""
+        frame however many viewers ask. ``None`` before the first frame or for unknown streams,
+        and with ``require_picture`` while the latest frame's pixels were released (it was
+        handled before anyone watched): asking marks the stream as watched, so the frames that
+        follow keep their pixels and a new viewer gets its first picture a few frames later,
+        instead of boxes on black."""
         slot = self._slots.get(stream)
         if slot is None or slot.latest is None:
             return None
@@ -296,6 +302,8 @@ class PreviewHub:
         with slot.enc_lock:
             latest = slot.latest  # one read: frame, detections and number belong together
             seq = latest[4]
+            if require_picture and latest[0].image is None and latest[0].native is None:
+                return None
             if slot.jpeg is not None and slot.shown is not None and slot.shown[4] == seq:
                 return seq, slot.jpeg
             frame, dets, labels, _, _ = latest
@@ -446,7 +454,13 @@ class PreviewApp:
         if stream not in self.hub.streams():
             return _plain(start_response, "404 Not Found", f"no stream {stream}\n")
         if kind == "jpg":
-            got = self.hub.jpeg(stream)
+            got = self.hub.jpeg(stream, require_picture=True)
+            deadline = time.monotonic() + _PICTURE_WAIT_S
+            while got is None and time.monotonic() < deadline and not self.stop.is_set():
+                self.stop.wait(0.02)  # the frames after this request keep their pixels
+                got = self.hub.jpeg(stream, require_picture=True)
+            if got is None:  # a stream that stopped delivering: its last frame, boxes on black
+                got = self.hub.jpeg(stream)
             if got is None:
                 return _plain(start_response, "503 Service Unavailable", "no frame yet\n")
             return _send(start_response, "200 OK", "image/jpeg", got[1])
@@ -470,10 +484,13 @@ class PreviewApp:
             yield f"--{_BOUNDARY}\r\n".encode()
             period = 1.0 / self.fps
             sent = -1
+            opened = time.monotonic()
             while not self.stop.is_set():
                 t0 = time.monotonic()
                 if self.hub.frame_seq(stream) != sent:
-                    got = self.hub.jpeg(stream)
+                    # Frames handled before this viewer came have no pixels: wait for one that
+                    # has (a few frames); boxes on black only for a stream that stopped there.
+                    got = self.hub.jpeg(stream, require_picture=t0 - opened < _PICTURE_WAIT_S)
                     if got is not None and got[0] != sent:
                         sent, data = got
                         head = (f"Content-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n"

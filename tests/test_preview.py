@@ -202,3 +202,30 @@ def test_mount_on_metrics_listener() -> None:
     finally:
         app.stop.set()
         ms.stop()
+
+
+def _released(stream: str = "cam1", i: int = 0) -> FrameResult:
+    """A frame whose pixels the pipeline released (handled while nobody watched)."""
+    f = Frame(stream, i, 320, 240, None, time.time(), time.monotonic())
+    return FrameResult(f, Detections([[10, 10, 100, 120]], [0.9], [2]))
+
+
+def test_a_new_viewer_gets_a_picture_not_boxes_on_black() -> None:
+    """Frames handled before anyone watched carry no pixels: a viewer that asks for a picture
+    waits for the next frame that has one (asking marks the stream watched) instead of getting
+    the boxes drawn on a black canvas; without ``require_picture`` the boxes-on-black fallback
+    remains (a stream that stopped on such a frame still shows its detections)."""
+    hub = PreviewHub()
+    hub.offer(_released(i=0), LABELS)
+    assert not hub.watching
+    assert hub.jpeg("cam1", require_picture=True) is None
+    assert hub.watching  # the pipeline keeps the pixels of the frames that follow
+    hub.offer(_result(i=20, native=True), LABELS)
+    got = hub.jpeg("cam1", require_picture=True)
+    assert got is not None
+    with av.open(__import__("io").BytesIO(got[1]), format="mjpeg") as c:
+        pic = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    assert abs(float(pic[150:230, 150:300].mean()) - (20 * 7) % 250) < 8  # the frame's grey, not black
+    hub.offer(_released(i=2), LABELS)
+    fallback = hub.jpeg("cam1")
+    assert fallback is not None and fallback[0] == got[0] + 1
