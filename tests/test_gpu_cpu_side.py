@@ -31,7 +31,7 @@ def ok() -> None:
     (lambda: "no CUDA device", ok, "onnxruntime", "no GPU (no CUDA device)"),
     (ok, lambda: "the tensorrt package does not import", "onnxruntime", "a GPU is present but"),
     (lambda: "cuda-python is not installed (No module named 'cuda')", lambda: "nope", "onnxruntime",
-     "no GPU backend installed (cuda-python is not installed"),
+     "TensorRT not usable here (cuda-python is not installed"),
 ])
 def test_auto_selection(gpu, trt, expected: str, why: str, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="daemon.backends.select"):

@@ -150,7 +150,7 @@ def ok() -> None:
     (lambda: "no CUDA device", ok, lambda: "the openvino package does not import (ImportError: x)",
      "onnxruntime", "the openvino package does not import"),
     (ok, lambda: "the tensorrt package does not import", ok, "openvino", "a GPU is present but"),
-    (lambda: "cuda-python is not installed", lambda: "no", ok, "openvino", "no GPU backend installed"),
+    (lambda: "cuda-python is not installed", lambda: "no", ok, "openvino", "TensorRT not usable here"),
 ])
 def test_auto_selection(gpu: Any, trt: Any, ov: Any, expected: str, why: str,
                         caplog: pytest.LogCaptureFixture) -> None:

@@ -71,7 +71,7 @@ def select_backend(requested: str = "auto", *, tensorrt_probe: Probe = probe_ten
         no_trt = tensorrt_probe() if no_gpu is None else None
         if no_gpu is not None and no_gpu.startswith(NO_CUDA_PYTHON):
             # Not knowing is not the same as not having: say what is missing.
-            sel = _cpu(f"auto: no GPU backend installed ({no_gpu}; on an NVIDIA machine "
+            sel = _cpu(f"auto: TensorRT not usable here ({no_gpu}; on an NVIDIA machine "
                        "`pip install 'detectd[gpu]'` enables TensorRT)", openvino_probe)
         elif no_gpu is not None:
             sel = _cpu(f"auto: no GPU ({no_gpu})", openvino_probe)
