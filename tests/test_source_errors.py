@@ -250,3 +250,42 @@ def test_refused_credentials_are_said_in_words(rtsp_server: Any) -> None:
         run.stop()
     reason = run.reasons("auth_failed")[0]
     assert reason == "auth: Server returned 401 Unauthorized (authorization failed)", reason
+
+
+# --------------------------------------------------------------------------- EINVAL vs config
+
+def _raised(url: str) -> BaseException:
+    import av
+
+    try:
+        av.open(url, timeout=2).close()
+    except Exception as exc:  # the real exception PyAV raises for this URL
+        return exc
+    raise AssertionError(f"{url} opened")
+
+
+def test_einval_is_not_proof_of_a_config_error_but_an_unknown_protocol_is() -> None:
+    from daemon.sources.errors import is_config_error, is_invalid_argument
+
+    einval = _raised("tcp://127.0.0.1:0")  # FFmpeg: "Invalid argument" (EINVAL)
+    assert is_invalid_argument(einval) and not is_config_error(einval)
+    unknown = _raised("nosuch://camera")  # ProtocolNotFoundError: only the config can fix it
+    assert is_config_error(unknown) and not is_invalid_argument(unknown)
+    refused = _raised("tcp://127.0.0.1:9")
+    assert not is_config_error(refused) and not is_invalid_argument(refused)
+
+
+def test_live_source_with_einval_is_retried_with_backoff_and_a_hint() -> None:
+    # A real EINVAL from FFmpeg before the first frame (here from an option's value; a camera's
+    # odd answer can cause the same code): the stream is never dead for good, the reason names
+    # the keys to check.
+    run = Run({"url": "rtsp://127.0.0.1:9/cam", "options": {"rtsp_transport": "bogus"},
+               "backoff_base": 0.2, "backoff_cap": 1.0, "open_timeout": 5})
+    try:
+        assert run.until(lambda r: len(r.reasons()) >= 3, 20), run.events
+    finally:
+        run.stop()
+    assert not run.src.failed and not run.named("failed"), run.events
+    for reason in run.reasons():
+        assert "Invalid argument" in reason, reason
+        assert "check streams[].url, .format and .options of 's'" in reason, reason

@@ -92,3 +92,25 @@ def test_probes_only_for_network_sources_with_a_host() -> None:
     assert policy_config(stream()).probe_interval == 1.0
     assert policy_config(stream(probe_interval=0)).probe_interval == 0.0
     assert policy_config(stream(url="/tmp/a.mp4")).probe_interval == 0.0
+
+
+@pytest.mark.parametrize("url", ["udp://0.0.0.0:5000", "tcp://cam.local:8000", "srt://cam.local:9000",
+                                 "rtsp://cam.local/s", "https://cam.local/m"])
+@pytest.mark.parametrize("key", ["timeout", "rw_timeout"])
+def test_socket_timeouts_of_every_live_protocol_are_checked(url: str, key: str) -> None:
+    # tcp/udp/srt's ``timeout`` and every protocol's ``rw_timeout`` are microseconds too:
+    # 5 s would cut a source off long before stall_timeout: 40 decides.
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"streams": [{"id": "cam", "url": url, "stall_timeout": 40, "options": {key: "5000000"}}]})
+    text = "\n".join(ei.value.problems)
+    assert f"options.{key}" in text and "stall_timeout (40 s)" in text
+    # At or above stall_timeout in microseconds: accepted.
+    parse_config({"streams": [{"id": "cam", "url": url, "stall_timeout": 40, "options": {key: "40000000"}}]})
+
+
+def test_rw_timeout_is_checked_on_rtmp_but_its_listen_timeout_in_seconds_is_not() -> None:
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"streams": [{"id": "cam", "url": "rtmp://h/app", "stall_timeout": 40,
+                                   "options": {"rw_timeout": "5000000"}}]})
+    assert "options.rw_timeout" in "\n".join(ei.value.problems)
+    parse_config({"streams": [{"id": "cam", "url": "rtmp://h/app", "stall_timeout": 40, "options": {"timeout": "60"}}]})

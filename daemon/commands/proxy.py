@@ -6,7 +6,9 @@
 Frontends are the daemons' publish endpoints (the proxy connects to them; each daemon binds its
 own); backends are bound here for subscribers (``detectd subscribe --endpoint tcp://proxy:5570``).
 Subscriptions are forwarded upstream, so each daemon only sends what someone asked for.
-SIGINT/SIGTERM stop it; exit 0.
+A message a subscriber's queue (--hwm) cannot take is dropped for every subscriber of its topic
+and counted: a warning at most every 10 s names the count and topics, and the last line sums up.
+An ipc:// backend another process owns: exit 1. SIGINT/SIGTERM stop it; exit 0.
 """
 
 from __future__ import annotations
@@ -71,14 +73,16 @@ def run(args: argparse.Namespace) -> int:
             frontend_curve=(args.frontend_server_key, args.frontend_client_key) if args.frontend_server_key else None,
             hwm=args.hwm,
         ).start()
-    except Exception as exc:  # bad endpoint, port in use, unreadable key: one clear line
+    except Exception as exc:  # bad endpoint, port or ipc path in use, unreadable key: one line
         log.error("cannot start the proxy: %s", exc)
         return 1
     while not stop.wait(0.5):
         if proxy.join(0):
             break
     proxy.stop()
+    summary = f"{proxy.forwarded} messages forwarded, {proxy.dropped} dropped at --hwm"
     if proxy.error is not None:
+        log.error("proxy failed: %s", summary)
         return 1
-    log.info("proxy stopped")
+    log.info("proxy stopped: %s", summary)
     return 0

@@ -27,9 +27,12 @@ resolver, on the error path only); the bad input format gets a hint at ``streams
 
 Some failures are not exceptions of FFmpeg: a live source that offers no video track yet raises
 :class:`SourceError` with its own kind (``network``: retried with backoff) and words ("no video
-stream in the input (found: audio (pcm_alaw))"). A URL or option FFmpeg rejects as invalid
-(``EINVAL``, an unknown input format or option) is a configuration problem,
-:func:`is_config_error`: retrying cannot fix it.
+stream in the input (found: audio (pcm_alaw))"). An input format, protocol or option FFmpeg
+does not know (``DemuxerNotFoundError``, ``ProtocolNotFoundError``, ``OptionNotFoundError``: what
+``check-config`` could catch too) is certainly a configuration problem, :func:`is_config_error`:
+retrying cannot fix it. ``EINVAL`` (``ArgumentError``, :func:`is_invalid_argument`) is not
+certain: FFmpeg also returns it for what a server or the network sent (a camera's malformed
+answer), so a live source is retried with backoff and the reason points at the config keys.
 
 The caller passes ``"eof"`` itself when the decode loop of a live stream ends without an
 exception. ``decode`` is ambiguous on purpose: the policy treats it as a skipped packet while
@@ -47,7 +50,8 @@ import re
 import socket
 from typing import Literal
 
-__all__ = ["ErrorKind", "classify_error", "describe_error", "is_config_error", "SourceError"]
+__all__ = ["ErrorKind", "classify_error", "describe_error", "is_config_error", "is_invalid_argument",
+           "SourceError"]
 
 ErrorKind = Literal["network", "auth", "eof", "decode", "timeout"]
 
@@ -81,14 +85,20 @@ class SourceError(Exception):
         self.kind: ErrorKind = kind
 
 
-_CONFIG = _av("ArgumentError") + _av("OptionNotFoundError") + _av("DemuxerNotFoundError") + \
-    _av("ProtocolNotFoundError")
+_CONFIG = _av("OptionNotFoundError") + _av("DemuxerNotFoundError") + _av("ProtocolNotFoundError")
+_INVALID = _av("ArgumentError")
 
 
 def is_config_error(exc: BaseException) -> bool:
-    """FFmpeg rejected the URL, the input format or an option itself (``EINVAL``, "not found"):
-    the configuration must change, retrying cannot help."""
+    """FFmpeg does not know the input format, protocol or an option ("not found"): only the
+    configuration can fix it, retrying cannot help."""
     return bool(_CONFIG) and isinstance(exc, _CONFIG)
+
+
+def is_invalid_argument(exc: BaseException) -> bool:
+    """FFmpeg's ``EINVAL``: often the URL or an option's value, but also a server's malformed
+    answer, so not proof of a config problem (a live source is retried)."""
+    return bool(_INVALID) and isinstance(exc, _INVALID)
 
 
 def _resolve_problem(host: str) -> str | None:
@@ -125,7 +135,7 @@ def describe_error(exc: BaseException, url: str | None = None, *, format_forced:
         unresolved = _resolve_problem(host) if host else None
         if unresolved:
             return unresolved
-    if is_config_error(exc):
+    if is_config_error(exc) or is_invalid_argument(exc):
         return f"FFmpeg rejected the URL or an option: {words}"
     if _av("ExitError") and isinstance(exc, _av("ExitError")):
         # PyAV's interrupt callback ("Immediate exit requested"): its timeout=(open, read) hit.

@@ -45,7 +45,8 @@ from daemon.config import StreamConfig
 from daemon.frames import Frame
 from daemon.metrics import Metrics
 from daemon.redact import redact_text, redact_url
-from daemon.sources.errors import SourceError, classify_error, describe_error, is_config_error
+from daemon.sources.errors import (SourceError, classify_error, describe_error, is_config_error,
+                                   is_invalid_argument)
 from daemon.sources.guard import FrameGuard, UnsupportedFrame
 from daemon.sources.open import no_video_reason, open_options, pick_video_stream
 from daemon.sources.pacing import RealtimeClock
@@ -279,11 +280,18 @@ class StreamSource:
                 # that stalled is retried, like a camera).
                 self._fail(f"cannot read {self.safe_url}: {words}")
                 return
+            hint = f"check streams[].url, .format and .options of {self.cfg.id!r}"
             if is_config_error(exc) and self.frame_index == 0:
-                # FFmpeg rejects the URL or an option before anything worked: only the config
-                # can fix it. (Once frames have flowed, the same code is the server's doing.)
-                self._fail(f"{words} (check streams[].url, .format and .options of {self.cfg.id!r})")
+                # An input format, protocol or option FFmpeg does not know: only the config can
+                # fix it (check-config could have said so). (Once frames have flowed, the same
+                # code is the server's doing.)
+                self._fail(f"{words} ({hint})")
                 return
+            if is_invalid_argument(exc) and self.frame_index == 0:
+                # EINVAL may be the URL or an option's value, or what the server answered: a
+                # live source is retried with backoff (never dead for good), the reason says
+                # where to look.
+                words = f"{words} ({hint})"
             kind = "stall" if self._abort.is_set() else classify_error(exc)
             self._apply(self.policy.on_error(self.clock(), kind, words))
             return
