@@ -140,7 +140,7 @@ def test_client_decodes_real_messages(captured: tuple[Daemon, list[tuple[bytes, 
         assert m.detections.boxes.shape == (len(m.labels), 4)
         assert (m.width, m.height) == (640, 272)
         assert np.all(m.detections.boxes[:, 2] <= m.width) and np.all(m.detections.boxes[:, 3] <= m.height)
-        assert m.model.backend == "onnxruntime" and 0 <= m.latency < 30
+        assert m.model.backend in ("onnxruntime", "openvino") and 0 <= m.latency < 30  # auto: a CPU engine
         assert m.to_dict()["detections"][0]["label"] == m.labels[0]
     # Any single frame may show only an odd object (a "cell phone" false positive); over all of
     # cam1's frames, the street's cars and people appear.
