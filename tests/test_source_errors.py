@@ -250,3 +250,31 @@ def test_refused_credentials_are_said_in_words(rtsp_server: Any) -> None:
         run.stop()
     reason = run.reasons("auth_failed")[0]
     assert reason == "auth: Server returned 401 Unauthorized (authorization failed)", reason
+
+
+# --------------------------------------------------------------------------- host_of
+
+@pytest.mark.parametrize("url, host", [
+    ("rtsp://cam/live?token=ab#cd", "cam"),
+    ("rtsp://admin:pa#ss@cam.example:554/live#frag", "cam.example"),
+    ("rtsp://[::1]:8554/x#y", "::1"),
+    ("http://10.0.0.7/mjpeg", "10.0.0.7"),
+    ("/var/video.mp4", None),
+])
+def test_host_of_ignores_a_fragment(url: str, host: str | None) -> None:
+    from daemon.sources.urls import host_of
+
+    assert host_of(url) == host
+
+
+def test_describe_error_on_eio_with_a_fragment_names_the_host() -> None:
+    """EIO (what FFmpeg raises for an unresolvable host) with a '#' in the URL: the host is
+    looked up and named, the token never shown."""
+    import errno
+
+    from daemon.sources.errors import describe_error
+
+    exc = OSError(errno.EIO, "Input/output error")
+    text = describe_error(exc, "rtsp://no-such-camera.invalid/live?token=Tok3nSecret#cd")
+    assert text.startswith("cannot resolve host no-such-camera.invalid"), text
+    assert "Tok3nSecret" not in text and "Errno" not in text

@@ -74,11 +74,6 @@ def host_of(url: str) -> str | None:
     s = split_url(url)
     if s is None or not s.hostport:
         return None
-    if "#" in s.rest:
-        # FFmpeg never sends a fragment to the server: a raw "#" in a path or a query token
-        # silently cuts it there (an encoded one, %23, is sent).
-        problems.append("the URL has a '#' after the host, which FFmpeg never sends to the server; "
-                        f"if it belongs to a path, token or password, write it as %23 ({masked})")
     hp = s.hostport
     if hp.startswith("["):
         return hp[1:hp.find("]")] if "]" in hp else None
