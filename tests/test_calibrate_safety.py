@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ import pytest
 from daemon.config import parse_config
 from daemon.quant.calibrate import FrameSource, _no_frames_message
 from daemon.redact import redact_text
-from tests.conftest import free_port
+from tests.conftest import DaemonProc, free_port, write_config
 from tests.test_secrets import SPECIALS, forms
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,3 +88,46 @@ def test_cli_report_of_a_stream_with_credentials_names_no_password(
     for text in (r.stdout, r.stderr, report.read_text()):
         for f in forms(password) | {f"cam:{password}", f"cam:{quote(password, safe='')}"}:
             assert f not in text, text
+
+
+# --------------------------------------------------------------------------- unsafe frames
+
+def _cli_calibrate(fp32_onnx: Path, source: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", "calibrate", "--model", str(fp32_onnx), "--source",
+         str(source), "--count", "4", "--holdout", "0", "--every", "1", "--target", "cpu",
+         "--out", str(tmp_path / "m.onnx"), "--quiet"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_skips_an_odd_bayer_video(fp32_onnx: Path, tmp_path: Path) -> None:
+    r = _cli_calibrate(fp32_onnx, BAYER, tmp_path)
+    assert r.returncode == 1, (r.returncode, r.stderr)  # not -SIGABRT
+    assert "no usable frame" in r.stderr and BAYER_RULE in r.stderr and "bayer_rggb8" in r.stderr
+
+
+def test_cli_skips_an_odd_bayer_picture_in_an_image_list(fp32_onnx: Path, tmp_path: Path) -> None:
+    """The same frame read as a picture (a list entry goes through the image path)."""
+    listing = tmp_path / "frames.txt"
+    listing.write_text(f"{BAYER}\n")
+    r = _cli_calibrate(fp32_onnx, listing, tmp_path)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert BAYER_RULE in r.stderr, r.stderr
+
+
+def test_daemon_calibrating_on_an_odd_bayer_video_exits_with_the_rule(
+        fp32_onnx: Path, demo_video: Path, tmp_path: Path) -> None:
+    """``precision: int8`` calibrates at start: the unsafe source is an error in words (exit 1),
+    never a SIGABRT of the process."""
+    path, cfg = write_config(
+        tmp_path / "detectd.yaml", [{"id": "cam", "url": str(demo_video)}],
+        model={"precision": "int8",
+               "calibration": {"source": str(BAYER), "count": 4, "holdout": 0, "every": 1}})
+    d = DaemonProc(path, cfg)
+    try:
+        rc = d.collect_until_exit(240)
+        log = d.log()
+    finally:
+        d.close()
+    assert rc == 1 and rc != -signal.SIGABRT, (rc, log)
+    assert BAYER_RULE in log, log

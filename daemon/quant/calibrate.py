@@ -47,6 +47,7 @@ from daemon.redact import redact_text, redact_url
 from daemon.sources.errors import describe_error
 from daemon.sources.open import no_video_reason, pick_video_stream
 from daemon.sources.urls import register_url
+from daemon.sources.validate import UnsupportedFrame, check_frame
 from daemon.vision.orient import frame_orientation, oriented_rgb
 
 log = logging.getLogger("detectd.calibrate")
@@ -265,12 +266,17 @@ class FrameSource:
             return None
         try:
             with av.open(path) as c:
-                if not c.streams.video:
+                stream = pick_video_stream(c)  # as ffmpeg picks it, like _video
+                if stream is None:
                     self._skip(path, "not an image")
                     return None
-                for frame in c.decode(video=0):
+                for frame in c.decode(stream):
+                    # Before any conversion: some pixel formats/sizes abort libswscale.
+                    check_frame(frame)
                     return _displayed(frame)
             self._skip(path, "no picture decoded")
+        except UnsupportedFrame as e:
+            self._skip(path, str(e))
         except (av.FFmpegError, OSError, ValueError, EOFError) as e:
             self._skip(path, f"not an image ({describe_error(e)})")
         return None
@@ -297,7 +303,13 @@ class FrameSource:
             try:
                 for frame in container.decode(stream):
                     if index % every == 0:
-                        yield _displayed(frame)
+                        try:
+                            # Before any conversion: some pixel formats/sizes abort libswscale.
+                            check_frame(frame)
+                        except UnsupportedFrame as e:
+                            self._skip(url, str(e))  # this frame only: a stream may change size
+                        else:
+                            yield _displayed(frame)
                     index += 1
             except (av.FFmpegError, OSError, EOFError) as e:
                 # keep what decoded: a damaged tail should not throw the good frames away
