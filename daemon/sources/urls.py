@@ -192,7 +192,13 @@ def register_url(url: str) -> None:
     """Register the secrets of ``url`` with the redactor (:func:`daemon.redact.register_secrets`)."""
     from daemon.redact import register_secrets
 
-    register_secrets(url_secrets(url))
+    s = split_url(url)
+    userinfo = s.userinfo if s is not None else None
+    whole: set[str] = set()
+    if userinfo and userinfo.partition(":")[2]:  # a password: the userinfo is a secret, any length
+        whole = {userinfo, unquote(userinfo), quote(unquote(userinfo), safe=":"),
+                 encode_userinfo(userinfo)}
+    register_secrets(url_secrets(url), any_length=whole)
 
 
 # Names people copy from an ``ffmpeg`` command line into ``options`` that are not demuxer or
