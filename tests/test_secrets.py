@@ -119,7 +119,7 @@ def test_daemon_never_publishes_logs_or_labels_a_secret(run_daemon: Any, tmp_pat
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Error503)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     secrets = {"refused": "Pw#:/?@[]!$&'()*+,;= x", "resolve": "Pw\u00e9\u5bc6Unicode", "http": "Pw%41%zzLit"}
-    fast = {"open_timeout": 2, "read_timeout": 2, "backoff_base": 0.2, "backoff_cap": 1}
+    fast = {"open_timeout": 2, "backoff_base": 0.2, "backoff_cap": 1}
     streams = [
         {"id": "refused", "url": f"rtsp://ad%40min:{quote(secrets['refused'], safe='')}@127.0.0.1:{free_port()}/cam", **fast},
         {"id": "resolve", "url": f"rtsp://user:{quote(secrets['resolve'], safe='')}@no-such-camera.invalid/cam", **fast},
