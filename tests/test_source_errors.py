@@ -72,7 +72,7 @@ class Run:
         return any(e == event for e, _, _ in self.events)
 
 
-FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "open_timeout": 5, "read_timeout": 5}
+FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "open_timeout": 5}
 
 
 # --------------------------------------------------------------------------- case 5
