@@ -169,6 +169,14 @@ class CalibrationConfig(Strict):
     # image list file, a directory, a video or URL.
     source: str = "demo"
     count: int = Field(default=300, ge=1, le=100000)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        from daemon.sources import urls
+
+        urls.register_url(v)  # a stream URL's password, before any message can echo it
+        return v
     # Video sources: take every k-th decoded frame; 0 = spread `count` over the file.
     every: int = Field(default=0, ge=0)
     # Frames kept out of calibration to score INT8 against FP32 (mAP@0.5 agreement).

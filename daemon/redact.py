@@ -9,13 +9,16 @@ Two layers, so that no URL shape defeats them:
 
 1. Structure: the userinfo of every ``scheme://`` URL is masked, split the way its author meant
    it (up to the *last* ``@`` followed by a host, see :func:`daemon.sources.urls.split_url`), so a
-   raw ``# / ? @ :`` in a password is masked too; credential-like query parameters are masked.
+   raw ``# / ? @ :`` in a password is masked too, and inside text whatever the userinfo holds
+   (quotes, brackets, spaces: :func:`_mask_userinfo_in_text`); credential-like query
+   parameters are masked.
 2. Known secrets: every stream URL of the configuration registers its password, its userinfo and
    its secret query values, raw, percent-decoded and percent-encoded
    (:func:`register_secrets`, called when a config is validated); :func:`redact_text` replaces
    any occurrence of them, wherever it appears (inside a quote, after a space, in FFmpeg's own
    words). Values shorter than :data:`MIN_SECRET_LEN` are left to layer 1 (masking every "a"
-   in a message would make it unreadable).
+   in a message would make it unreadable), except a whole ``user:password`` userinfo with a
+   non-empty password, registered at any length (``:q}`` is no ordinary word).
 
 The functions are total: they never raise, whatever the input, because they sit on error paths.
 """
@@ -37,10 +40,15 @@ _secrets_re: re.Pattern[str] | None = None
 _secrets_lock = threading.Lock()
 
 
-def register_secrets(values: Iterable[str]) -> None:
-    """Remember strings that must never be printed (see the module doc, layer 2)."""
+def register_secrets(values: Iterable[str], *, any_length: Iterable[str] = ()) -> None:
+    """Remember strings that must never be printed (see the module doc, layer 2).
+
+    ``values`` shorter than :data:`MIN_SECRET_LEN` are ignored; ``any_length`` are kept whatever
+    their length (a whole ``user:password`` userinfo: rare enough in ordinary words, and the
+    only trace of a short password once the URL around it is cut)."""
     global _secrets_re
     new = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LEN and v != MASK}
+    new |= {v for v in any_length if isinstance(v, str) and v and v != MASK}
     if not new - _secrets:
         return
     with _secrets_lock:
@@ -160,10 +168,48 @@ def _redact_url_match(m: re.Match[str]) -> str:
     return redact_url(stripped) + url[len(stripped) :]
 
 
+# What may follow the credentials' "@" inside text: a host name, an IPv4 or a bracketed IPv6,
+# an optional port, then anything that cannot continue a host name (a quote, a space, "/").
+_HOST_IN_TEXT = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[\w.~%-]+)(?::[0-9]+)?(?![\w.~%-])")
+_SCHEME_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _mask_userinfo_in_text(text: str) -> str:
+    """Layer 1 for URLs inside text: for each ``scheme://``, mask everything up to the *last*
+    "@" that is followed by a host, whatever characters lie before it (quotes, brackets,
+    spaces: a password may hold any of them, and FFmpeg quotes URLs with ``'``). The search
+    stops at the next ``scheme://`` and at a line break; an "@" after a "/ ? #" is in a path
+    unless a ":" came before (as in :func:`daemon.sources.urls.split_url`)."""
+    out: list[str] = []
+    pos = 0
+    starts = [m.end() for m in _SCHEME_IN_TEXT.finditer(text)]
+    for i, start in enumerate(starts):
+        if start < pos:
+            continue
+        newline = text.find("\n", start)
+        limit = min(starts[i + 1] if i + 1 < len(starts) else len(text),
+                    newline if newline >= 0 else len(text))
+        window = text[start:limit]
+        for at in reversed([j for j, ch in enumerate(window) if ch == "@"]):
+            cand = window[:at]
+            cut = min((p for p in (cand.find(c) for c in "/?#") if p >= 0), default=-1)
+            if cut >= 0 and ":" not in cand[:cut]:
+                break  # "host/path@x": an "@" in the path, not credentials
+            if any(ch.isspace() for ch in cand) and ":" not in re.split(r"\s", cand, 1)[0]:
+                continue  # "cam failed for admin@example.com": prose, not a user name
+            if _HOST_IN_TEXT.match(window, at + 1):
+                out.append(text[pos:start] + MASK)
+                pos = start + at
+                break
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def redact_text(text: str) -> str:
     """Redact every URL with credentials (and ``password=...``-style pairs) inside ``text``."""
     try:
-        out = _URL_IN_TEXT.sub(_redact_url_match, _redact_known(str(text)))
+        out = _mask_userinfo_in_text(_redact_known(str(text)))
+        out = _URL_IN_TEXT.sub(_redact_url_match, out)
         out = _BARE_USERINFO.sub(f"{MASK}@", out)
 
         def kv(m: re.Match[str]) -> str:

@@ -1018,3 +1018,24 @@ def test_the_cache_key_covers_the_calibration_algorithm(tmp_path: Path) -> None:
         mp.setattr(cal, "digest_files", lambda: [copy if p.name == "histogram.py" else p
                                                  for p in real()])
         assert cal.CalibrationSettings().digest() != base
+
+
+def test_footage_rendering_is_said_through_the_logger(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                       capfd: pytest.CaptureFixture[str]) -> None:
+    """The "rendering ..." progress lines go through logging (its format, level and redaction),
+    never straight to stderr. A fresh cache that shares the fetched media renders every clip."""
+    import logging
+
+    from daemon.models import assets
+    from daemon.quant.footage import demo_footage
+
+    demo_footage(progress=False)  # fetched (and rendered) once in the session's cache
+    (tmp_path / "media").symlink_to(assets.cache_dir(None) / "media", target_is_directory=True)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="daemon.quant.footage"):
+        f = demo_footage(cache_dir=tmp_path, progress=True)
+    rendered = [r for r in caplog.records if r.getMessage().startswith("rendering ")]
+    clips = {Path(s.path).name for s in f.calibration + f.holdout if "/footage/" in s.path}
+    assert {r.getMessage().split()[1] for r in rendered} == clips and clips
+    assert all(r.levelno == logging.INFO and r.name == "daemon.quant.footage" for r in rendered)
+    assert "rendering" not in capfd.readouterr().err

@@ -101,3 +101,23 @@ def test_pair_after_a_colon_word_is_redacted() -> None:
 
     assert redact_text("open failed: password=pw1") == "open failed: password=***"
     assert redact_text("missing key: streams") == "missing key: streams"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Quotes and brackets in a userinfo: the URL does not end there (issue 10 review).
+        ('rtsp://:"q@10.0.0.1/cam', "rtsp://***@10.0.0.1/cam"),
+        ("rtsp://:q}@host/cam", "rtsp://***@host/cam"),
+        ("Error opening input 'rtsp://u:p(x)@h:554/a': refused", "Error opening input 'rtsp://***@h:554/a': refused"),
+        ("rtsp://u:[q]@[::1]:554/s", "rtsp://***@[::1]:554/s"),
+        ("<rtsp://a:<b>@h/x>", "<rtsp://***@h/x>"),
+        ("rtsp://a:b c@host/x and http://x:y@z/", "rtsp://***@host/x and http://***@z/"),
+        # Prose after a URL without credentials is left alone.
+        ("opening rtsp://cam/x failed; mail admin@example.com", "opening rtsp://cam/x failed; mail admin@example.com"),
+        ("rtsp://cam failed for admin@example.com", "rtsp://cam failed for admin@example.com"),
+        ("rtsp://cam/a\nuser:x@y", "rtsp://cam/a\n***@y"),
+    ],
+)
+def test_any_character_in_a_userinfo_inside_text(text: str, expected: str) -> None:
+    assert redact_text(text) == expected

@@ -119,7 +119,7 @@ def test_daemon_never_publishes_logs_or_labels_a_secret(run_daemon: Any, tmp_pat
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Error503)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     secrets = {"refused": "Pw#:/?@[]!$&'()*+,;= x", "resolve": "Pw\u00e9\u5bc6Unicode", "http": "Pw%41%zzLit"}
-    fast = {"open_timeout": 2, "stall_timeout": 2, "backoff_base": 0.2, "backoff_cap": 1}
+    fast = {"open_timeout": 2, "backoff_base": 0.2, "backoff_cap": 1}
     streams = [
         {"id": "refused", "url": f"rtsp://ad%40min:{quote(secrets['refused'], safe='')}@127.0.0.1:{free_port()}/cam", **fast},
         {"id": "resolve", "url": f"rtsp://user:{quote(secrets['resolve'], safe='')}@no-such-camera.invalid/cam", **fast},
@@ -179,3 +179,44 @@ def test_raw_hash_in_a_query_token_is_rejected_and_never_shown(tmp_path: Path) -
     assert r.returncode == 2 and "write it as %23" in out, out
     assert "Tok3n" not in out and "Tail99" not in out
     assert "Tail99" not in redact_text("GET http://127.0.0.1:9/mjpeg?token=Tok3n#Tail99 failed")
+
+
+# Every ASCII punctuation character (quotes and brackets included), alone or among others, in a
+# short password (below MIN_SECRET_LEN: only the structure and the whole-userinfo registry can
+# catch it) and a long one, raw, in the user name too.
+PUNCT = list(string.punctuation)
+
+
+@pytest.mark.parametrize("char", PUNCT, ids=[f"U+{ord(c):04X}" for c in PUNCT])
+@pytest.mark.parametrize("length", ["short", "long"])
+@pytest.mark.parametrize("where", ["password", "user"])
+def test_quotes_and_brackets_in_credentials_are_masked_in_text(char: str, length: str, where: str) -> None:
+    secret = f"q{char}" if length == "short" else f"Lq{char}ng{char}Secret9"
+    user, password = (secret, "Pw9x") if where == "user" else ("", secret)
+    url = f"rtsp://{user}:{password}@10.0.0.1/cam"
+    for registered in (False, True):
+        if registered:
+            register(url)
+        for text in messages(url) + [url]:
+            out = redact_text(text)
+            assert password not in out.replace("***", ""), (registered, text, out)
+            if where == "user" and char in "/?#":
+                continue  # "rtsp://q?:Pw9x@...": for FFmpeg too the host is "q", the rest a path
+            assert secret not in out.replace("***", ""), (registered, text, out)
+            assert "10.0.0.1" in out, out
+
+
+@pytest.mark.parametrize("url", ['rtsp://:"q@10.0.0.1/cam', "rtsp://:q}@host/cam", "rtsp://:'q@h/c",
+                                 "rtsp://:q)@h/c", "rtsp://:[q]@h/c", "rtsp://:<q>@h/c"])
+def test_short_punctuated_password_without_registry(url: str) -> None:
+    """A URL seen for the first time: the userinfo is found from its structure alone."""
+    password = url.split("://:", 1)[1].rsplit("@", 1)[0]
+    for text in messages(url):
+        out = redact_text(text)
+        assert f":{password}@" not in out and "***@" in out, (text, out)
+
+
+def test_short_userinfo_is_registered_when_it_has_a_password() -> None:
+    """``:q}`` (3 characters) cut off from its URL is still masked once the URL is known."""
+    register("rtsp://:q}@cam.example/live")
+    assert ":q}" not in redact_text("authentication failed for ':q}'")

@@ -72,7 +72,7 @@ class Run:
         return any(e == event for e, _, _ in self.events)
 
 
-FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "open_timeout": 5, "stall_timeout": 5}
+FAST = {"backoff_base": 0.2, "backoff_cap": 1.0, "open_timeout": 5}
 
 
 # --------------------------------------------------------------------------- case 5
@@ -289,3 +289,29 @@ def test_live_source_with_einval_is_retried_with_backoff_and_a_hint() -> None:
     for reason in run.reasons():
         assert "Invalid argument" in reason, reason
         assert "check streams[].url, .format and .options of 's'" in reason, reason
+# --------------------------------------------------------------------------- host_of
+
+@pytest.mark.parametrize("url, host", [
+    ("rtsp://cam/live?token=ab#cd", "cam"),
+    ("rtsp://admin:pa#ss@cam.example:554/live#frag", "cam.example"),
+    ("rtsp://[::1]:8554/x#y", "::1"),
+    ("http://10.0.0.7/mjpeg", "10.0.0.7"),
+    ("/var/video.mp4", None),
+])
+def test_host_of_ignores_a_fragment(url: str, host: str | None) -> None:
+    from daemon.sources.urls import host_of
+
+    assert host_of(url) == host
+
+
+def test_describe_error_on_eio_with_a_fragment_names_the_host() -> None:
+    """EIO (what FFmpeg raises for an unresolvable host) with a '#' in the URL: the host is
+    looked up and named, the token never shown."""
+    import errno
+
+    from daemon.sources.errors import describe_error
+
+    exc = OSError(errno.EIO, "Input/output error")
+    text = describe_error(exc, "rtsp://no-such-camera.invalid/live?token=Tok3nSecret#cd")
+    assert text.startswith("cannot resolve host no-such-camera.invalid"), text
+    assert "Tok3nSecret" not in text and "Errno" not in text

@@ -9,6 +9,7 @@ an operator sees why a GPU machine fell back, and why a CPU machine runs ONNX Ru
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ class Selection:
 
 def probe_tensorrt() -> str | None:
     try:
-        import tensorrt  # noqa: F401
+        importlib.import_module("tensorrt")  # only whether it imports matters here
     except Exception as exc:  # ImportError, or a broken install raising OSError at load
         return f"the tensorrt package does not import ({type(exc).__name__}: {exc})"
     return None

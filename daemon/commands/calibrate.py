@@ -19,51 +19,58 @@ def run(args: argparse.Namespace) -> int:
         print_progress,
     )
 
+    from daemon.redact import redact_text
+    from daemon.sources.urls import register_url
+
+    # --source may be a stream URL with a password: nothing printed or written below may echo it.
+    register_url(args.source)
+
+    def say(text: str) -> None:
+        print(redact_text(text), file=sys.stderr)
+
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
         settings = CalibrationSettings(count=args.count, every=args.every, holdout=args.holdout,
                                        method=args.method, percentile=args.percentile,
                                        threads=args.threads)
     except ValueError as e:
-        print(f"detectd calibrate: {e} (methods: {', '.join(METHODS)})", file=sys.stderr)
+        say(f"detectd calibrate: {e} (methods: {', '.join(METHODS)})")
         return 2
     gate = args.min_agreement
     if gate is not None and not 0.0 <= gate <= 1.0:
-        print(f"detectd calibrate: --min-agreement {gate}: expected a number in [0, 1]",
-              file=sys.stderr)
+        say(f"detectd calibrate: --min-agreement {gate}: expected a number in [0, 1]")
         return 2
     try:
         report = calibrate(args.model, args.source, args.count, args.target, args.out,
                            args.cache, settings=settings,
                            progress=None if args.quiet else print_progress)
     except CalibrationError as e:
-        print(f"\ndetectd calibrate: {e}", file=sys.stderr)
+        say(f"\ndetectd calibrate: {e}")
         return 1
     except OSError as e:  # e.g. an output directory that cannot be created
-        print(f"\ndetectd calibrate: {e}", file=sys.stderr)
+        say(f"\ndetectd calibrate: {e}")
         return 1
     except KeyboardInterrupt:
         # the outputs are committed as one set at the very end, rolled back if interrupted:
         # whatever was there before (or nothing) is still there, unchanged
-        print("\ndetectd calibrate: interrupted; no output was written or changed",
-              file=sys.stderr)
+        say("\ndetectd calibrate: interrupted; no output was written or changed")
         return 130
     if not args.quiet:
         print(file=sys.stderr)
-    print(report.summary())
+    print(redact_text(report.summary()))
     if args.report:
         with open(args.report, "w") as f:
-            f.write(report.to_json() + "\n")
+            f.write(redact_text(report.to_json()) + "\n")
     v = report.variants[args.target]
     achieved = gated_agreement(v.map50_box_weighted, v.map50)
     if gate is not None and gate > 0 and achieved is None:
-        print(f"detectd calibrate: --min-agreement {gate}: no held-out frame was scored, "
-              "agreement unknown", file=sys.stderr)
+        say(f"detectd calibrate: --min-agreement {gate}: no held-out frame was scored, "
+            "agreement unknown")
         return 3
     if gate is not None and achieved is not None and achieved < gate:
-        print(f"detectd calibrate: agreement {achieved:.3f} (box-weighted mAP@0.5) is below "
-              f"--min-agreement {gate} "
-              "(the outputs are written; nothing uses them automatically)", file=sys.stderr)
+        say(f"detectd calibrate: agreement {achieved:.3f} (box-weighted mAP@0.5) is below "
+            f"--min-agreement {gate} "
+            "(the outputs are written; nothing uses them automatically)")
         return 3
     return 0
 

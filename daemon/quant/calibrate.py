@@ -43,7 +43,11 @@ from daemon.quant.footage import Footage
 from daemon.quant.histogram import (ActivationCollector, Rect, TensorHistogram, TensorStats,
                                     picture_rect)
 from daemon.vision.letterbox import LetterboxInfo, letterbox_av
+from daemon.redact import redact_text, redact_url
+from daemon.sources.errors import describe_error
 from daemon.sources.open import no_video_reason, pick_video_stream
+from daemon.sources.urls import register_url
+from daemon.sources.validate import UnsupportedFrame, check_frame
 from daemon.vision.orient import frame_orientation, oriented_rgb
 
 log = logging.getLogger("detectd.calibrate")
@@ -152,7 +156,10 @@ class FrameSource:
         self.wanted = wanted
         self.items: list[tuple[str, str]] = []  # (kind: image|video, path or url)
         spec = (source or "demo").strip()
-        self.report = SourceReport(description=spec)
+        # A stream URL may carry a password: register it with the redactor before anything can
+        # echo it, and keep only the redacted form for the report (printed, written as JSON).
+        register_url(spec)
+        self.report = SourceReport(description=redact_url(spec))
         self.split: Footage | None = None  # a source with its own held-out part
         self.current = ""  # the item being read (the source of each held-out frame)
         self.held_sources: list[str] = []  # filled by calibration: the source of each
@@ -235,6 +242,8 @@ class FrameSource:
         return h.hexdigest()
 
     def _skip(self, item: str, reason: str) -> None:
+        # Both end up in the printed and JSON reports: never a URL's credentials.
+        item, reason = redact_url(item), redact_text(reason)
         self.report.skipped[reason] += 1
         if len(self.report.skipped_examples) < 5:
             self.report.skipped_examples.append(f"{item}: {reason}")
@@ -257,14 +266,19 @@ class FrameSource:
             return None
         try:
             with av.open(path) as c:
-                if not c.streams.video:
+                stream = pick_video_stream(c)  # as ffmpeg picks it, like _video
+                if stream is None:
                     self._skip(path, "not an image")
                     return None
-                for frame in c.decode(video=0):
+                for frame in c.decode(stream):
+                    # Before any conversion: some pixel formats/sizes abort libswscale.
+                    check_frame(frame)
                     return _displayed(frame)
             self._skip(path, "no picture decoded")
+        except UnsupportedFrame as e:
+            self._skip(path, str(e))
         except (av.FFmpegError, OSError, ValueError, EOFError) as e:
-            self._skip(path, f"not an image ({type(e).__name__})")
+            self._skip(path, f"not an image ({describe_error(e)})")
         return None
 
     def _video(self, url: str) -> Iterator[av.VideoFrame]:
@@ -273,7 +287,7 @@ class FrameSource:
         try:
             container = av.open(url, options=options, timeout=(15.0, 15.0))
         except (av.FFmpegError, OSError, ValueError) as e:
-            self._skip(url, f"cannot open video ({type(e).__name__}: {e})")
+            self._skip(url, f"cannot open video ({describe_error(e, url)})")
             return
         with container:
             stream = pick_video_stream(container)  # as ffmpeg picks it: never cover art
@@ -289,11 +303,17 @@ class FrameSource:
             try:
                 for frame in container.decode(stream):
                     if index % every == 0:
-                        yield _displayed(frame)
+                        try:
+                            # Before any conversion: some pixel formats/sizes abort libswscale.
+                            check_frame(frame)
+                        except UnsupportedFrame as e:
+                            self._skip(url, str(e))  # this frame only: a stream may change size
+                        else:
+                            yield _displayed(frame)
                     index += 1
             except (av.FFmpegError, OSError, EOFError) as e:
                 # keep what decoded: a damaged tail should not throw the good frames away
-                self._skip(url, f"decoding stopped early ({type(e).__name__})")
+                self._skip(url, f"decoding stopped early ({describe_error(e, url)})")
 
 
 # ----------------------------------------------------------------------------- statistics

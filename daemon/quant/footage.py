@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 RENDER_VERSION = 1
 
@@ -170,9 +173,8 @@ def demo_footage(cache_dir: str | os.PathLike[str] | None = None, progress: bool
         for pan in pans:
             path = _pan_path(folder, pan, shas[pan.asset])
             if not path.is_file():
-                if progress:
-                    print(f"rendering {path.name} (INT8 footage)", flush=True,
-                          file=__import__("sys").stderr)
+                if progress:  # through logging, like every other line of the daemon
+                    log.info("rendering %s (INT8 footage)", path.name)
                 render_pan(media[pan.asset], pan, path)
             out.append(Segment(str(path), pan.asset, 0, pan.frames))
         return out

@@ -74,11 +74,6 @@ def host_of(url: str) -> str | None:
     s = split_url(url)
     if s is None or not s.hostport:
         return None
-    if "#" in s.rest:
-        # FFmpeg never sends a fragment to the server: a raw "#" in a path or a query token
-        # silently cuts it there (an encoded one, %23, is sent).
-        problems.append("the URL has a '#' after the host, which FFmpeg never sends to the server; "
-                        f"if it belongs to a path, token or password, write it as %23 ({masked})")
     hp = s.hostport
     if hp.startswith("["):
         return hp[1:hp.find("]")] if "]" in hp else None
@@ -197,7 +192,13 @@ def register_url(url: str) -> None:
     """Register the secrets of ``url`` with the redactor (:func:`daemon.redact.register_secrets`)."""
     from daemon.redact import register_secrets
 
-    register_secrets(url_secrets(url))
+    s = split_url(url)
+    userinfo = s.userinfo if s is not None else None
+    whole: set[str] = set()
+    if userinfo and userinfo.partition(":")[2]:  # a password: the userinfo is a secret, any length
+        whole = {userinfo, unquote(userinfo), quote(unquote(userinfo), safe=":"),
+                 encode_userinfo(userinfo)}
+    register_secrets(url_secrets(url), any_length=whole)
 
 
 # Names people copy from an ``ffmpeg`` command line into ``options`` that are not demuxer or
