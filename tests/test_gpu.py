@@ -17,7 +17,7 @@ import pytest
 from daemon.backends.cuda import cuda_unavailable_reason
 from daemon.backends.select import probe_tensorrt
 from daemon.vision.gpu_letterbox import letterbox_reference
-from daemon.vision.letterbox import letterbox_params
+from daemon.vision.letterbox import letterbox_av, letterbox_params
 
 _NO_GPU = cuda_unavailable_reason()
 _NO_TRT = probe_tensorrt()
