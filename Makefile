@@ -47,7 +47,7 @@ sysdeps:
 # pytest exits 5 when it collected no test: a broken suite, not a pass.
 test: venv-test sysdeps
 	$(BIN)/detectd fetch-model
-	@$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -q -rs --durations=30 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 bench: venv-test
