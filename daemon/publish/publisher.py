@@ -230,6 +230,10 @@ class Publisher:
         ``ipc://`` socket file removed or replaced). Thread-safe."""
         return None if self.claim is None else self.claim.problem()
 
+    def problem(self) -> str | None:
+        """:class:`daemon.publish.sink.Sink` readiness: the endpoint problem, if any."""
+        return self.endpoint_problem()
+
     def _check_endpoint(self) -> None:
         """Once a second: log when the endpoint is lost or back, and export it as a gauge."""
         now = time.monotonic()
