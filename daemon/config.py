@@ -4,6 +4,13 @@ Unknown keys are rejected (``extra="forbid"``) and every error names its key pat
 ``streams[1].id: duplicate stream id 'cam1'`` or, for YAML syntax errors, the file and line.
 ``check_config`` also checks what the types cannot: that a file source exists and a model file
 named in the config is there.
+
+Pure: parsing and checking read the config file and look at the files it names, nothing else.
+No network (``demo://`` is fetched at start by ``daemon/prepare.py``), and a validated config is
+never changed in place: what derives from it is a new value (``model_copy``).
+
+**A new config key** is a field here (or in ``analytics/config.py``) with its default and a
+comment, documented in README/docs; reload decides per section (``daemon/reload.py``).
 """
 
 from __future__ import annotations
@@ -346,9 +353,7 @@ def parse_config(data: Any, base_dir: Path | None = None) -> Config:
     except ValidationError as err:
         # Report every problem at once: the files the valid parts name are checked too.
         raise ConfigError(format_validation_error(err) + _raw_file_problems(data, base_dir)) from None
-    if base_dir is not None:
-        _resolve_paths(cfg, base_dir)
-    return cfg
+    return cfg if base_dir is None else _resolve_paths(cfg, base_dir)
 
 
 def _raw_file_problems(data: dict[str, Any], base: Path | None) -> list[str]:
@@ -367,8 +372,9 @@ def _raw_file_problems(data: dict[str, Any], base: Path | None) -> list[str]:
     return problems
 
 
-def _resolve_paths(cfg: Config, base: Path) -> None:
-    """Relative file paths in a config are relative to the config file, not the cwd."""
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    """Relative file paths in a config are relative to the config file, not the cwd. Returns a
+    new config (validated models are never changed in place)."""
 
     def fix(p: str | None) -> str | None:
         if p is None:
@@ -376,17 +382,16 @@ def _resolve_paths(cfg: Config, base: Path) -> None:
         q = Path(os.path.expanduser(p))
         return str(q if q.is_absolute() else (base / q))
 
-    for s in cfg.streams:
-        # demo:// stays as written: validation never fetches; daemon.prepare resolves it at start.
-        if s.is_local and not s.url.startswith(("file:", DEMO_SCHEME)):
-            s.url = fix(s.url) or s.url
+    # demo:// stays as written: validation never fetches; daemon.prepare resolves it at start.
+    streams = [s.model_copy(update={"url": fix(s.url) or s.url})
+               if s.is_local and not s.url.startswith(("file:", DEMO_SCHEME)) else s for s in cfg.streams]
     m = cfg.model
-    m.onnx, m.cfg, m.weights, m.names = fix(m.onnx), fix(m.cfg), fix(m.weights), fix(m.names)
-    if m.cache_dir:
-        m.cache_dir = fix(m.cache_dir)
+    model = m.model_copy(update={"onnx": fix(m.onnx), "cfg": fix(m.cfg), "weights": fix(m.weights),
+                                 "names": fix(m.names), "cache_dir": fix(m.cache_dir) if m.cache_dir else m.cache_dir})
+    return cfg.model_copy(update={"streams": streams, "model": model})
 
 
-def load_config(path: str | Path) -> Config:
+def load_config(path: str | os.PathLike[str]) -> Config:
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
