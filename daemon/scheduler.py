@@ -13,6 +13,10 @@ Batches are formed round-robin, one frame per stream per round, each take starti
 after the last one served (across batches too), so a busy stream never starves another and, with
 more streams than ``max_batch``, every stream gets the same share. Once one
 frame is in hand the scheduler waits at most ``max_wait`` for the batch to fill.
+
+:meth:`Scheduler.wake` (any thread) ends an idle :meth:`Scheduler.next_batch` wait at once: a
+pipelined backend calls it when a job completes, so the loop publishes that result without
+waiting for the next frame or the timeout, and without polling.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Scheduler:
         self.order: list[str] = []
         self._rr = 0
         self.closed = False
+        self._woken = False  # wake() since the last idle wait it ended
 
     def add_stream(self, stream: str, *, size: int, live: bool, max_age: float) -> None:
         with self.cond:
@@ -141,11 +146,22 @@ class Scheduler:
                         break
                     self.cond.wait(fill_deadline - now)
                 else:
+                    if self._woken:
+                        self._woken = False  # consumed: one wake ends one wait
+                        break
                     if now >= deadline or self.closed:
                         break
                     self.cond.wait(deadline - now)
             self.cond.notify_all()  # room freed for waiting decoders
         return batch
+
+    def wake(self) -> None:
+        """End the current (or the next) idle wait of :meth:`next_batch` now, with whatever is
+        in hand (possibly nothing). Safe from any thread, including a backend's callback; a
+        wake while a batch is being filled is kept for the next idle wait."""
+        with self.cond:
+            self._woken = True
+            self.cond.notify_all()
 
     def close(self) -> None:
         with self.cond:
