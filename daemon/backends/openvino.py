@@ -31,7 +31,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -138,6 +138,11 @@ class OpenVinoBackend:
         self._next = 0
         self._seq = 0
         self._busy: dict[int, int] = {}  # slot -> seq of the ticket it runs
+        # Completion (backends/base.py CompletionSource): set by OpenVINO's callback thread
+        # before the pipeline is woken; inside the callback OpenVINO's wait_for(0) is still
+        # False, so ready() reads this flag, not the request.
+        self._done = [False] * self.in_flight
+        self._on_complete: Callable[[], None] | None = None
         log.info("OpenVINO %s: %s (%s) compiled in %.2fs%s; hint %s, %d infer requests, "
                  "%s threads, max batch %d", ov.get_version(), self.path.name, precision,
                  self.compile_seconds, " (from the compiled-model cache)" if self.loaded_from_cache
@@ -176,6 +181,7 @@ class OpenVinoBackend:
             raise BackendError("every OpenVINO infer request is in flight: collect one first")
         req = self.requests[slot]
         req.set_input_tensor(ov.Tensor(self.buffers[slot][:n], shared_memory=True))
+        self._done[slot] = False
         req.start_async()
         self._seq += 1
         self._busy[slot] = self._seq
@@ -191,6 +197,22 @@ class OpenVinoBackend:
         req.wait()
         del self._busy[ticket.slot]
         return [req.get_tensor(p).data for p in self.output_ports]
+
+    def set_on_complete(self, callback: Callable[[], None] | None) -> None:
+        """Call ``callback`` (from OpenVINO's thread) whenever a submitted request finishes."""
+        self._on_complete = callback
+        for slot, req in enumerate(self.requests):
+            req.set_callback(self._completed, slot)
+
+    def _completed(self, slot: int) -> None:
+        self._done[slot] = True
+        cb = self._on_complete
+        if cb is not None:
+            cb()
+
+    def ready(self, ticket: OvTicket) -> bool:
+        """Non-blocking: ``collect(ticket)`` would return at once."""
+        return self._busy.get(ticket.slot) == ticket.seq and self._done[ticket.slot]
 
     @property
     def pending(self) -> int:
