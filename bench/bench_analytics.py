@@ -40,29 +40,21 @@ sys.path.insert(0, str(ROOT))
 
 from daemon.analytics.config import AnalyticsConfig  # noqa: E402
 from daemon.analytics.state import StreamAnalytics  # noqa: E402
-from daemon.backends import create_backend  # noqa: E402
 from daemon.config import ModelConfig  # noqa: E402
+from daemon.detector import Detector  # noqa: E402
 from daemon.frames import Detections, Frame  # noqa: E402
 from daemon.models.assets import cache_dir, fetch_demo_video  # noqa: E402
-from daemon.models.info import ModelInfo  # noqa: E402
-from daemon.models.resolve import resolve_model  # noqa: E402
-from daemon.vision.letterbox import letterbox_av  # noqa: E402
-from daemon.vision.yolo import postprocess  # noqa: E402
 from tests.analytics_scenes import SCENES, Scene, render, true_boxes, true_crossings, true_zone_stays  # noqa: E402
 
 
 
 class Model:
     def __init__(self) -> None:
-        cfg = ModelConfig(backend="onnxruntime", threads=2)
-        path = resolve_model(cfg, target="cpu", progress=False)
-        self.info = ModelInfo.from_onnx(path)
-        self.backend = create_backend("onnxruntime", path, self.info, cfg)
-        self.buf = np.empty((1, 3, self.info.height, self.info.width), np.float32)
+        self.detector = Detector.open(ModelConfig(backend="onnxruntime", threads=2), progress=False)
+        self.info = self.detector.info
 
     def detect(self, vf: Any) -> Detections:
-        _, lb = letterbox_av(vf, self.info.width, self.info.height, out=self.buf[0])
-        return postprocess(self.backend.infer(self.buf), [lb], self.info.heads, 0.25, 0.45)[0]
+        return self.detector.detect([vf])[0]
 
 
 def detect_video(model: Model, path: Path) -> tuple[list[Detections], int, int, float]:

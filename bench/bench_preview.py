@@ -29,15 +29,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.backends import create_backend  # noqa: E402
 from daemon.config import ModelConfig  # noqa: E402
+from daemon.detector import Detector  # noqa: E402
 from daemon.frames import Frame, FrameResult  # noqa: E402
 from daemon.models.assets import fetch_demo_video  # noqa: E402
-from daemon.models.info import ModelInfo  # noqa: E402
-from daemon.models.resolve import resolve_model  # noqa: E402
 from daemon.preview import PreviewHub, PreviewServer  # noqa: E402
-from daemon.vision.letterbox import letterbox_av  # noqa: E402
-from daemon.vision.yolo import postprocess  # noqa: E402
 
 VIEWER = r"""
 import sys, urllib.request, time
@@ -67,16 +63,13 @@ def frames_of(path: Path, n: int) -> list[Any]:
 _dets_cache: list[Any] = []
 
 
-def run_mode(frames: list[Any], backend: Any, info: ModelInfo, mc: ModelConfig,
-             hub: PreviewHub | None) -> float:
-    buf = np.empty((1, 3, info.height, info.width), np.float32)
-    labels = info.labels
+def run_mode(frames: list[Any], det: Detector, hub: PreviewHub | None) -> float:
+    labels = det.labels
     t0 = time.perf_counter()
     for i, vf in enumerate(frames):
         now = time.monotonic()
         frame = Frame("cam1", i, vf.width, vf.height, vf.time, time.time(), now, native=vf)
-        _, lb = letterbox_av(vf, info.width, info.height, out=buf[0])
-        dets = postprocess(backend.infer(buf), [lb], info.heads, mc.conf_threshold, mc.nms_threshold)[0]
+        dets = det.detect([vf])[0]
         if len(_dets_cache) < 50:
             _dets_cache.append(dets)
         if hub is not None:
@@ -96,25 +89,23 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "preview.json")
     args = ap.parse_args()
 
-    mc = ModelConfig(threads=args.threads)
-    path = resolve_model(mc)
-    info = ModelInfo.from_onnx(path)
-    backend = create_backend("onnxruntime", path, info, mc)
+    det = Detector.open(ModelConfig(backend="onnxruntime", threads=args.threads))
+    info = det.info
     frames = frames_of(fetch_demo_video(progress=False), args.frames)
-    run_mode(frames[:10], backend, info, mc, None)  # warm-up
+    run_mode(frames[:10], det, None)  # warm-up
 
     hub_idle = PreviewHub()
     hub_view = PreviewHub()
     srv = PreviewServer(hub_view, "127.0.0.1", 0, fps=args.fps).start()
-    run_mode(frames[:2], backend, info, mc, hub_view)  # the stream exists before the viewer asks
+    run_mode(frames[:2], det, hub_view)  # the stream exists before the viewer asks
     viewer = subprocess.Popen([sys.executable, "-c", VIEWER, srv.url + "stream/cam1.mjpg"])
     time.sleep(1.0)
     results: dict[str, list[float]] = {"disabled": [], "enabled, no viewer": [], "enabled, one viewer": []}
     try:
         for r in range(args.rounds):
-            results["disabled"].append(run_mode(frames, backend, info, mc, None))
-            results["enabled, no viewer"].append(run_mode(frames, backend, info, mc, hub_idle))
-            results["enabled, one viewer"].append(run_mode(frames, backend, info, mc, hub_view))
+            results["disabled"].append(run_mode(frames, det, None))
+            results["enabled, no viewer"].append(run_mode(frames, det, hub_idle))
+            results["enabled, one viewer"].append(run_mode(frames, det, hub_view))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in results.items()),
                   file=sys.stderr)
         encoded = hub_view.encoded
@@ -122,7 +113,7 @@ def main() -> int:
         viewer.terminate()
         viewer.wait(5)
         srv.close()
-        backend.close()
+        det.close()
 
     # Noise-free cost figures (wall-clock frames/s on a busy 2-core machine wander by more than
     # the 2 % being measured): the pipeline's cost per offer() and the viewer thread's cost per
@@ -159,7 +150,7 @@ def main() -> int:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
         "settings": {"rounds": args.rounds, "frames": args.frames, "viewer_fps": args.fps,
-                     "model": path.name, "backend": "onnxruntime", "precision": "fp32"},
+                     "model": det.path.name, "backend": "onnxruntime", "precision": "fp32"},
         "throughput": [{"name": k, "fps": v, "rounds": results[k]} for k, v in med.items()],
         "ratios": {k: v / base for k, v in med.items()},
         "costs": {"offer_seconds": offer_s, "jpeg_seconds": jpeg_s,

@@ -77,10 +77,10 @@ def _annotate(inp: Path, out: Path, *extra: str) -> tuple[list[dict[str, Any]], 
 
 def _labels() -> list[str]:
     from daemon.models.info import ModelInfo
-    from daemon.models.resolve import resolve_model
+    from daemon.models.resolve import fp32_model
     from daemon.config import ModelConfig
 
-    return ModelInfo.from_onnx(resolve_model(ModelConfig(), progress=False)).labels
+    return ModelInfo.from_onnx(fp32_model(ModelConfig(), progress=False)).labels
 
 
 def _allowed(shape: tuple[int, ...], dets: list[dict[str, Any]], labels: list[str]) -> np.ndarray:
@@ -177,14 +177,14 @@ def test_reported_boxes_are_the_models_for_the_same_frame(tmp_path: Path) -> Non
     from daemon.backends import create_backend
     from daemon.config import ModelConfig
     from daemon.models.info import ModelInfo
-    from daemon.models.resolve import resolve_model
+    from daemon.models.resolve import fp32_model
     from daemon.vision.letterbox import letterbox_av
     from daemon.vision.yolo import postprocess
 
     clip = _make_clip(tmp_path / "in.mkv", 12, "ffv1", "yuv420p", start=120)
     per_frame, _ = _annotate(clip, tmp_path / "out.mkv", "--codec", "ffv1", "-q")
     mc = ModelConfig()
-    path = resolve_model(mc, progress=False)
+    path = fp32_model(mc, progress=False)
     info = ModelInfo.from_onnx(path)
     be = create_backend("onnxruntime", path, info, mc)
     try:

@@ -85,10 +85,10 @@ def int8_cpu_model(fp32_onnx: Path) -> Path:
     minute. A 64-frame model was tried: its many borderline boxes make the two engines' rounding
     differences flip more of them (recall 0.94), so it would not test the daemon's model."""
     from daemon.config import CalibrationConfig
-    from daemon.models.resolve import resolve_model
+    from daemon.prepare import prepare_model
 
     cal = CalibrationConfig(holdout=0, min_agreement=0)
-    return resolve_model(ModelConfig(precision="int8", calibration=cal), target="cpu", progress=False)
+    return prepare_model(ModelConfig(precision="int8", calibration=cal), target="cpu", progress=False)
 
 
 def match(ref: list[Detections], got: list[Detections]) -> tuple[float, float, list[float], list[float]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from daemon.backends.base import Backend, BackendError
@@ -38,8 +39,11 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return getattr(choice, "backend", str(choice)), getattr(choice, "reason", "auto")
 
 
-def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any, cancel: Any = None) -> Backend:
-    """``cancel``: an event that abandons a long preparation (a TensorRT engine build)."""
+def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any, cancel: Any = None,
+                   report: Callable[[str], None] | None = None) -> Backend:
+    """A loaded backend (not warmed up: :meth:`daemon.detector.Detector.open` does that once).
+    ``cancel``: an event that abandons a long preparation (a TensorRT engine build); ``report``:
+    where an engine build's progress lines go (default: the log)."""
     if name == "onnxruntime":
         if model_cfg.precision == "fp16":
             raise BackendError("model.precision: fp16 exists for TensorRT engines only; "
@@ -70,5 +74,7 @@ def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any, cancel
             from daemon.backends.tensorrt import create_tensorrt_backend
         except ImportError as exc:
             raise BackendError(f"model.backend: tensorrt is not available here: {exc}") from exc
+        if report is not None:
+            return create_tensorrt_backend(model_path, info, model_cfg, cancel=cancel, report=report)
         return create_tensorrt_backend(model_path, info, model_cfg, cancel=cancel)
     raise BackendError(f"model.backend: unknown backend {name!r}")

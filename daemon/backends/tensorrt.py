@@ -457,7 +457,8 @@ def _split(outputs: list[np.ndarray], n: int) -> list[list[np.ndarray]]:
 def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_slots: int = 2,
                             report: Callable[[str], None] = log.info,
                             cancel: threading.Event | None = None) -> TensorRTBackend:
-    """Load the engine for this model from the cache, building it on a miss; warm it up.
+    """Load the engine for this model from the cache, building it on a miss (not warmed up:
+    :meth:`daemon.detector.Detector.open` does that, once, for every backend).
 
     ``model_path`` is the ONNX file to build from: the Q/DQ model (``target="tensorrt"``) for
     ``int8`` (a model without Q/DQ nodes is refused), the FP32 model for ``fp16``/``fp32``.
@@ -494,6 +495,5 @@ def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_s
                               info.input_name, info.output_names, device, num_slots)
     backend._runtime = runtime  # type: ignore[attr-defined]  # outlives the engine
     backend._logger = logger  # type: ignore[attr-defined]
-    # Warm-up: the daemon reports READY only after this returns.
-    backend.infer(np.full((1, 3, info.height, info.width), 0.5, np.float32))
+    # No warm-up here: daemon.detector.Detector.open warms every backend once (READY waits).
     return backend

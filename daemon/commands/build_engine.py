@@ -25,27 +25,20 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from daemon.backends.base import BackendError
-    from daemon.backends.tensorrt import create_tensorrt_backend
     from daemon.config import ModelConfig
-    from daemon.models.info import ModelInfo
-    from daemon.models.resolve import resolve_model
+    from daemon.detector import Detector
 
-    cfg = ModelConfig(precision=args.precision, max_batch=args.max_batch,
+    cfg = ModelConfig(backend="tensorrt", precision=args.precision, max_batch=args.max_batch,
                       onnx=args.onnx, cache_dir=args.cache_dir)
+    # SIGTERM/SIGINT abandon the build through TensorRT's progress monitor (nothing cached).
+    cancel = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: cancel.set())
     try:
-        if args.onnx:
-            path = Path(args.onnx)
-        else:
-            # INT8 builds from the Q/DQ model made for TensorRT; fp16/fp32 from the FP32 model.
-            path = resolve_model(cfg, target="tensorrt")
-        info = ModelInfo.from_onnx(path)
-        # SIGTERM/SIGINT abandon the build through TensorRT's progress monitor (nothing cached).
-        cancel = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: cancel.set())
-        backend = create_tensorrt_backend(path, info, cfg, report=lambda m: print(m, flush=True),
-                                          cancel=cancel)
-        backend.close()
+        # --onnx is built as it is (for int8: a Q/DQ model); otherwise the configured model,
+        # its Q/DQ variant for TensorRT when int8 (made when missing). Warmed up once.
+        Detector.open(cfg, cancel=cancel, report=lambda m: print(m, flush=True),
+                      model_path=Path(args.onnx) if args.onnx else None).close()
     except (BackendError, OSError, ValueError) as exc:
         print(f"detectd build-engine: {exc}", file=sys.stderr)
         return 1

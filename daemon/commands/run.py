@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from daemon.prepare import resolve_demo_urls
 
     try:
-        resolve_demo_urls(cfg)  # fetched at start, never while the config is validated
+        cfg = resolve_demo_urls(cfg)  # fetched at start, never while the config is validated
     except ConfigError as exc:
         for line in exc.problems:
             logging.getLogger("detectd").error("%s", line)

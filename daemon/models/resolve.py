@@ -1,11 +1,12 @@
-"""Which ONNX file the daemon runs, built on first use and cached.
+"""The FP32 ONNX file of a model config, exported on first use and cached.
 
 - ``model.onnx`` set: the user's own file is used as is.
 - otherwise the Darknet cfg/weights (``model.cfg``/``model.weights``, default: the fetched and
   verified YOLOv3-Tiny) are exported once to ``<cache>/models/<stem>-<hash12>.onnx``, the hash
   taken over cfg and weights, so a changed weights file can never reuse a stale export.
-- ``model.precision: int8``: the INT8 variant of that FP32 model (``daemon.quant``), built on the
-  first run when missing and cached beside it under a key of model + calibration set + settings.
+
+The INT8 variant is built from this file one floor up, in ``daemon/prepare.py``
+(:func:`daemon.prepare.prepare_model`): ``models/`` never imports ``quant/``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any
 
 from daemon.config import ModelConfig
 
@@ -54,21 +54,3 @@ def fp32_model(cfg: ModelConfig, progress: bool = True) -> Path:
         log.info("exporting %s + %s to ONNX: %s", darknet_cfg.name, weights.name, out)
         export_onnx(darknet_cfg, weights, out, names)
     return out
-
-
-def resolve_model(cfg: ModelConfig, target: str = "cpu", progress: bool = True,
-                  cancel: Any = None) -> Path:
-    """The ONNX file to run for this config (``target``: ``cpu`` or ``tensorrt`` Q/DQ flavour)."""
-    path = fp32_model(cfg, progress)
-    if cfg.precision == "int8":
-        from daemon.quant.calibrate import ensure_int8_model
-
-        from daemon.models import assets
-
-        # Always in detectd's own cache (writable under systemd's CacheDirectory), never beside
-        # a user's model file, which may sit on a read-only path.
-        int8_dir = assets.cache_dir(cfg.cache_dir) / "models"
-        int8_dir.mkdir(parents=True, exist_ok=True)
-        return Path(ensure_int8_model(path, cfg.calibration, target=target, cache_dir=int8_dir,
-                                      cancel=cancel))
-    return path

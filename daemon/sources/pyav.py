@@ -135,6 +135,11 @@ class StreamSource:
         return self.finished.is_set() or self.failed or self.policy.waiting_to_reconnect or \
             self.policy.state in (State.ENDED, State.STOPPED)
 
+    @property
+    def up(self) -> bool:
+        """Connected and delivering frames (what ``detectd_stream_up`` exports)."""
+        return self._announced_up and not self.failed and not self.retired
+
     # -- supervision (another thread) -------------------------------------------------------
     def supervise(self, now: float) -> None:
         """Called every few hundred ms by the daemon's supervisor thread: exports the seconds
