@@ -119,11 +119,14 @@ def scrape_stages(url: str) -> dict[str, float]:
     return {k: 1000 * sums[k] / counts[k] for k in sums if counts.get(k)}
 
 
-def bench_daemon(video: Path, threads: int, precision: str = "fp32") -> float:
+def bench_daemon(video: Path, threads: int, precision: str = "fp32", *, root: Path = ROOT,
+                 backend: str = "onnxruntime") -> float:
+    """Frames/s of ``detectd run`` from the source tree ``root`` (bench/bench_ab_trees.py
+    compares two trees)."""
     with tempfile.TemporaryDirectory() as tmp:
         ep = f"tcp://127.0.0.1:{free_port()}"
         cfg = {"streams": [{"id": "bench", "url": str(video)}],
-               "model": {"backend": "onnxruntime", "threads": threads, "precision": precision},
+               "model": {"backend": backend, "threads": threads, "precision": precision},
                "publish": {"endpoint": ep}, "metrics": {"listen": f"127.0.0.1:{free_port()}"},
                "logging": {"status_interval": 0, "level": "warning"}}
         path = Path(tmp) / "bench.yaml"
@@ -136,7 +139,8 @@ def bench_daemon(video: Path, threads: int, precision: str = "fp32") -> float:
         cfg["shutdown"] = {"drain_timeout": 5}
         cfg["streams"][0]["loop"] = True  # stopped by us after 250 frames, to scrape first
         path.write_text(yaml.safe_dump(cfg))
-        proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=root,
+                                env={**os.environ, "PYTHONPATH": str(root)})
         times = []
         while proc.poll() is None or sub.poll(0):
             if sub.poll(200):
