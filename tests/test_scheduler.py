@@ -196,3 +196,30 @@ def test_daemon_runs_the_onnx_model_with_batches_of_4(run_daemon: Any, demo_vide
     b = {m["frame"]: m["detections"] for m in detections_of(d.messages, "f1")}
     for k in set(a) & set(b):
         assert [x["label"] for x in a[k]] == [x["label"] for x in b[k]]
+
+
+def test_wake_ends_an_idle_wait_and_is_kept_until_a_wait_consumes_it(metrics: Metrics) -> None:
+    """A pipelined engine's completion (``Scheduler.wake`` from its thread) ends the loop's idle
+    wait at once; a wake that comes before the wait is not lost, and is used only once."""
+    s = Scheduler(metrics, max_batch=2, max_wait=0)
+    s.add_stream("a", size=4, live=False, max_age=1)
+    out: list[tuple[list[Frame], float]] = []
+
+    def waiter() -> None:
+        t0 = time.monotonic()
+        out.append((s.next_batch(timeout=30.0), time.monotonic() - t0))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)  # the waiter is (very likely) waiting; either way the wake must end it
+    s.wake()
+    t.join(10)
+    assert not t.is_alive() and out[0][0] == [] and out[0][1] < 10.0
+    s.wake()  # before the wait: kept
+    t0 = time.monotonic()
+    assert s.next_batch(timeout=30.0) == [] and time.monotonic() - t0 < 10.0
+    t0 = time.monotonic()
+    assert s.next_batch(timeout=0.3) == [] and time.monotonic() - t0 >= 0.29  # consumed once
+    s.wake()  # frames waiting: the batch is returned, not an empty wake-up
+    s.put(frame("a", 0))
+    assert [f.index for f in s.next_batch(timeout=1.0)] == [0]
