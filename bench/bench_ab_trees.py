@@ -3,8 +3,9 @@
 mean much). Used to check that a change of structure costs nothing (issue 11).
 
 Per tree and engine: frames/s from a ZeroMQ subscriber (250 published messages, files with
-``realtime: false``), and the daemon's own mean milliseconds per frame of every stage besides
-decode and inference (preprocess, postprocess, publish: what the per-frame loop adds).
+``realtime: false``); the daemon's CPU milliseconds per frame (user + system, all threads: the
+figure a busy shared machine disturbs least); and its own mean milliseconds per frame of every
+stage besides decode and inference (preprocess, postprocess, publish: what the loop adds).
 
     .venv/bin/python bench/bench_ab_trees.py --b /path/to/other/tree [--a .] [--rounds 3]
 """
@@ -42,18 +43,21 @@ def main() -> int:
         for b, p in engines:
             sides = [("a", args.a), ("b", args.b)]
             for side, tree in sides if r % 2 == 0 else sides[::-1]:  # alternate who goes first
-                fps = bench_daemon(video, args.threads, p, root=tree.resolve(), backend=b)
+                cpu: list[float] = []
+                fps = bench_daemon(video, args.threads, p, root=tree.resolve(), backend=b, cpu=cpu)
                 extra = sum(v for k, v in STAGE_LOG[p].items() if k not in ("decode", "infer"))
-                rows[f"{b}:{p}"][side].append([fps, extra])
-                print(f"round {r + 1} {b}:{p} {side}: {fps:.1f} frames/s, {extra:.2f} ms/frame besides "
-                      "decode+infer", flush=True)
+                rows[f"{b}:{p}"][side].append([fps, extra, 1000 * cpu[0]])
+                print(f"round {r + 1} {b}:{p} {side}: {fps:.1f} frames/s, {1000 * cpu[0]:.1f} CPU ms/frame, "
+                      f"{extra:.2f} ms/frame besides decode+infer", flush=True)
     summary = {}
     for k, v in rows.items():
         fa, fb = (float(np.median([x[0] for x in v[s]])) for s in ("a", "b"))
         ea, eb = (float(np.median([x[1] for x in v[s]])) for s in ("a", "b"))
-        summary[k] = {"fps_a": fa, "fps_b": fb, "fps_a_over_b": fa / fb, "other_ms_a": ea, "other_ms_b": eb}
-        print(f"{k}: a {fa:.1f} vs b {fb:.1f} frames/s ({fa / fb:.2f}x); besides decode+infer "
-              f"a {ea:.2f} ms, b {eb:.2f} ms per frame")
+        ca, cb = (float(np.median([x[2] for x in v[s]])) for s in ("a", "b"))
+        summary[k] = {"fps_a": fa, "fps_b": fb, "fps_a_over_b": fa / fb, "other_ms_a": ea, "other_ms_b": eb,
+                      "cpu_ms_per_frame_a": ca, "cpu_ms_per_frame_b": cb, "cpu_a_over_b": ca / cb}
+        print(f"{k}: a {fa:.1f} vs b {fb:.1f} frames/s ({fa / fb:.2f}x); CPU a {ca:.1f} vs b {cb:.1f} ms/frame "
+              f"({ca / cb:.2f}x); besides decode+infer a {ea:.2f} ms, b {eb:.2f} ms per frame")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"a": args.a.name or str(args.a), "b": args.b.name, "threads": args.threads,
                                      "rounds": rows, "summary": summary}, indent=2))

@@ -120,9 +120,10 @@ def scrape_stages(url: str) -> dict[str, float]:
 
 
 def bench_daemon(video: Path, threads: int, precision: str = "fp32", *, root: Path = ROOT,
-                 backend: str = "onnxruntime") -> float:
+                 backend: str = "onnxruntime", cpu: list[float] | None = None) -> float:
     """Frames/s of ``detectd run`` from the source tree ``root`` (bench/bench_ab_trees.py
-    compares two trees)."""
+    compares two trees). ``cpu`` receives the daemon's CPU seconds (user + system, all threads)
+    per frame between the 5th and the 250th message: steadier than wall time on a busy machine."""
     with tempfile.TemporaryDirectory() as tmp:
         ep = f"tcp://127.0.0.1:{free_port()}"
         cfg = {"streams": [{"id": "bench", "url": str(video)}],
@@ -142,10 +143,13 @@ def bench_daemon(video: Path, threads: int, precision: str = "fp32", *, root: Pa
         proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=root,
                                 env={**os.environ, "PYTHONPATH": str(root)})
         times = []
+        cpu_at: list[float] = []
         while proc.poll() is None or sub.poll(0):
             if sub.poll(200):
                 sub.recv_multipart()
                 times.append(time.perf_counter())
+                if len(times) in (5, 250) and proc.poll() is None:
+                    cpu_at.append(process_cpu_seconds(proc.pid))
                 if len(times) == 250:
                     CURRENT[0] = precision
                     STAGE_LOG[precision] = scrape_stages(f"http://{cfg['metrics']['listen']}/metrics")
@@ -154,8 +158,16 @@ def bench_daemon(video: Path, threads: int, precision: str = "fp32", *, root: Pa
         ctx.term()
         if proc.returncode != 0 or len(times) < 10:
             raise RuntimeError(f"daemon failed: rc={proc.returncode}, {len(times)} messages")
+        if cpu is not None and len(cpu_at) == 2:
+            cpu.append((cpu_at[1] - cpu_at[0]) / 245)
         # Skip the first few frames (model warm, frame threads spinning up).
         return (len(times) - 5) / (times[-1] - times[4])
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process, all its threads (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def bench_opencv(cfg: Path, weights: Path, frames: list[av.VideoFrame], threads: int) -> float:
