@@ -41,9 +41,12 @@ import numpy as np
 import zmq
 
 from daemon.frames import Detections
+from daemon.publish.schema import ANALYTICS_EVENTS, EVENT_KINDS, SCHEMA_VERSION
+from daemon.vocab import EventKind, Topic
 
 __all__ = [
     "SCHEMA_VERSION",
+    "EVENT_KINDS",
     "EVENTS",
     "KINDS",
     "DecodeError",
@@ -62,12 +65,14 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-KINDS = ("detections", "events", "analytics")
-EVENTS = frozenset({"up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed", "state"})
+# The contract's words, from daemon.publish.schema / daemon.vocab (one definition each).
+# KINDS: the topics a subscriber may ask for (``--kind``); EVENT_KINDS: every ``event`` of an
+# events message (EventKind).
+KINDS = tuple(Topic)
+# The same set under its first name, kept for subscribers' code that imports it.
+EVENTS = EVENT_KINDS
 # Transitions change a stream's state; a ``state`` message only repeats it (for late subscribers).
-TRANSITIONS = EVENTS - {"state"}
-ANALYTICS_EVENTS = frozenset({"zone_enter", "zone_exit", "line_cross"})
+TRANSITIONS = EVENT_KINDS - {EventKind.STATE}
 
 
 class DecodeError(ValueError):
@@ -310,7 +315,7 @@ def _decode_detections(p: Mapping[str, Any], where: str) -> DetectionMessage:
 
 def _decode_event(p: Mapping[str, Any], where: str) -> EventMessage:
     event = _field(p, "event", str, where)
-    if event not in EVENTS:
+    if event not in EVENT_KINDS:
         # New states may be added by later daemons: keep them, but say so once per message.
         log.debug("%s: unknown event %r", where, event)
     known = {"v", "stream", "seq", "event", "reason", "at"}
