@@ -32,6 +32,7 @@ from daemon.analytics.state import StreamAnalytics
 from daemon.backends import Backend, choose_backend, create_backend, int8_variant
 from daemon.backends.base import warmup
 from daemon.config import check_config, Config, ConfigError, StreamConfig, load_config
+from daemon.errors import Cancelled, ExitCode
 from daemon.frames import FrameResult
 from daemon.metrics import Metrics, MetricsServer
 from daemon.models.info import ModelInfo
@@ -619,17 +620,12 @@ def run(cfg: Config, config_path: str | os.PathLike[str] | None = None) -> int:
     try:
         d.start()
         d.run_loop()
-    except Exception as exc:
+    except Cancelled as exc:
         # SIGTERM during first-start calibration or an engine build: a clean, requested stop.
-        if d.stop_requested.is_set() and type(exc).__name__ in ("CalibrationCancelled", "BuildCancelled"):
-            log.info("stopped while preparing the model: %s (nothing was cached)", exc)
-            return 0
-        from daemon.quant.calibrate import CalibrationError
-
-        if isinstance(exc, CalibrationError):  # AgreementTooLow, an unusable calibration source
-            log.error("%s", exc)
-            return 1
-        raise
+        if not d.stop_requested.is_set():
+            raise
+        log.info("stopped while preparing the model: %s (nothing was cached)", exc)
+        return ExitCode.OK
     finally:
         d.shutdown()
     log.info("stopped")

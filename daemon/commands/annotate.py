@@ -25,6 +25,9 @@ from typing import IO, Any
 import av
 import numpy as np
 
+from daemon import errors
+from daemon.errors import DetectdError
+
 log = logging.getLogger("detectd.annotate")
 
 # First available wins for "auto": H.264 plays everywhere (browsers included); mpeg4 is the
@@ -57,7 +60,7 @@ def choose_pix_fmt(codec: str, width: int, height: int) -> str:
     return "yuv420p"
 
 
-class OutputError(Exception):
+class OutputError(DetectdError):
     """The output could not be written (encoder, container, disk): the message names it."""
 
 
@@ -280,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
-        return 2
+        return errors.exit_code(exc)
     updates = {}
     if args.conf is not None:
         updates["conf_threshold"] = args.conf
@@ -291,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     src = _input_path(args.input)
     if not src.startswith(("rtsp://", "http://", "https://")) and not Path(src).is_file():
         print(f"{args.input}: no such file", file=sys.stderr)
-        return 2
+        return errors.ExitCode.USAGE
     out = Path(args.out)
     try:
         if args.json:
@@ -299,7 +302,7 @@ def run(args: argparse.Namespace) -> int:
         json_out = open(args.json, "w", encoding="utf-8") if args.json else None
     except OSError as exc:
         print(f"--json: {exc}", file=sys.stderr)
-        return 2
+        return errors.ExitCode.USAGE  # an option's file
     try:
         summary = annotate(
             src, out, model_cfg=model_cfg, codec=args.codec, crf=args.crf, json_out=json_out,
@@ -307,10 +310,10 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except OutputError as exc:
         print(f"annotate: {exc}", file=sys.stderr)
-        return 1
+        return errors.exit_code(exc)
     except (av.FFmpegError, ValueError, OSError) as exc:
         print(f"annotate: {args.input}: {exc}", file=sys.stderr)
-        return 1
+        return errors.exit_code(exc)
     finally:
         if json_out is not None:
             json_out.close()

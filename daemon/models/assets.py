@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from daemon.errors import DetectdError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -52,7 +54,7 @@ __all__ = [
 ]
 
 
-class AssetError(RuntimeError):
+class AssetError(DetectdError, RuntimeError):
     """An asset could not be fetched or failed verification; the message names the asset."""
 
 
@@ -316,10 +318,10 @@ def _extract(archive: Path, wanted: dict[str, tuple[Asset, Path]]) -> None:
             for tinfo in tf:
                 key = _strip_sdist_prefix(tinfo.name)
                 if key in wanted and key not in done and tinfo.isfile():
-                    src = tf.extractfile(tinfo)
-                    if src is not None:
-                        with src:
-                            _write_atomic(src, wanted[key][1], wanted[key][0])
+                    member = tf.extractfile(tinfo)
+                    if member is not None:
+                        with member:
+                            _write_atomic(member, wanted[key][1], wanted[key][0])
                         done.add(key)
     else:
         raise AssetError(f"unexpected archive format: {archive.name}")

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 import numpy as np
 import zmq
 
+from daemon.errors import DetectdError
 from daemon.frames import Detections
 from daemon.publish.schema import ANALYTICS_EVENTS, EVENT_KINDS, SCHEMA_VERSION
 from daemon.vocab import EventKind, Topic
@@ -75,7 +76,7 @@ EVENTS = EVENT_KINDS
 TRANSITIONS = EVENT_KINDS - {EventKind.STATE}
 
 
-class DecodeError(ValueError):
+class DecodeError(DetectdError, ValueError):
     """A message does not follow the contract; the text names the field."""
 
 
@@ -394,7 +395,7 @@ def topic_prefixes(streams: Iterable[str] | None = None, kinds: Iterable[str] = 
             raise ValueError(f"unknown message kind {k!r} (expected one of {', '.join(KINDS)})")
     if streams is None:
         return [f"{k}/".encode() for k in kinds]
-    out = []
+    out: list[bytes] = []
     for s in streams:
         if not s or "/" in s:
             raise ValueError(f"invalid stream id {s!r}")

@@ -35,6 +35,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from daemon.errors import Cancelled, DetectdError
 from daemon.quant import cache as cache_mod
 from daemon.quant import qdq
 from daemon.quant.agreement import SqnrAccumulator, fake_quantize, map_at_50
@@ -87,11 +88,11 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(DetectdError, RuntimeError):
     """Calibration cannot proceed; the message says why and names the input."""
 
 
-class CalibrationCancelled(CalibrationError):
+class CalibrationCancelled(CalibrationError, Cancelled):
     """The caller's cancel event was set (daemon shutdown): nothing was written."""
 
 
