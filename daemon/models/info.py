@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from daemon.errors import DetectdError
-from daemon.models.assets import sha256_file
+from daemon.digest import sha256_file
 from daemon.vision.yolo import HeadSpec
 
 __all__ = ["ModelInfo", "ModelInfoError", "HeadSpec", "YOLOV3_TINY_ANCHORS"]
