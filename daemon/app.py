@@ -41,6 +41,7 @@ from daemon.prepare import resolve_demo_urls
 from daemon.publish.publisher import Publisher
 from daemon.scheduler import Scheduler
 from daemon.sources.pyav import StreamSource
+from daemon.sources.status import StreamStatus
 from daemon.vision.letterbox import letterbox_frame, letterbox_params
 from daemon.vision.yolo import postprocess
 
@@ -156,16 +157,21 @@ class Daemon:
         pc = self.cfg.preview
         if not pc.enabled:
             return
-        from daemon.preview import PreviewHub, PreviewServer, registry_status
+        from daemon.preview import PreviewHub, PreviewServer
 
         self.preview_hub = PreviewHub(max_streams=64)
-        self.preview_hub.status_source = registry_status(self.metrics.registry)
+        self.preview_hub.status_source = self.stream_status
         if pc.listen is not None:
             host, _, port = pc.listen.rpartition(":")
             try:
                 self.preview_server = PreviewServer(self.preview_hub, host, int(port), fps=pc.fps)
             except OSError as exc:
                 raise OSError(f"preview.listen: cannot listen on {pc.listen}: {exc}") from exc
+
+    def stream_status(self, sid: str) -> StreamStatus | None:
+        """The stream's own snapshot (state, reconnects, drops); None for an unknown id."""
+        src = self.sources.get(sid)
+        return src.status() if src is not None else None
 
     def start_preview(self) -> None:
         """The live preview page (preview.enabled): a one-frame slot per stream filled by
@@ -486,7 +492,7 @@ class Daemon:
         dt = time.monotonic() - w.since
         lat = np.asarray(w.latencies) * 1000 if w.latencies else np.zeros(1)
         top = ", ".join(f"{k} {v}" for k, v in w.labels.most_common(6)) or "none"
-        up = sum(1 for s in self.sources.values() if self.metrics.stream_up.labels(s.cfg.id)._value.get())
+        up = sum(1 for s in self.sources.values() if s.delivering)
         log.info("status: %.1f frames/s (%d frames in %.1f s), latency p50 %.0f ms p99 %.0f ms, "
                  "streams up %d/%d, detections: %s", w.frames / dt if dt > 0 else 0.0, w.frames, dt,
                  np.percentile(lat, 50), np.percentile(lat, 99), up, len(self.sources), top)

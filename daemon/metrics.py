@@ -156,6 +156,16 @@ class Metrics:
                 except ValueError:  # a metric without a "stream" label
                     pass
 
+    def dropped(self, stream: str) -> int:
+        """Frames of ``stream`` dropped so far, every reason summed
+        (``detectd_frames_dropped_total``): for status displays, read on their thread."""
+        total = 0.0
+        for family in self.frames_dropped.collect():
+            for s in family.samples:
+                if s.name.endswith("_total") and s.labels.get("stream") == stream:
+                    total += s.value
+        return int(total)
+
     def set_last_error(self, stream: str, kind: ErrorKind | str, at: float) -> None:
         """Count a connection failure and make ``kind`` the stream's last error."""
         self.stream_errors.labels(stream, kind).inc()

@@ -53,6 +53,7 @@ from daemon.sources.open import no_video_reason, open_options, pick_video_stream
 from daemon.sources.pacing import RealtimeClock
 from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
 from daemon.sources.probe import probe_target, tcp_reachable
+from daemon.sources.status import StreamStatus
 from daemon.sources.timeouts import connect_timeout, read_bound
 from daemon.vision.orient import displayed_size, frame_orientation, odd_rotation
 from daemon.vocab import DropReason, ErrorKind, EventKind
@@ -136,6 +137,19 @@ class StreamSource:
         """No frames expected right now, legitimately: waiting to reconnect, or finished."""
         return self.finished.is_set() or self.failed or self.policy.waiting_to_reconnect or \
             self.policy.state in (State.ENDED, State.STOPPED)
+
+    @property
+    def delivering(self) -> bool:
+        """Connected and delivering frames (what ``detectd_stream_up`` says): false from a
+        connection's opening until its first frame."""
+        return not self.failed and self.policy.state is State.UP and self._announced_up
+
+    def status(self) -> StreamStatus:
+        """This stream now, for the preview page and the status log (any thread)."""
+        return StreamStatus(
+            state=State.ERROR if self.failed else self.policy.state, up=self.delivering,
+            reconnects=max(0, self.policy.connect_attempts_total - 1),  # as stream_reconnects
+            drops=self.metrics.dropped(self.cfg.id))
 
     # -- supervision (another thread) -------------------------------------------------------
     def supervise(self, now: float) -> None:
