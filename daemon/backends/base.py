@@ -2,8 +2,20 @@
 
 A backend takes a batch of letterboxed float32 NCHW images and returns the raw YOLO head
 outputs (one array per head, batch first). Decoding and NMS stay outside, in numpy, so that every
-backend is scored by the same post-processing. A GPU backend may also offer ``infer_frames``,
-taking raw RGB uint8 frames and letterboxing them on the device; the pipeline uses it when present.
+backend is scored by the same post-processing.
+
+What the pipeline calls (``daemon/app.py``): :meth:`Backend.infer` and :meth:`Backend.close` on
+every backend; beyond them, two kinds of backend keep batches in flight:
+
+* TensorRT (``backends/tensorrt.py``) takes decoded frames as they are, ``submit_yuv(frames,
+  infos, tags=...)`` (YUV planes, letterboxed on the device), and returns them with
+  ``collect(ticket)``;
+* OpenVINO (``backends/openvino.py``) hands out its next request's input buffer,
+  ``input_slot(n)``, which the pipeline letterboxes into, then ``submit(n)`` and
+  ``collect(ticket)``, with up to ``in_flight`` requests running.
+
+TensorRT's ``infer_frames`` / ``submit_frames`` (RGB frames letterboxed on the device) serve
+tests and benchmarks; the pipeline does not call them.
 """
 
 from __future__ import annotations
