@@ -194,6 +194,7 @@ def annotate(
             container_opts = {"movflags": "+faststart"} if out.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
             with av.open(str(tmp), "w", format=_format_for(out), options=container_opts) as dst:
                 ost = dst.add_stream(chosen, rate=rate)
+                assert isinstance(ost, av.VideoStream)  # a video codec's name: for the type checker
                 ost.width, ost.height, ost.pix_fmt = w, h, pix_fmt
                 if chosen == "libx264":
                     ost.options = {"crf": str(crf), "preset": "veryfast"}
