@@ -5,28 +5,27 @@ the standard library's habits) catch a builtin, the class keeps that builtin bas
 (``ConfigError`` stays catchable as itself, ``CurveError`` as ``ValueError``, ``EndpointInUse``
 as ``OSError``...), so re-parenting changed no ``except`` clause's meaning.
 
-================================  =====================================================  ====
-kind                              classes                                                exit
-================================  =====================================================  ====
-invalid input (config, options)   ``config.ConfigError``                                    2
-a model or an asset               ``models.assets.AssetError``, ``models.info.ModelInfoError``,  1
-                                  ``models.darknet.DarknetError``, ``quant.calibrate
-                                  .CalibrationError``, ``quant.cache.CacheFormatError``
-an inference backend              ``backends.base.BackendError``                            1
-a socket or key file              ``publish.endpoint.EndpointInUse``,                       1
-                                  ``publish.curve.CurveError``
-a source or an output file        ``sources.errors.SourceError``, ``sources.pyav
-                                  .PermanentError``, ``sources.validate.UnsupportedFrame``,
-                                  ``commands.annotate.OutputError``                         1
-work abandoned on request         :class:`Cancelled` (``BuildCancelled``,                   1
-                                  ``CalibrationCancelled``); ``detectd run`` exits 0 when
-                                  it was the stop it was asked for
-================================  =====================================================  ====
+Kinds and their exit statuses (:class:`ExitCode`):
+
+- invalid input, exit 2 (:class:`UsageError`): ``config.ConfigError``;
+- a model or an asset, exit 1: ``models.assets.AssetError``, ``models.info.ModelInfoError``,
+  ``models.darknet.DarknetError``, ``quant.calibrate.CalibrationError`` (``AgreementTooLow``),
+  ``quant.cache.CacheFormatError`` / ``CacheMismatch``, ``prepare.DemoVideoUnavailable`` (a
+  ``ConfigError`` by its lines, but the file is valid);
+- an inference backend, exit 1: ``backends.base.BackendError``, ``backends.cuda.CudaError``;
+- a socket or a key file, exit 1: ``publish.endpoint.EndpointInUse``, ``publish.curve.CurveError``
+  (``detectd subscribe`` exits 2 for a key file named on its command line: its arguments);
+- a source, a message or an output file, exit 1: ``sources.errors.SourceError``,
+  ``sources.pyav.PermanentError``, ``sources.validate.UnsupportedFrame``,
+  ``publish.client.DecodeError``, ``commands.annotate.OutputError``;
+- work abandoned on request, exit 1 (:class:`Cancelled`: ``backends.tensorrt.BuildCancelled``,
+  ``quant.calibrate.CalibrationCancelled``); ``detectd run`` exits 0 when it was the stop it was
+  asked for.
 
 :func:`exit_code` is the one mapping every command uses; the statuses themselves are
 :class:`ExitCode` (README "Exit status"). A new error kind: subclass :class:`DetectdError` (or
 :class:`UsageError` for bad input) in the module that raises it, set ``exit_code`` if it is not
-1, and add a row above.
+1, and add it to the list above.
 """
 
 from __future__ import annotations
