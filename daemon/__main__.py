@@ -11,6 +11,7 @@ import pkgutil
 import sys
 
 from daemon import __version__
+from daemon.errors import exit_code
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("detectd: interrupted", file=sys.stderr)
-        return 130
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

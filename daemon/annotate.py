@@ -28,6 +28,7 @@ from av.video.stream import VideoStream
 from daemon.analytics.config import AnalyticsConfig
 from daemon.config import ModelConfig
 from daemon.detector import Detector
+from daemon.errors import DetectdError
 from daemon.frames import Detections, Frame
 from daemon.sources.open import no_video_reason, pick_video_stream
 from daemon.sources.validate import check_frame
@@ -66,7 +67,7 @@ def choose_pix_fmt(codec: str, width: int, height: int) -> str:
     return "yuv420p"
 
 
-class OutputError(Exception):
+class OutputError(DetectdError):
     """The output could not be written (encoder, container, disk): the message names it."""
 
 

@@ -31,6 +31,7 @@ from daemon import __version__
 from daemon.backends import Backend
 from daemon.config import Config, ConfigError, StreamConfig
 from daemon.detector import Detector
+from daemon.errors import Cancelled, ExitCode
 from daemon.metrics import Metrics, MetricsServer
 from daemon.models.info import ModelInfo
 from daemon.pipeline import Pipeline
@@ -113,10 +114,10 @@ class Daemon:
         pc = self.cfg.preview
         if not pc.enabled:
             return
-        from daemon.preview import PreviewHub, PreviewServer, registry_status
+        from daemon.preview import PreviewHub, PreviewServer
 
         self.preview_hub = PreviewHub(max_streams=64)
-        self.preview_hub.status_source = registry_status(self.metrics.registry)
+        self.preview_hub.status_source = self.streams.status
         if pc.listen is not None:
             host, _, port = pc.listen.rpartition(":")
             try:
@@ -294,17 +295,12 @@ def run(cfg: Config, config_path: str | os.PathLike[str] | None = None) -> int:
         try:
             d.start()
             d.run_loop()
-        except Exception as exc:
+        except Cancelled as exc:
             # SIGTERM during first-start calibration or an engine build: a clean, requested stop.
-            if d.stop_requested.is_set() and type(exc).__name__ in ("CalibrationCancelled", "BuildCancelled"):
-                log.info("stopped while preparing the model: %s (nothing was cached)", exc)
-                return 0
-            from daemon.quant.calibrate import CalibrationError
-
-            if isinstance(exc, CalibrationError):  # AgreementTooLow, an unusable calibration source
-                log.error("%s", exc)
-                return 1
-            raise
+            if not d.stop_requested.is_set():
+                raise
+            log.info("stopped while preparing the model: %s (nothing was cached)", exc)
+            return ExitCode.OK
         finally:
             d.shutdown()
     log.info("stopped")

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from daemon.analytics.config import AnalyticsConfig
+from daemon.errors import UsageError
 from daemon.yamlconf import load_yaml
 from daemon.sources.timeouts import timeout_problems
 
@@ -309,8 +310,8 @@ class Config(Strict):
         return self
 
 
-class ConfigError(Exception):
-    """Invalid configuration: ``problems`` is a list of ``key.path: message`` lines."""
+class ConfigError(UsageError):
+    """Invalid configuration: ``problems`` is a list of ``key.path: message`` lines (exit 2)."""
 
     def __init__(self, problems: list[str]):
         self.problems = problems

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
+from daemon.vocab import DropReason, ErrorKind, StreamState
+
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "analytics", "publish")
@@ -26,12 +28,12 @@ STAGE_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015
                  0.04, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3,
                    0.35, 0.4, 0.45, 0.5, 0.6, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
-STREAM_STATES = ("connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped", "error")
-ERROR_KINDS = ("network", "auth", "eof", "decode", "stall", "timeout", "unsupported")
+# Label sets of the vocabulary (daemon/vocab.py): a new state, error kind or drop reason is
+# added there and appears here, initialised at zero, by itself.
+STREAM_STATES = tuple(StreamState)
+ERROR_KINDS = tuple(ErrorKind)
 PROBE_RESULTS = ("reachable", "unreachable")
-# unsupported_frame, damaged: docs/robustness.md
-DROP_REASONS = ("stale", "superseded", "queue_full", "corrupt", "zmq_hwm", "shutdown",
-                "unsupported_frame", "damaged")
+DROP_REASONS = tuple(DropReason)
 
 
 class Metrics:
@@ -140,7 +142,7 @@ class Metrics:
         self.stream_discontinuities.labels(stream)
         for reason in DROP_REASONS:
             self.frames_dropped.labels(stream, reason)
-        self.set_state(stream, "connecting")
+        self.set_state(stream, StreamState.CONNECTING)
 
     def remove_stream(self, stream: str) -> None:
         """Forget a stream (removed by a reload): every series labelled ``stream=<id>`` of every
@@ -154,17 +156,27 @@ class Metrics:
                 except ValueError:  # a metric without a "stream" label
                     pass
 
-    def set_last_error(self, stream: str, kind: str, at: float) -> None:
+    def dropped(self, stream: str) -> int:
+        """Frames of ``stream`` dropped so far, every reason summed
+        (``detectd_frames_dropped_total``): for status displays, read on their thread."""
+        total = 0.0
+        for family in self.frames_dropped.collect():
+            for s in family.samples:
+                if s.name.endswith("_total") and s.labels.get("stream") == stream:
+                    total += s.value
+        return int(total)
+
+    def set_last_error(self, stream: str, kind: ErrorKind | str, at: float) -> None:
         """Count a connection failure and make ``kind`` the stream's last error."""
         self.stream_errors.labels(stream, kind).inc()
         for k in ERROR_KINDS:
             self.stream_last_error.labels(stream, k).set(1 if k == kind else 0)
         self.stream_last_error_time.labels(stream).set(at)
 
-    def set_state(self, stream: str, state: str) -> None:
+    def set_state(self, stream: str, state: StreamState | str) -> None:
         for s in STREAM_STATES:
             self.stream_state.labels(stream, s).set(1 if s == state else 0)
-        self.stream_up.labels(stream).set(1 if state == "up" else 0)
+        self.stream_up.labels(stream).set(1 if state == StreamState.UP else 0)
 
 
 class MetricsServer:

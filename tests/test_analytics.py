@@ -325,12 +325,13 @@ def test_annotate_draws_and_counts_a_streams_analytics(tmp_path: Path, short_vid
 def test_typed_client_decodes_analytics_and_track_ids() -> None:
     from daemon.publish import schema
     from daemon.publish.client import AnalyticsMessage, DecodeError, DetectionMessage, decode
+    from daemon.vocab import Topic
 
     ev = {"event": "line_cross", "line": "gate", "direction": "in", "track_id": 7, "label": "person",
           "frame": 12, "pts": 0.48, "captured_at": 1.7e9}
     body = schema.encode(schema.analytics_payload("cam", 3, ev))
     assert not list(SCHEMA.iter_errors(json.loads(body)))
-    msg = decode(schema.topic(schema.ANALYTICS, "cam"), body)
+    msg = decode(schema.topic(Topic.ANALYTICS, "cam"), body)
     assert isinstance(msg, AnalyticsMessage)
     assert (msg.event, msg.name, msg.direction, msg.track_id, msg.seq) == ("line_cross", "gate", "in", 7, 3)
     with pytest.raises(DecodeError, match="direction"):

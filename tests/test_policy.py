@@ -67,8 +67,8 @@ def test_initial_state_connects_at_once() -> None:
 def test_str_of_enums_is_the_wire_value() -> None:
     assert str(State.AUTH_FAILED) == "auth_failed" and f"{State.UP}" == "up"
     assert str(Action.STALL) == "stall"
-    assert [s.value for s in State] == [
-        "connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped"]
+    assert [s.value for s in State] == [  # "error": the source's verdict, never the policy's
+        "connecting", "up", "stalled", "backoff", "auth_failed", "ended", "stopped", "error"]
 
 
 # --------------------------------------------------------------------------- backoff

@@ -8,13 +8,16 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 import pytest
 
 from daemon.frames import Detections, Frame, FrameResult
-from daemon.preview import PreviewHub, PreviewServer, registry_status, request_handler
+from daemon.preview import PreviewHub, PreviewServer, StreamStatus, request_handler
+from daemon.vocab import StreamState
 
 LABELS = ["person", "bicycle", "car"]
 
@@ -63,20 +66,77 @@ def test_jpeg_encoded_once_per_frame_scaled_and_annotated() -> None:
     assert (r.frame.image == 21).all()
 
 
-def test_status_from_registry_and_app() -> None:
-    from daemon.metrics import Metrics
-
-    m = Metrics()
-    m.init_stream("cam1")
-    m.set_state("cam1", "backoff")
-    m.stream_reconnects.labels("cam1").inc(3)
-    m.frames_dropped.labels("cam1", "stale").inc(2)
+def test_status_from_the_streams_snapshot_and_app() -> None:
     hub = PreviewHub()
-    hub.status_source = registry_status(m.registry)
+    hub.status_source = {"cam1": StreamStatus(StreamState.BACKOFF, False, 3, 2)}.get
     hub.offer(_result(), LABELS, {"note": "hello"})
+    hub.offer(_result("cam2"), LABELS)  # a stream the daemon does not know: the hub's own view
     st = hub.stream_status("cam1")
     assert (st["state"], st["reconnects"], st["drops"]) == ("backoff", 3, 2)
     assert st["extra"] == {"note": "hello"}
+    st = hub.stream_status("cam2")
+    assert (st["state"], st["reconnects"], st["drops"]) == ("up", None, None)
+
+
+def _metric_state(m: Any, sid: str) -> str:
+    states = [s for s in StreamState
+              if m.registry.get_sample_value("detectd_stream_state", {"stream": sid, "state": s}) == 1]
+    assert len(states) == 1, states
+    return states[0].value
+
+
+@pytest.mark.parametrize("case", ["ok", "missing"])
+def test_a_sources_snapshot_says_what_its_metrics_say(tmp_path: Path, case: str) -> None:
+    """StreamSource.status() (what the preview and the status log read) agrees with the metrics
+    the same source exports: a real file decoded to its end, and a missing file."""
+    from prometheus_client import CollectorRegistry
+
+    from daemon.config import parse_config
+    from daemon.metrics import Metrics
+    from daemon.sources.pyav import StreamSource
+
+    video = tmp_path / "clip.nut"
+    if case == "ok":
+        with av.open(str(video), "w") as o:
+            st = o.add_stream("ffv1", rate=25)
+            st.width, st.height, st.pix_fmt = 64, 48, "yuv420p"  # type: ignore[union-attr]
+            for i in range(20):
+                frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 10, np.uint8), format="rgb24")
+                for pkt in st.encode(frame):  # type: ignore[union-attr]
+                    o.mux(pkt)
+            for pkt in st.encode():  # type: ignore[union-attr]
+                o.mux(pkt)
+    cfg = parse_config({"streams": [{"id": "s", "url": str(video), "loop": False}]}).streams[0]
+    m = Metrics(CollectorRegistry())
+    m.init_stream("s")
+    seen: list[tuple[str, bool, str, float]] = []
+
+    class Sink:
+        def put(self, frame: Any, stop: Any = None) -> bool:
+            snap = src.status()
+            seen.append((snap.state, snap.up, _metric_state(m, "s"),
+                         m.registry.get_sample_value("detectd_stream_up", {"stream": "s"})))
+            return True
+
+        def is_full(self, stream: str) -> bool:
+            return False
+
+    src = StreamSource(cfg, Sink(), m, lambda *a, **k: None)
+    assert src.status() == StreamStatus(StreamState.CONNECTING, False, 0, 0)
+    src.start()
+    assert src.finished.wait(30)
+    end = src.status()
+    assert end.state == _metric_state(m, "s") and end.up is False
+    assert m.registry.get_sample_value("detectd_stream_up", {"stream": "s"}) == 0
+    assert end.reconnects == m.registry.get_sample_value("detectd_stream_reconnects_total", {"stream": "s"})
+    if case == "ok":
+        assert end.state == "ended" and len(seen) == 20
+        assert all(s == ("up", True, "up", 1.0) for s in seen), seen[:3]
+    else:
+        assert end.state == "error" and not seen
+    m.frames_dropped.labels("s", "stale").inc(2)
+    m.frames_dropped.labels("s", "zmq_hwm").inc()
+    assert src.status().drops == 3
 
 
 def test_status_describes_the_frame_whose_picture_is_shown() -> None:

@@ -27,6 +27,7 @@ import zmq
 
 from daemon.frames import Detections, Frame, FrameResult
 from daemon.publish import schema
+from daemon.vocab import Topic
 from daemon.publish.client import (
     DecodeError,
     DetectionMessage,
@@ -211,7 +212,7 @@ def test_gaps_and_restarts_over_a_real_socket() -> None:
             assert wait_for(lambda: pub.send_multipart([b"detections/probe/", probe]) or sub.recv(0.1), 10)
             for seq in (0, 1, 2, 5, 6, 0, 1):  # 3 and 4 lost; then the publisher restarted
                 payload = schema.detections_payload(_result("cam1", seq), seq, labels, model)
-                pub.send_multipart([schema.topic(schema.DETECTIONS, "cam1"), schema.encode(payload)])
+                pub.send_multipart([schema.topic(Topic.DETECTIONS, "cam1"), schema.encode(payload)])
             pub.send_multipart([b"detections/cam1/", b"{not json"])
             pub.send_multipart([b"events/cam1/", schema.encode(schema.event_payload("cam1", 0, "up"))])
             got = []

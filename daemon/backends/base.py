@@ -32,6 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from daemon.errors import DetectdError
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -100,7 +102,7 @@ class CompletionSource(Protocol):
         ...
 
 
-class BackendError(RuntimeError):
+class BackendError(DetectdError, RuntimeError):
     """A backend could not be created or run; the message names the model file and the cause."""
 
 

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from daemon.errors import DetectdError
+
 __all__ = [
     "CudaError",
     "CudaDevice",
@@ -42,7 +44,7 @@ __all__ = [
 ]
 
 
-class CudaError(RuntimeError):
+class CudaError(DetectdError, RuntimeError):
     """A CUDA driver, runtime or NVRTC call failed; the message names the call and the error."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from daemon.atomic import write_bytes
+from daemon.digest import sha256_bytes, sha256_file
 
 
 log = logging.getLogger(__name__)
@@ -51,18 +52,6 @@ __all__ = [
 KEY_FORMAT = 2  # 2: the build recipe (typing, flags, FP16 transform version) joined the key
 
 T = TypeVar("T")
-
-
-def sha256_bytes(data: bytes | bytearray | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def default_engine_dir(override: str | os.PathLike[str] | None = None) -> Path:

@@ -42,6 +42,7 @@ import numpy as np
 
 from daemon.backends.base import BackendError
 from daemon.backends.engine_cache import EngineCache, EngineKey, atomic_write_bytes, default_engine_dir, sha256_file
+from daemon.errors import Cancelled
 
 log = logging.getLogger(__name__)
 trt_log = logging.getLogger(__name__ + ".trt")
@@ -240,7 +241,7 @@ def make_progress_monitor(trt: Any, report: Callable[[str], None],
     return Progress()
 
 
-class BuildCancelled(BackendError):
+class BuildCancelled(BackendError, Cancelled):
     """The build was cancelled through the ``cancel`` event (a stop request): nothing cached."""
 
 

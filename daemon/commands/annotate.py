@@ -13,6 +13,8 @@ from typing import IO, Any
 
 import av
 
+from daemon import errors
+
 
 class Progress:
     """A progress line on stderr: redrawn in place on a terminal, a line every few seconds
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
-        return 2
+        return errors.exit_code(exc)
     updates = {}
     if args.conf is not None:
         updates["conf_threshold"] = args.conf
@@ -109,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     src = _input_path(args.input)
     if not src.startswith(("rtsp://", "http://", "https://")) and not Path(src).is_file():
         print(f"{args.input}: no such file", file=sys.stderr)
-        return 2
+        return errors.ExitCode.USAGE
     out = Path(args.out)
     try:
         if args.json:
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         json_out = open(args.json, "w", encoding="utf-8") if args.json else None
     except OSError as exc:
         print(f"--json: {exc}", file=sys.stderr)
-        return 2
+        return errors.ExitCode.USAGE  # an option's file
     try:
         bar = Progress(enabled=not args.quiet)
         summary = annotate(
@@ -127,10 +129,10 @@ def run(args: argparse.Namespace) -> int:
         bar.finish()
     except OutputError as exc:
         print(f"annotate: {exc}", file=sys.stderr)
-        return 1
+        return errors.exit_code(exc)
     except (av.FFmpegError, ValueError, OSError) as exc:
         print(f"annotate: {args.input}: {exc}", file=sys.stderr)
-        return 1
+        return errors.exit_code(exc)
     finally:
         if json_out is not None:
             json_out.close()

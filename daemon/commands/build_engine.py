@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from daemon.errors import ExitCode, exit_code
+
 
 def run(args: argparse.Namespace) -> int:
     from daemon.backends.select import probe_gpu, probe_tensorrt
@@ -18,11 +20,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"detectd build-engine: TensorRT is needed to build an engine, but {why}. "
               "Install it on a machine with an NVIDIA GPU (`pip install tensorrt`), "
               "or run with model.backend: onnxruntime.", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     why = probe_gpu()
     if why:
         print(f"detectd build-engine: an NVIDIA GPU and cuda-python are needed: {why}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
 
     from daemon.backends.base import BackendError
     from daemon.config import ModelConfig
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
                       model_path=Path(args.onnx) if args.onnx else None).close()
     except (BackendError, OSError, ValueError) as exc:
         print(f"detectd build-engine: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     print("engine ready (built or verified, deserialized and warmed up)")
     return 0
 

@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Any
 
+from daemon.errors import ExitCode, exit_code
+
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `detectd --help` does not pay for onnx / onnxruntime.
@@ -35,26 +37,23 @@ def run(args: argparse.Namespace) -> int:
                                        threads=args.threads)
     except ValueError as e:
         say(f"detectd calibrate: {e} (methods: {', '.join(METHODS)})")
-        return 2
+        return ExitCode.USAGE  # the options
     gate = args.min_agreement
     if gate is not None and not 0.0 <= gate <= 1.0:
         say(f"detectd calibrate: --min-agreement {gate}: expected a number in [0, 1]")
-        return 2
+        return ExitCode.USAGE
     try:
         report = calibrate(args.model, args.source, args.count, args.target, args.out,
                            args.cache, settings=settings,
                            progress=None if args.quiet else print_progress)
-    except CalibrationError as e:
+    except (CalibrationError, OSError) as e:  # OSError: e.g. an output directory that cannot be made
         say(f"\ndetectd calibrate: {e}")
-        return 1
-    except OSError as e:  # e.g. an output directory that cannot be created
-        say(f"\ndetectd calibrate: {e}")
-        return 1
-    except KeyboardInterrupt:
+        return exit_code(e)
+    except KeyboardInterrupt as e:
         # the outputs are committed as one set at the very end, rolled back if interrupted:
         # whatever was there before (or nothing) is still there, unchanged
         say("\ndetectd calibrate: interrupted; no output was written or changed")
-        return 130
+        return exit_code(e)
     if not args.quiet:
         print(file=sys.stderr)
     print(redact_text(report.summary()))
@@ -66,12 +65,12 @@ def run(args: argparse.Namespace) -> int:
     if gate is not None and gate > 0 and achieved is None:
         say(f"detectd calibrate: --min-agreement {gate}: no held-out frame was scored, "
             "agreement unknown")
-        return 3
+        return ExitCode.BELOW_GATE
     if gate is not None and achieved is not None and achieved < gate:
         say(f"detectd calibrate: agreement {achieved:.3f} (box-weighted mAP@0.5) is below "
             f"--min-agreement {gate} "
             "(the outputs are written; nothing uses them automatically)")
-        return 3
+        return ExitCode.BELOW_GATE
     return 0
 
 

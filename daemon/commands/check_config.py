@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from daemon.config import ConfigError, check_config, load_config
+from daemon.errors import ExitCode, exit_code
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         for line in exc.problems:
             print(line, file=sys.stderr)
-        return 2
+        return exit_code(exc)
     from daemon.publish import curve
 
     from daemon.prepare import pending_fetches
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     for line in pending_fetches(cfg):
         print(f"note: {line}")
     if problems:
-        return 2
+        return ExitCode.USAGE
     print(f"{args.config}: ok ({len(cfg.streams)} streams)")
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from daemon.errors import ExitCode, exit_code
 from daemon.models import assets
 from daemon.models.darknet import DarknetError
 
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
             if (cfg is None) != (weights is None):
                 print("detectd export-onnx: give both --cfg and --weights, or neither",
                       file=sys.stderr)
-                return 2
+                return ExitCode.USAGE
             from daemon.logs import setup_logging
 
             setup_logging(args.log_level or "info")  # the fetch's progress lines
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         out = export_onnx(cfg, weights, args.out, names)
     except (assets.AssetError, DarknetError, OSError) as e:
         print(f"detectd export-onnx: {e}", file=sys.stderr)
-        return 1
+        return exit_code(e)
     print(f"wrote {out}")
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from daemon.errors import exit_code
 from daemon.models import assets
 
 
@@ -18,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
         model, video, photos = assets.fetch_all(args.cache_dir, progress=not args.quiet)
     except assets.AssetError as e:
         print(f"detectd fetch-model: {e}", file=sys.stderr)
-        return 1
+        return exit_code(e)
     print(f"cfg:     {model.cfg}")
     print(f"weights: {model.weights}")
     print(f"names:   {model.names}")

@@ -12,6 +12,7 @@ import argparse
 import sys
 from typing import Any
 
+from daemon.errors import ExitCode, exit_code
 from daemon.publish.curve import CurveError, generate_keypair
 
 
@@ -31,12 +32,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.name or "/" in args.name or args.name.startswith("."):
         print(f"detectd keygen: invalid --name {args.name!r}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     try:
         public, secret = generate_keypair(args.dir, args.name, force=args.force)
     except (CurveError, OSError) as exc:
         print(f"detectd keygen: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
     print(f"public key: {public}")
     print(f"secret key: {secret}")
     return 0

@@ -20,6 +20,7 @@ import sys
 import threading
 from typing import Any
 
+from daemon.errors import ExitCode, fail
 from daemon.publish.proxy import Proxy
 
 log = logging.getLogger("daemon.proxy")
@@ -54,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(getattr(args, "log_level", None) or "info")
     if bool(args.server_key) != bool(args.authorized_keys):
         print("detectd proxy: --server-key and --authorized-keys go together", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     if bool(args.frontend_server_key) != bool(args.frontend_client_key):
         print("detectd proxy: --frontend-server-key and --frontend-client-key go together", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -74,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
             hwm=args.hwm,
         ).start()
     except Exception as exc:  # bad endpoint, port or ipc path in use, unreadable key: one line
-        log.error("cannot start the proxy: %s", exc)
-        return 1
+        return fail(exc, log, "cannot start the proxy: ")
     while not stop.wait(0.5):
         if proxy.join(0):
             break
@@ -83,6 +83,6 @@ def run(args: argparse.Namespace) -> int:
     summary = f"{proxy.forwarded} messages forwarded, {proxy.dropped} dropped at --hwm"
     if proxy.error is not None:
         log.error("proxy failed: %s", summary)
-        return 1
+        return ExitCode.FAILURE
     log.info("proxy stopped: %s", summary)
     return 0

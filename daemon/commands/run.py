@@ -7,8 +7,11 @@ import logging
 import sys
 from typing import Any
 
+from daemon import errors
 from daemon.config import ConfigError, load_config
 from daemon.publish.curve import CurveError
+
+log = logging.getLogger("detectd")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         setup_logging(args.log_level or "info")
         for line in exc.problems:
             print(line, file=sys.stderr)
-        return 2
+        return errors.exit_code(exc)
     setup_logging(args.log_level or cfg.logging.level)
     from daemon.prepare import resolve_demo_urls
 
@@ -28,25 +31,15 @@ def run(args: argparse.Namespace) -> int:
         cfg = resolve_demo_urls(cfg)  # fetched at start, never while the config is validated
     except ConfigError as exc:
         for line in exc.problems:
-            logging.getLogger("detectd").error("%s", line)
-        return 1
+            log.error("%s", line)
+        return errors.exit_code(exc)
     from daemon import app
 
     try:
         return app.run(cfg, config_path=args.config)
-    except CurveError as exc:  # publish.curve: a missing or malformed key file, named
-        logging.getLogger("detectd").error("publish.curve: %s", exc)
-        return 1
-    except OSError as exc:  # bind failures and the like: name the key, no traceback
-        logging.getLogger("detectd").error("%s", exc)
-        return 1
-    except Exception as exc:
-        from daemon.backends.base import BackendError
-
-        if isinstance(exc, BackendError):
-            logging.getLogger("detectd").error("%s", exc)
-            return 1
-        raise
+    except (errors.DetectdError, OSError) as exc:  # bind failures, the model, a key file: named
+        # publish.curve: a missing or malformed key file, named by its config key
+        return errors.fail(exc, log, "publish.curve: " if isinstance(exc, CurveError) else "")
 
 
 def register(subparsers: Any) -> None:

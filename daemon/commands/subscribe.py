@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from daemon.config import PublishConfig
+from daemon.errors import ExitCode
 from daemon.publish.client import KINDS, Subscriber
 from daemon.publish.curve import CurveError, load_public_key, load_secret_key
 
@@ -48,7 +49,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if bool(args.server_key) != bool(args.client_key):
         print("detectd subscribe: --server-key and --client-key go together", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     from daemon.logs import setup_logging
 
     setup_logging(getattr(args, "log_level", None) or "info")
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                 load(getattr(args, option[2:].replace("-", "_")))
             except CurveError as exc:
                 print(f"detectd subscribe: {option}: {exc}", file=sys.stderr)
-                return 2
+                return ExitCode.USAGE  # a key file named on the command line: the arguments
     # SIGTERM (e.g. from a supervisor) ends the loop like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     out = sys.stdout
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
                 msg = sub.recv(args.timeout)
                 if msg is None:
                     log.error("no message for %.1f s from %s", args.timeout, ", ".join(endpoints))
-                    return 1
+                    return ExitCode.FAILURE
                 out.write(json.dumps(msg.raw, separators=(",", ":")) + "\n")
                 out.flush()
                 n += 1
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     except CurveError as exc:  # e.g. a libzmq without CURVE: said, not a traceback
         print(f"detectd subscribe: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE  # CURVE options this libzmq cannot serve
     except BrokenPipeError:
         # The reader went away (`| head`): not an error. Point stdout at devnull so the
         # interpreter's final flush does not complain again.

@@ -28,6 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from daemon.atomic import replacing
+from daemon.digest import sha256_file
+from daemon.errors import DetectdError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -52,7 +56,7 @@ __all__ = [
 ]
 
 
-class AssetError(RuntimeError):
+class AssetError(DetectdError, RuntimeError):
     """An asset could not be fetched or failed verification; the message names the asset."""
 
 
@@ -218,14 +222,6 @@ def cache_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "detectd"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _say(progress: bool, message: str) -> None:
     """A progress line through the logger (journald priority, one line): INFO when ``progress``
     is on, else DEBUG. The commands that fetch configure logging to show INFO."""
@@ -316,10 +312,10 @@ def _extract(archive: Path, wanted: dict[str, tuple[Asset, Path]]) -> None:
             for tinfo in tf:
                 key = _strip_sdist_prefix(tinfo.name)
                 if key in wanted and key not in done and tinfo.isfile():
-                    src = tf.extractfile(tinfo)
-                    if src is not None:
-                        with src:
-                            _write_atomic(src, wanted[key][1], wanted[key][0])
+                    member = tf.extractfile(tinfo)
+                    if member is not None:
+                        with member:
+                            _write_atomic(member, wanted[key][1], wanted[key][0])
                         done.add(key)
     else:
         raise AssetError(f"unexpected archive format: {archive.name}")
@@ -330,28 +326,18 @@ def _extract(archive: Path, wanted: dict[str, tuple[Asset, Path]]) -> None:
 
 def _write_atomic(src: IO[bytes], dest: Path, asset: Asset) -> None:
     """Copy ``src`` to ``dest`` through a temporary file, verifying the hash before the rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    with replacing(dest) as tmp:
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             for block in iter(lambda: src.read(1 << 20), b""):
                 h.update(block)
                 out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
-        # mkstemp creates 0600; cached assets are plain readable files like any download.
-        os.chmod(tmp, 0o644)
         digest = h.hexdigest()
-        if digest != asset.sha256:
+        if digest != asset.sha256:  # raised inside: the temporary file goes, dest is untouched
             raise AssetError(
                 f"{asset.filename}: SHA-256 mismatch after download: got {digest}, "
                 f"expected {asset.sha256}; refusing to use it"
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fetch_package(

@@ -24,11 +24,14 @@ The semantics follow the original Darknet (pjreddie/darknet, ``src/parser.c``):
 
 from __future__ import annotations
 
+import builtins
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from daemon.errors import DetectdError
 
 __all__ = [
     "DarknetError",
@@ -49,7 +52,7 @@ __all__ = [
 ]
 
 
-class DarknetError(ValueError):
+class DarknetError(DetectdError, ValueError):
     """A cfg or weights file this parser cannot use; the message names the file and place."""
 
 
@@ -241,13 +244,13 @@ class _Reader:
         except ValueError:
             raise self.fail(f"{key}={raw!r} is not a number", key) from None
 
-    def ints(self, key: str) -> list[int]:
+    def ints(self, key: str) -> list[builtins.int]:  # builtins: int is a method here
         return [int(v) for v in self._list(key, int, "integers")]
 
-    def floats(self, key: str) -> list[float]:
+    def floats(self, key: str) -> list[builtins.float]:
         return self._list(key, float, "numbers")
 
-    def _list(self, key: str, kind: type, what: str) -> list[float]:
+    def _list(self, key: str, kind: type, what: str) -> list[builtins.float]:
         raw = self.s.options.get(key)
         if raw is None or not raw.strip():
             raise self.fail(f"missing required option {key!r}")

@@ -28,7 +28,6 @@ followed by the weights bytes, so a cache can tell which Darknet files an ONNX f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -38,6 +37,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from daemon.atomic import write_bytes
+from daemon.digest import sha256_file
 
 from daemon.models.darknet import (
     ConvLayer,
@@ -61,13 +61,6 @@ INPUT_NAME = "images"
 def read_labels(path: str | os.PathLike[str]) -> list[str]:
     """Class names, one per line (Darknet ``.names``); blank lines are skipped."""
     return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _source_sha256(cfg_path: Path, weights_path: Path) -> str:
-    h = hashlib.sha256()
-    for p in (cfg_path, weights_path):
-        h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def build_model(
@@ -225,7 +218,7 @@ def build_model(
             "detectd.heads": json.dumps(heads),
             "detectd.labels": json.dumps(labels),
             "detectd.input": json.dumps({"name": INPUT_NAME, "width": w, "height": h}),
-            "detectd.source_sha256": _source_sha256(cfg_path, weights_path),
+            "detectd.source_sha256": sha256_file(cfg_path, weights_path),
         },
     )
     onnx.checker.check_model(model, full_check=True)

@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from daemon.models.assets import sha256_file
+from daemon.errors import DetectdError
+from daemon.digest import sha256_file
 from daemon.vision.yolo import HeadSpec
 
 __all__ = ["ModelInfo", "ModelInfoError", "HeadSpec", "YOLOV3_TINY_ANCHORS"]
@@ -33,7 +34,7 @@ YOLOV3_TINY_ANCHORS: tuple[tuple[tuple[float, float], ...], ...] = (
 )
 
 
-class ModelInfoError(ValueError):
+class ModelInfoError(DetectdError, ValueError):
     """The ONNX file lacks what detectd needs, or has it in a form it cannot use."""
 
 

@@ -11,22 +11,13 @@ The INT8 variant is built from this file one floor up, in ``daemon/prepare.py``
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 from daemon.config import ModelConfig
+from daemon.digest import sha256_file
 
 log = logging.getLogger(__name__)
-
-
-def _hash_files(*paths: Path) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def fp32_model(cfg: ModelConfig, progress: bool = True) -> Path:
@@ -47,7 +38,7 @@ def fp32_model(cfg: ModelConfig, progress: bool = True) -> Path:
     import daemon.models.darknet as dk
     import daemon.models.export as ex
 
-    key = _hash_files(darknet_cfg, weights, *([names] if names else []),
+    key = sha256_file(darknet_cfg, weights, *([names] if names else []),
                       Path(dk.__file__), Path(ex.__file__))[:12]
     out = cache / "models" / f"{darknet_cfg.stem}-{key}.onnx"
     if not out.is_file():

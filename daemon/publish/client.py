@@ -40,10 +40,14 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 import numpy as np
 import zmq
 
+from daemon.errors import DetectdError
 from daemon.frames import Detections
+from daemon.publish.schema import ANALYTICS_EVENTS, EVENT_KINDS, SCHEMA_VERSION
+from daemon.vocab import EventKind, Topic
 
 __all__ = [
     "SCHEMA_VERSION",
+    "EVENT_KINDS",
     "EVENTS",
     "KINDS",
     "DecodeError",
@@ -62,15 +66,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-KINDS = ("detections", "events", "analytics")
-EVENTS = frozenset({"up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed", "state"})
+# The contract's words, from daemon.publish.schema / daemon.vocab (one definition each).
+# KINDS: the topics a subscriber may ask for (``--kind``); EVENT_KINDS: every ``event`` of an
+# events message (EventKind).
+KINDS = tuple(Topic)
+# The same set under its first name, kept for subscribers' code that imports it.
+EVENTS = EVENT_KINDS
 # Transitions change a stream's state; a ``state`` message only repeats it (for late subscribers).
-TRANSITIONS = EVENTS - {"state"}
-ANALYTICS_EVENTS = frozenset({"zone_enter", "zone_exit", "line_cross"})
+TRANSITIONS = EVENT_KINDS - {EventKind.STATE}
 
 
-class DecodeError(ValueError):
+class DecodeError(DetectdError, ValueError):
     """A message does not follow the contract; the text names the field."""
 
 
@@ -310,7 +316,7 @@ def _decode_detections(p: Mapping[str, Any], where: str) -> DetectionMessage:
 
 def _decode_event(p: Mapping[str, Any], where: str) -> EventMessage:
     event = _field(p, "event", str, where)
-    if event not in EVENTS:
+    if event not in EVENT_KINDS:
         # New states may be added by later daemons: keep them, but say so once per message.
         log.debug("%s: unknown event %r", where, event)
     known = {"v", "stream", "seq", "event", "reason", "at"}
@@ -389,7 +395,7 @@ def topic_prefixes(streams: Iterable[str] | None = None, kinds: Iterable[str] = 
             raise ValueError(f"unknown message kind {k!r} (expected one of {', '.join(KINDS)})")
     if streams is None:
         return [f"{k}/".encode() for k in kinds]
-    out = []
+    out: list[bytes] = []
     for s in streams:
         if not s or "/" in s:
             raise ValueError(f"invalid stream id {s!r}")

@@ -36,6 +36,8 @@ import zmq.auth
 from zmq.utils import z85
 from zmq.auth.thread import ThreadAuthenticator
 
+from daemon.errors import DetectdError
+
 __all__ = [
     "CurveError",
     "CurveServer",
@@ -51,7 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class CurveError(ValueError):
+class CurveError(DetectdError, ValueError):
     """A key file is missing or malformed, or CURVE is unavailable; the message names the file."""
 
 

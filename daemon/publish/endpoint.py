@@ -32,10 +32,12 @@ import socket
 import stat
 from pathlib import Path
 
+from daemon.errors import DetectdError
+
 __all__ = ["EndpointInUse", "IpcClaim", "ipc_path"]
 
 
-class EndpointInUse(OSError):
+class EndpointInUse(DetectdError, OSError):
     """Another live process owns the endpoint; the message names it and the way out.
     ``errno`` is ``EADDRINUSE``, as for a TCP port in use (``str()`` is the message alone)."""
 

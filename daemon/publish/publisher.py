@@ -39,6 +39,7 @@ from daemon.frames import FrameResult
 from daemon.metrics import Metrics
 from daemon.publish import schema
 from daemon.publish.endpoint import IpcClaim
+from daemon.vocab import EventKind, Topic
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class Publisher:
         payload = schema.detections_payload(result, self.seq[stream], labels, model)
         # seq advances even when the message is dropped, so subscribers see the gap.
         self.seq[stream] += 1
-        if not self._send(schema.topic(schema.DETECTIONS, stream), schema.encode(payload)):
+        if not self._send(schema.topic(Topic.DETECTIONS, stream), schema.encode(payload)):
             self.metrics.frames_dropped.labels(stream, "zmq_hwm").inc()
             return False
         self.metrics.frames_published.labels(stream).inc()
@@ -157,7 +158,7 @@ class Publisher:
         from the publishing thread. A drop at the HWM is counted in detectd_events_dropped_total."""
         payload = schema.analytics_payload(stream, self.analytics_seq[stream], event)
         self.analytics_seq[stream] += 1
-        if not self._send(schema.topic(schema.ANALYTICS, stream), schema.encode(payload)):
+        if not self._send(schema.topic(Topic.ANALYTICS, stream), schema.encode(payload)):
             self.metrics.events_dropped.inc()
             return False
         return True
@@ -185,7 +186,7 @@ class Publisher:
                     **{k: v for k, v in extra.items() if k not in _TRANSIENT},
                     "state": extra.get("state", event), "reason": reason, "last_event": event,
                     "last_event_at": payload["at"]}
-            if self._send(schema.topic(schema.EVENTS, stream), schema.encode(payload)):
+            if self._send(schema.topic(Topic.EVENTS, stream), schema.encode(payload)):
                 n += 1
             else:
                 self.metrics.events_dropped.inc()
@@ -207,7 +208,7 @@ class Publisher:
                 continue
             prefix = msg[1:]
             for stream in self.states:
-                if schema.topic(schema.EVENTS, stream).startswith(prefix):
+                if schema.topic(Topic.EVENTS, stream).startswith(prefix):
                     self.state_due.add(stream)
 
     def _send_states(self, only: str | None = None) -> None:
@@ -218,8 +219,8 @@ class Publisher:
                 continue
             fields = dict(st)
             reason = fields.pop("reason")
-            payload = schema.event_payload(stream, self.event_seq[stream], "state", reason, **fields)
-            if not self._send(schema.topic(schema.EVENTS, stream), schema.encode(payload)):
+            payload = schema.event_payload(stream, self.event_seq[stream], EventKind.STATE, reason, **fields)
+            if not self._send(schema.topic(Topic.EVENTS, stream), schema.encode(payload)):
                 return  # a queue is full: retried at the next flush, nothing is lost
             self.event_seq[stream] += 1
             self.state_due.discard(stream)

@@ -2,7 +2,10 @@
 
 Topics end in a delimiter so that a subscription to ``detections/cam1/`` never receives
 ``cam10``. Payloads are UTF-8 JSON objects carrying ``v`` (schema version). Additive changes keep
-``v``; a change that removes or retypes a field bumps it.
+``v``; a change that removes or retypes a field bumps it. This module is the only definition of
+the version; the words (topics, event kinds) are :mod:`daemon.vocab`'s, and the JSON Schemas
+beside it (``schemas/*.v1.json``) spell the same sets out for other languages
+(``tests/test_vocab.py`` keeps them equal).
 """
 
 from __future__ import annotations
@@ -12,18 +15,17 @@ import time
 from typing import Any
 
 from daemon.frames import FrameResult
+from daemon.vocab import AnalyticsEvent, EventKind, Topic
 
 SCHEMA_VERSION = 1
-DETECTIONS = "detections"
-EVENTS = "events"
-# "state" is not a transition: the stream's current state, sent in answer to a new subscription
-# (see daemon.publish.publisher); added within v1, consumers ignore kinds they do not know.
-EVENT_KINDS = ("up", "down", "reconnecting", "ended", "error", "stalled", "auth_failed", "state")
-ANALYTICS = "analytics"
-ANALYTICS_EVENTS = ("zone_enter", "zone_exit", "line_cross")
+# Every event kind; "state" is not a transition but the stream's current state, sent in answer to
+# a new subscription (see daemon.publish.publisher).
+EVENT_KINDS = frozenset(EventKind)
+ANALYTICS_EVENTS = frozenset(AnalyticsEvent)
 
 
-def topic(kind: str, stream: str) -> bytes:
+def topic(kind: Topic | str, stream: str) -> bytes:
+    """``b"<kind>/<stream>/"``: the delimiter keeps ``cam1`` from matching ``cam10``."""
     return f"{kind}/{stream}/".encode()
 
 
@@ -46,11 +48,11 @@ def detections_payload(result: FrameResult, seq: int, labels: list[str], model: 
     }
 
 
-def event_payload(stream: str, seq: int, event: str, reason: str | None = None,
+def event_payload(stream: str, seq: int, event: EventKind | str, reason: str | None = None,
                   **extra: Any) -> dict[str, Any]:
     if event not in EVENT_KINDS:
         raise ValueError(f"unknown event kind {event!r}")
-    return {"v": SCHEMA_VERSION, "stream": stream, "seq": seq, "event": event, "reason": reason,
+    return {"v": SCHEMA_VERSION, "stream": stream, "seq": seq, "event": str(event), "reason": reason,
             "at": round(time.time(), 6), **extra}
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.atomic import stage, unlink
+from daemon.errors import DetectdError
 
 from daemon.quant.histogram import TensorStats
 
@@ -48,7 +49,7 @@ ALGORITHM = ALGORITHMS["entropy"]
 _HEX = re.compile(r"^[0-9a-fA-F]{8}$")
 
 
-class CacheFormatError(ValueError):
+class CacheFormatError(DetectdError, ValueError):
     """A tensor name or a table that TensorRT's cache format cannot hold or does not parse."""
 
 
@@ -246,7 +247,7 @@ def write_cache(table: Path, contents: CacheContents, version: int | None = None
     commit_set(cache_files(table, contents, version, method))
 
 
-class CacheMismatch(Exception):
+class CacheMismatch(DetectdError):
     """The cache exists but may not be used; the message says why."""
 
 

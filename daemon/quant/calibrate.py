@@ -35,6 +35,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from daemon.digest import sha256_file
+from daemon.errors import Cancelled, DetectdError
 from daemon.quant import cache as cache_mod
 from daemon.quant import qdq
 from daemon.quant.agreement import SqnrAccumulator, fake_quantize, map_at_50
@@ -87,11 +89,11 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
-class CalibrationError(RuntimeError):
+class CalibrationError(DetectdError, RuntimeError):
     """Calibration cannot proceed; the message says why and names the input."""
 
 
-class CalibrationCancelled(CalibrationError):
+class CalibrationCancelled(CalibrationError, Cancelled):
     """The caller's cancel event was set (daemon shutdown): nothing was written."""
 
 
@@ -134,14 +136,6 @@ class SourceReport:
     description: str
     skipped: Counter[str] = field(default_factory=Counter)  # reason -> count
     skipped_examples: list[str] = field(default_factory=list)
-
-
-def _sha256_file(path: Path, h: "hashlib._Hash | None" = None) -> str:
-    h = h or hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_url(source: str) -> bool:
@@ -234,7 +228,7 @@ class FrameSource:
                 h.update(item.encode())
             elif p.is_file():
                 try:
-                    h.update(_sha256_file(p).encode())
+                    h.update(sha256_file(p).encode())
                 except OSError:
                     h.update(b"unreadable:" + item.encode())
             else:
@@ -853,7 +847,6 @@ def ensure_int8_model(
     0 turns the gate off) raises AgreementTooLow when the model's mAP@0.5 agreement with FP32
     on the held-out frames is below it; the models stay cached, so lowering the gate does not
     recalibrate. When no frame could be held out the agreement is unknown: logged, not fatal."""
-    from daemon.models.assets import sha256_file
 
     fp32 = Path(fp32_path)
     cs = calibration_settings

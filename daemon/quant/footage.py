@@ -31,6 +31,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from daemon.atomic import replacing
+
 log = logging.getLogger(__name__)
 
 RENDER_VERSION = 1
@@ -125,15 +127,14 @@ def render_pan(photo: Path, pan: Pan, out: Path) -> Path:
     suffix, pix_fmt, options = _CODECS[pan.codec]
     with av.open(str(photo)) as c:
         image = next(c.decode(video=0)).to_ndarray(format="rgb24")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.part{suffix}")
-    try:
+    with replacing(out, suffix) as tmp:  # the muxer picks the format from the suffix
         with av.open(str(tmp), "w") as o:
             s = o.add_stream(pan.codec, rate=25)
+            assert isinstance(s, av.VideoStream)  # a video codec's name: for the type checker
             s.width, s.height, s.pix_fmt = pan.width, pan.height, pix_fmt
             s.options = dict(options)
             if pan.codec == "mpeg4":
-                s.codec_context.qscale = 4  # type: ignore[attr-defined]
+                s.codec_context.qscale = 4  # type: ignore[assignment]
             for crop in _crops(image, pan):
                 frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(crop), format="rgb24")
                 frame = frame.reformat(width=pan.width, height=pan.height, format=pix_fmt)
@@ -141,9 +142,6 @@ def render_pan(photo: Path, pan: Pan, out: Path) -> Path:
                     o.mux(pkt)
             for pkt in s.encode():
                 o.mux(pkt)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 

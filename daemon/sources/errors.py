@@ -48,12 +48,12 @@ from __future__ import annotations
 import errno
 import re
 import socket
-from typing import Literal
+
+from daemon.errors import DetectdError
+from daemon.vocab import ErrorKind
 
 __all__ = ["ErrorKind", "classify_error", "describe_error", "is_config_error", "is_invalid_argument",
            "SourceError"]
-
-ErrorKind = Literal["network", "auth", "eof", "decode", "timeout"]
 
 try:  # PyAV is a runtime dependency, but classification must work on any exception.
     import av.error as _averr
@@ -77,12 +77,12 @@ _EOF_MSG = re.compile(r"end of file", re.I)
 _DECODE_MSG = re.compile(r"invalid data|corrupt|error while decoding|non-existing pps|no frame!", re.I)
 
 
-class SourceError(Exception):
+class SourceError(DetectdError):
     """A source failure described by detectd itself: ``kind`` for the policy, words for people."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind | str, message: str) -> None:
         super().__init__(message)
-        self.kind: ErrorKind = kind
+        self.kind = ErrorKind(kind)
 
 
 _CONFIG = _av("OptionNotFoundError") + _av("DemuxerNotFoundError") + _av("ProtocolNotFoundError")
@@ -147,26 +147,27 @@ def describe_error(exc: BaseException, url: str | None = None, *, format_forced:
 
 
 def classify_error(exc: BaseException) -> ErrorKind:
-    """``"network" | "auth" | "eof" | "decode" | "timeout"`` for an exception from a source."""
+    """The :class:`~daemon.vocab.ErrorKind` of an exception from a source: ``network``,
+    ``auth``, ``eof``, ``decode`` or ``timeout`` (or a :class:`SourceError`'s own kind)."""
     if isinstance(exc, SourceError):
         return exc.kind
     if _AUTH and isinstance(exc, _AUTH):
-        return "auth"
+        return ErrorKind.AUTH
     if isinstance(exc, _TIMEOUT) or getattr(exc, "errno", None) == errno.ETIMEDOUT:
-        return "timeout"
+        return ErrorKind.TIMEOUT
     if isinstance(exc, _EOF):
-        return "eof"
+        return ErrorKind.EOF
     if _DECODE and isinstance(exc, _DECODE):
-        return "decode"
+        return ErrorKind.DECODE
     if isinstance(exc, OSError):  # refused, reset, unreachable, not found...
-        return "network"
+        return ErrorKind.NETWORK
     msg = str(exc)
     if _AUTH_MSG.search(msg):
-        return "auth"
+        return ErrorKind.AUTH
     if _TIMEOUT_MSG.search(msg):
-        return "timeout"
+        return ErrorKind.TIMEOUT
     if _EOF_MSG.search(msg):
-        return "eof"
+        return ErrorKind.EOF
     if _DECODE_MSG.search(msg):
-        return "decode"
-    return "network"
+        return ErrorKind.DECODE
+    return ErrorKind.NETWORK

@@ -49,6 +49,9 @@ States
 ``ended``       end of a finite source (a file with ``restart_on_eof=False``); terminal.
 ``stopped``     :meth:`stop` was called; terminal.
 
+These are :class:`daemon.vocab.StreamState` (``State`` here); its eighth member, ``error`` (a
+permanent failure), is decided by the source, never by this policy.
+
 Backoff
 -------
 Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"): the n-th consecutive
@@ -100,14 +103,15 @@ which is a different alarm from a stall and never triggers a reconnect.
 
 from __future__ import annotations
 
-import enum
 import math
 import random
 import threading
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from daemon.redact import redact_text
+from daemon.vocab import ErrorKind, StreamState
 
 __all__ = [
     "Action",
@@ -121,20 +125,13 @@ __all__ = [
 ]
 
 
-class State(str, enum.Enum):
-    CONNECTING = "connecting"
-    UP = "up"
-    STALLED = "stalled"
-    BACKOFF = "backoff"
-    AUTH_FAILED = "auth_failed"
-    ENDED = "ended"
-    STOPPED = "stopped"
-
-    def __str__(self) -> str:  # so f"{state}" and JSON show "up", not "State.UP"
-        return self.value
+# The stream states, defined once for the whole daemon (daemon/vocab.py). The policy moves
+# between the first seven; ``ERROR`` (a permanent failure) is the source's verdict, never the
+# policy's.
+State = StreamState
 
 
-class Action(str, enum.Enum):
+class Action(StrEnum):
     CONNECT = "connect"  # open the stream now, after calling on_connect_attempt(now)
     WAIT = "wait"  # nothing to do for Decision.delay seconds (or until an event)
     STALL = "stall"  # a stall was just detected: abort the current connection
@@ -142,15 +139,10 @@ class Action(str, enum.Enum):
     END = "end"  # the source is finished (end of a finite file)
     STOP = "stop"  # stop() was called
 
-    def __str__(self) -> str:
-        return self.value
-
 
 # "timeout" is what classify_error() returns for a read/open timeout: it counts as a stall when
 # the stream was up, and as a network failure while connecting.
-ErrorKind = str
-# unsupported: a frame detectd refuses to convert (daemon/sources/validate.py)
-ERROR_KINDS = frozenset({"network", "auth", "eof", "decode", "stall", "timeout", "unsupported"})
+ERROR_KINDS = frozenset(ErrorKind)
 
 TERMINAL = frozenset({State.ENDED, State.STOPPED})
 
@@ -226,7 +218,7 @@ class ReconnectPolicy:
         self._state = State.CONNECTING
         self._attempts = 0  # consecutive failures since the last stable period
         self._last_error: str | None = None
-        self._last_error_kind: str | None = None
+        self._last_error_kind: ErrorKind | None = None
         self._in_flight_since: float | None = None  # an attempt is in progress since
         self._attempt_started_at: float | None = None  # the last attempt started at
         self._next_attempt_at: float | None = None  # None = immediately (state CONNECTING)
@@ -265,7 +257,7 @@ class ReconnectPolicy:
         return self._last_error
 
     @property
-    def last_error_kind(self) -> str | None:
+    def last_error_kind(self) -> ErrorKind | None:
         return self._last_error_kind
 
     @property
@@ -280,7 +272,7 @@ class ReconnectPolicy:
         return 0.0 if due is None else max(0.0, due - now)
 
     @property
-    def last_kind(self) -> str | None:
+    def last_kind(self) -> ErrorKind | None:
         """Alias of :attr:`last_error_kind` (the name daemon/sources/pyav.py uses)."""
         return self._last_error_kind
 
@@ -361,8 +353,9 @@ class ReconnectPolicy:
             self._maybe_reset_attempts(now)
             return tr
 
-    def on_error(self, now: float, kind: ErrorKind, message: str | None = None) -> Transition | None:
-        """An error from the source. ``kind`` is one of :data:`ERROR_KINDS`.
+    def on_error(self, now: float, kind: ErrorKind | str, message: str | None = None) -> Transition | None:
+        """An error from the source. ``kind`` is an :class:`~daemon.vocab.ErrorKind` (or its
+        string); anything else raises ``ValueError``.
 
         ``decode`` errors while ``up`` (a damaged packet) are recorded but change nothing: the
         packet is skipped and the stream goes on; if only bad packets arrive, the stall timer
@@ -372,11 +365,12 @@ class ReconnectPolicy:
         """
         if kind not in ERROR_KINDS:
             raise ValueError(f"unknown error kind {kind!r}; expected one of {sorted(ERROR_KINDS)}")
+        kind = ErrorKind(kind)
         with self._lock:
             if self._state in TERMINAL:
                 return None
-            text = f"{kind}: {redact_text(message)}" if message else kind
-            if kind == "decode" and self._state is State.UP:
+            text = f"{kind}: {redact_text(message)}" if message else kind.value
+            if kind is ErrorKind.DECODE and self._state is State.UP:
                 self.decode_errors_total += 1
                 self._last_error, self._last_error_kind = text, kind
                 return None
@@ -393,17 +387,17 @@ class ReconnectPolicy:
             self._last_error, self._last_error_kind = text, kind
             self._in_flight_since = None
             self._maybe_reset_attempts(now)  # an outage after a long stable run starts small
-            if kind == "timeout":
-                kind = "stall" if was_up else "network"
-            if kind == "auth":
+            if kind is ErrorKind.TIMEOUT:
+                kind = ErrorKind.STALL if was_up else ErrorKind.NETWORK
+            if kind is ErrorKind.AUTH:
                 delay = self._auth_delay()
                 new = State.AUTH_FAILED
-            elif kind == "eof" and not self.config.restart_on_eof:
+            elif kind is ErrorKind.EOF and not self.config.restart_on_eof:
                 self._next_attempt_at = None
                 return self._set(State.ENDED, now, text)
             else:
                 delay = self._backoff_delay()
-                new = State.STALLED if kind == "stall" else State.BACKOFF
+                new = State.STALLED if kind is ErrorKind.STALL else State.BACKOFF
                 if new is State.STALLED:
                     self.stalls_total += 1
             self._attempts += 1
@@ -507,7 +501,7 @@ class ReconnectPolicy:
     # ----------------------------------------------------------------- internals
     def _stall(self, now: float, reason: str) -> Decision:
         self.stalls_total += 1
-        self._last_error, self._last_error_kind = reason, "stall"
+        self._last_error, self._last_error_kind = reason, ErrorKind.STALL
         self._in_flight_since = None
         delay = self._backoff_delay()
         self._attempts += 1

@@ -42,6 +42,7 @@ from typing import Any, Callable, Protocol
 import av
 
 from daemon.config import StreamConfig
+from daemon.errors import DetectdError
 from daemon.frames import Frame
 from daemon.metrics import Metrics
 from daemon.redact import redact_text, redact_url
@@ -52,8 +53,10 @@ from daemon.sources.open import no_video_reason, open_options, pick_video_stream
 from daemon.sources.pacing import RealtimeClock
 from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
 from daemon.sources.probe import probe_target, tcp_reachable
+from daemon.sources.status import StreamStatus
 from daemon.sources.timeouts import connect_timeout, read_bound
 from daemon.vision.orient import displayed_size, frame_orientation, odd_rotation
+from daemon.vocab import DropReason, ErrorKind, EventKind
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ class FrameSink(Protocol):
     def is_full(self, stream: str) -> bool: ...
 
 
-class PermanentError(Exception):
+class PermanentError(DetectdError):
     """A source that cannot work however often it is retried (a missing file, not a video)."""
 
 
@@ -136,9 +139,17 @@ class StreamSource:
             self.policy.state in (State.ENDED, State.STOPPED)
 
     @property
-    def up(self) -> bool:
-        """Connected and delivering frames (what ``detectd_stream_up`` exports)."""
-        return self._announced_up and not self.failed and not self.retired
+    def delivering(self) -> bool:
+        """Connected and delivering frames (what ``detectd_stream_up`` says): false from a
+        connection's opening until its first frame."""
+        return not self.failed and self.policy.state is State.UP and self._announced_up
+
+    def status(self) -> StreamStatus:
+        """This stream now, for the preview page and the status log (any thread)."""
+        return StreamStatus(
+            state=State.ERROR if self.failed else self.policy.state, up=self.delivering,
+            reconnects=max(0, self.policy.connect_attempts_total - 1),  # as stream_reconnects
+            drops=self.metrics.dropped(self.cfg.id))
 
     # -- supervision (another thread) -------------------------------------------------------
     def supervise(self, now: float) -> None:
@@ -161,7 +172,7 @@ class StreamSource:
             self._apply(d.transition)
 
     # -- events and metrics ------------------------------------------------------------------
-    def _event(self, event: str, reason: str | None = None, **extra: Any) -> None:
+    def _event(self, event: EventKind, reason: str | None = None, **extra: Any) -> None:
         if not self.retired:
             # Every event carries the stream's attempts and how long it has gone without a frame.
             extra.setdefault("attempt", self.policy.attempts)
@@ -186,23 +197,23 @@ class StreamSource:
                 self.metrics.stream_up.labels(sid).set(0)
             self.metrics.stream_attempts.labels(sid).set(self.policy.attempts)
             if tr.new in RETRYING:
-                kind = "stall" if tr.new is State.STALLED else (self.policy.last_error_kind or "network")
+                kind = ErrorKind.STALL if tr.new is State.STALLED else (self.policy.last_error_kind or ErrorKind.NETWORK)
                 self.metrics.set_last_error(sid, kind, time.time())
                 reason = tr.reason or kind
                 if self._announced_up:
                     self._announced_up = False
-                    self._event("down", reason, state=tr.new.value)
+                    self._event(EventKind.DOWN, reason, state=tr.new.value)
                 if tr.new is State.STALLED:
-                    self._event("stalled", reason, state=tr.new.value)
+                    self._event(EventKind.STALLED, reason, state=tr.new.value)
                 elif tr.new is State.AUTH_FAILED:
-                    self._event("auth_failed", reason, state=tr.new.value)
+                    self._event(EventKind.AUTH_FAILED, reason, state=tr.new.value)
                 delay = self.policy.next_delay(self.clock())
-                self._event("reconnecting", reason, state=tr.new.value, attempt=self.policy.attempts,
+                self._event(EventKind.RECONNECTING, reason, state=tr.new.value, attempt=self.policy.attempts,
                             delay=round(delay, 3))
                 log.warning("stream %s: %s; %s, reconnecting in %.2fs (attempt %d)", sid, reason,
                             tr.new.value, delay, self.policy.attempts)
             elif tr.new is State.ENDED:
-                self._event("ended", "end of file", state=tr.new.value)
+                self._event(EventKind.ENDED, "end of file", state=tr.new.value)
                 log.info("stream %s: end of file after %d frames", sid, self.frame_index)
 
     def _fail(self, reason: str, **extra: Any) -> None:
@@ -211,8 +222,8 @@ class StreamSource:
         self.failed = True
         log.error("stream %s: %s", self.cfg.id, reason)
         if not self.retired:
-            self.metrics.set_state(self.cfg.id, "error")
-        self._event("error", reason, state="error", **extra)
+            self.metrics.set_state(self.cfg.id, State.ERROR)
+        self._event(EventKind.ERROR, reason, state=State.ERROR.value, **extra)
         self.policy.stop(self.clock())
 
     # -- the thread ------------------------------------------------------------------------
@@ -236,10 +247,10 @@ class StreamSource:
             log.exception("stream %s: source thread failed", self.cfg.id)
             self.failed = True
             if not self.retired:
-                self.metrics.set_state(self.cfg.id, "error")
+                self.metrics.set_state(self.cfg.id, State.ERROR)
         finally:
             if not self.retired and not self.failed and self.policy.state is not State.ENDED:
-                self.metrics.set_state(self.cfg.id, "stopped")
+                self.metrics.set_state(self.cfg.id, State.STOPPED)
             self.finished.set()
 
     def _probe(self) -> None:
@@ -297,17 +308,17 @@ class StreamSource:
                 # live source is retried with backoff (never dead for good), the reason says
                 # where to look.
                 words = f"{words} ({hint})"
-            kind = "stall" if self._abort.is_set() else classify_error(exc)
+            kind = ErrorKind.STALL if self._abort.is_set() else classify_error(exc)
             self._apply(self.policy.on_error(self.clock(), kind, words))
             return
         if self.stop_event.is_set():
             return
         if outcome == "end":
-            self._apply(self.policy.on_error(self.clock(), "eof", "end of file"))
+            self._apply(self.policy.on_error(self.clock(), ErrorKind.EOF, "end of file"))
         elif outcome == "aborted":
-            self._apply(self.policy.on_error(self.clock(), "stall", "no frame in time"))
+            self._apply(self.policy.on_error(self.clock(), ErrorKind.STALL, "no frame in time"))
         else:  # a live stream's demuxer ended: the server went away
-            self._apply(self.policy.on_error(self.clock(), "eof", "the stream ended"))
+            self._apply(self.policy.on_error(self.clock(), ErrorKind.EOF, "the stream ended"))
 
     def _unsupported(self, exc: UnsupportedFrame) -> None:
         """A frame no native code may see: a file fails for good, a live source is retried with
@@ -315,13 +326,13 @@ class StreamSource:
         if self.retired:
             return
         sid = self.cfg.id
-        self.metrics.frames_dropped.labels(sid, "unsupported_frame").inc()
+        self.metrics.frames_dropped.labels(sid, DropReason.UNSUPPORTED_FRAME).inc()
         detail = {"pix_fmt": exc.pix_fmt, "width": exc.width, "height": exc.height}
         if self.cfg.is_file:
-            self.metrics.set_last_error(sid, "unsupported", time.time())
+            self.metrics.set_last_error(sid, ErrorKind.UNSUPPORTED, time.time())
             self._fail(str(exc), **detail)
         else:
-            self._apply(self.policy.on_error(self.clock(), "unsupported", str(exc)))
+            self._apply(self.policy.on_error(self.clock(), ErrorKind.UNSUPPORTED, str(exc)))
 
     def _open(self) -> Any:
         url = self.cfg.url[5:] if self.cfg.url.startswith("file:") else self.cfg.url
@@ -356,7 +367,7 @@ class StreamSource:
                 if self.cfg.is_file:
                     raise PermanentError(f"{self.safe_url}: {no_video_reason(container)}")
                 # A camera still booting or on an audio-only profile: retried with backoff.
-                raise SourceError("network", no_video_reason(container))
+                raise SourceError(ErrorKind.NETWORK, no_video_reason(container))
             if self.stop_event.is_set():
                 return "stopped"
             self._apply(self.policy.on_connected(self.clock()))
@@ -386,7 +397,7 @@ class StreamSource:
                     except (av.error.InvalidDataError, av.error.UndefinedError) as exc:
                         # Bad bytes: count, and resume demuxing past them.
                         errors += 1
-                        self.metrics.frames_dropped.labels(sid, "corrupt").inc()
+                        self.metrics.frames_dropped.labels(sid, DropReason.CORRUPT).inc()
                         guard.loss("the demuxer skipped damaged data")
                         if errors > MAX_CONSECUTIVE_DEMUX_ERRORS:
                             if not self.cfg.is_file:
@@ -401,10 +412,10 @@ class StreamSource:
                     try:
                         frames = packet.decode()
                     except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as exc:
-                        self.metrics.frames_dropped.labels(sid, "corrupt").inc()
+                        self.metrics.frames_dropped.labels(sid, DropReason.CORRUPT).inc()
                         words = describe_error(exc)
                         guard.loss("the decoder rejected a packet")
-                        self._apply(self.policy.on_error(self.clock(), "decode", words))
+                        self._apply(self.policy.on_error(self.clock(), ErrorKind.DECODE, words))
                         log.debug("stream %s: skipped a damaged packet: %s", sid, words)
                         continue
                     dt = time.perf_counter() - t0
@@ -435,7 +446,7 @@ class StreamSource:
     def _say_up(self, vf: Any, orient: str) -> None:
         sid = self.cfg.id
         w, h = displayed_size(vf.width, vf.height, orient)
-        self._event("up", None, state="up", width=w, height=h)
+        self._event(EventKind.UP, None, state=State.UP.value, width=w, height=h)
         self.metrics.stream_up.labels(sid).set(1)
         turned = f", stored {vf.width}x{vf.height}, turned {orient} for display" if orient else ""
         log.info("stream %s: up (%s, %dx%d%s)", sid, self.safe_url, w, h, turned)

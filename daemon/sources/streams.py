@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from daemon.config import StreamConfig
 from daemon.metrics import Metrics
 from daemon.sources.pyav import EventFn, FrameSink, StreamSource
+from daemon.sources.status import StreamStatus
 
 log = logging.getLogger("detectd")
 
@@ -113,7 +114,13 @@ class Streams:
         return all(s.idle_ok for s in self.sources.values())
 
     def up(self) -> int:
-        return sum(1 for s in self.sources.values() if s.up)
+        return sum(1 for s in self.sources.values() if s.delivering)
+
+    def status(self, sid: str) -> StreamStatus | None:
+        """The stream's own snapshot (state, reconnects, drops) for the preview page; None for
+        an unknown id."""
+        src = self.sources.get(sid)
+        return src.status() if src is not None else None
 
     # -- stopping --------------------------------------------------------------------------------
     def stop_all(self) -> None:

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.errors import DetectdError
+
 __all__ = ["MAX_PIXELS", "MAX_SIDE", "MOSAIC_FORMATS", "SAFE_FORMATS", "UnsupportedFrame",
            "check_frame", "frame_problem"]
 
@@ -72,7 +74,7 @@ MOSAIC_FORMATS: frozenset[str] = frozenset(
 )
 
 
-class UnsupportedFrame(ValueError):
+class UnsupportedFrame(DetectdError, ValueError):
     """A decoded frame that detectd refuses to hand to native code. ``str(exc)`` names the pixel
     format, the size and the rule; the attributes carry them for events and logs."""
 
