@@ -29,7 +29,8 @@ import numpy as np
 
 from daemon import __version__
 from daemon.analytics.state import StreamAnalytics
-from daemon.backends import Backend, choose_backend, create_backend, int8_variant
+from daemon.backends import Backend, start_backend
+from daemon.sources import nvdec
 from daemon.backends.base import warmup
 from daemon.config import check_config, Config, ConfigError, StreamConfig, load_config
 from daemon.frames import FrameResult
@@ -98,12 +99,14 @@ class Daemon:
     def load_model(self) -> None:
         if self.backend is not None and self.info is not None:
             return
-        name, _why = choose_backend(self.cfg.model.backend)  # logs the choice and why, once
         # The stop event reaches first-start calibration and engine builds: SIGTERM abandons
-        # them cleanly (nothing half-written is cached) instead of waiting for SIGKILL.
-        path = resolve_model(self.cfg.model, target=int8_variant(name), cancel=self.stop_requested)
-        self.info = ModelInfo.from_onnx(path)
-        self.backend = create_backend(name, path, self.info, self.cfg.model, cancel=self.stop_requested)
+        # them cleanly (nothing half-written is cached) instead of waiting for SIGKILL. Under
+        # auto, a GPU backend that fails to start falls back to the CPU (backends.start_backend).
+        self.backend, path, self.info = start_backend(
+            self.cfg.model.backend, self.cfg.model,
+            lambda target: resolve_model(self.cfg.model, target=target, cancel=self.stop_requested),
+            ModelInfo.from_onnx, cancel=self.stop_requested)
+        nvdec.set_gpu_backend(self.backend.name == "tensorrt")  # decode: auto -> NVDEC (docs/gpu.md)
         t0 = time.perf_counter()
         warmup(self.backend, self.info.width, self.info.height)
         log.info("model %s (%s, %s) loaded and warm in %.2fs: input %dx%d, %d classes",
