@@ -543,7 +543,11 @@ def run_streams(dev: CudaDevice, kernels: dict[str, Any], path: Path, n: int, mo
             errors.append(f"decoder {i}: {type(exc).__name__}: {exc}")
 
     def pipeline() -> None:
-        pipe, _ = _checksum_pipeline(GpuPipeline, dev, kernels, max_batch)
+        try:
+            pipe, _ = _checksum_pipeline(GpuPipeline, dev, kernels, max_batch)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"pipeline: {type(exc).__name__}: {exc}")
+            return
         pending: deque[Any] = deque()
         try:
             while not stop.is_set():

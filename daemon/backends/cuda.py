@@ -331,6 +331,7 @@ class CudaDevice:
                 raise CudaError(f"cannot compile {program}: {why}")
             self.nvrtc = _nvrtc()
         nvrtc, d = self.nvrtc, self.driver
+        self.make_current()  # the module loads into the context current on this thread
         prog = check(nvrtc.nvrtcCreateProgram(source.encode(), program.encode(), 0, [], []),
                      "nvrtcCreateProgram")
         try:
@@ -451,6 +452,7 @@ class GpuPipeline:
         self.device, self.width, self.height, self.max_batch = device, width, height, max_batch
         self.outputs = list(outputs)
         self.ring = SlotRing(num_slots)
+        device.make_current()  # this thread may be new to the device
         # ``letterbox``: an already compiled GpuLetterbox (the TensorRT backend compiles it
         # before building the engine, so a missing NVRTC fails in seconds, not after the build).
         self.letterbox = letterbox if letterbox is not None else GpuLetterbox(device)
