@@ -503,11 +503,13 @@ def _checksum_pipeline(cls: Any, dev: CudaDevice, kernels: dict[str, Any], max_b
 
 
 def run_streams(dev: CudaDevice, kernels: dict[str, Any], path: Path, n: int, mode: str,
-                seconds: float, warm: float, max_batch: int = 8) -> dict[str, Any]:
+                seconds: float, warm: float, max_batch: int = 8, rate: float = 0.0) -> dict[str, Any]:
     """``n`` threads decode ``path`` in a loop; ``mode``: ``decode`` (NVDEC alone, frames
     dropped), ``nvdec`` (NVDEC surfaces -> device letterbox -> STAND-IN engine, results collected
     on completion), ``cpu`` (libavcodec frame threads -> planes copied to the device -> same).
-    Frames/s and CPU cores (process CPU time / wall time) over ``seconds`` after ``warm``."""
+    Frames/s and CPU cores (process CPU time / wall time) over ``seconds`` after ``warm``.
+    ``rate`` > 0: each stream delivers at most ``rate`` frames/s, as a camera does (the decoder
+    thread sleeps until the next frame is due), to measure the CPU a given load costs."""
     import av
     from collections import deque
     from queue import Empty, Full
@@ -524,10 +526,14 @@ def run_streams(dev: CudaDevice, kernels: dict[str, Any], path: Path, n: int, mo
                 vs = c.streams.video[0]
                 if mode == "cpu":
                     vs.thread_type = "AUTO"
+                due = time.perf_counter()
                 while not stop.is_set():
                     for f in c.decode(vs):
                         if stop.is_set():
                             return
+                        if rate:
+                            due += 1.0 / rate
+                            time.sleep(max(0.0, due - time.perf_counter()))
                         if mode == "decode":
                             with lock:
                                 done_t.append((time.perf_counter(), 1))
@@ -594,7 +600,7 @@ def run_streams(dev: CudaDevice, kernels: dict[str, Any], path: Path, n: int, mo
         t.join(timeout=10)
     frames = sum(k for ts, k in done_t if w0 <= ts < w1)
     first = min((ts for ts, _ in done_t), default=float("nan")) - t_start
-    return {"mode": mode, "streams": n, "frames": frames, "fps": frames / (w1 - w0),
+    return {"mode": mode, "streams": n, "paced_fps_per_stream": rate, "frames": frames, "fps": frames / (w1 - w0),
             "cpu_cores": (c1 - c0) / (w1 - w0), "seconds": w1 - w0, "first_result_s": first,
             "errors": errors[:4]}
 
@@ -611,11 +617,20 @@ def throughput_streams(dev: CudaDevice, kernels: dict[str, Any], clips: dict[str
                 rows.append(r)
                 print(f"   {codec} x{n} {mode:6s}: {r['fps']:7.0f} frames/s, {r['cpu_cores']:.2f} cores"
                       + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
-    goal = next((r for r in rows if r["codec"] == "h264" and r["streams"] == 8 and r["mode"] == "nvdec"), None)
+    # The goal's load exactly: 8 x 1080p H.264 at 250 frames/s each (2000 in all), paced like
+    # cameras, through the whole pipeline and through decode alone: the CPU each costs.
+    for mode in ("decode", "nvdec"):
+        r = run_streams(dev, kernels, clips["h264"], 8, mode, seconds, warm, rate=250.0)
+        r["codec"] = "h264"
+        rows.append(r)
+        print(f"   h264 x8 {mode:6s} paced 8 x 250/s: {r['fps']:7.0f} frames/s, {r['cpu_cores']:.2f} cores", flush=True)
+    goal = rows[-1]
     return {"rows": rows, "stand_in": "standin_checksum (a STAND-IN for the TensorRT engine: reads the whole "
                                       "letterboxed batch, writes 8 sums per image); TensorRT does not install here",
             "goal_8x_h264_fps": goal["fps"] if goal else None, "goal_8x_h264_cores": goal["cpu_cores"] if goal else None,
-            "pass": bool(goal and goal["fps"] >= 2000 and goal["cpu_cores"] <= 1.5 and not goal["errors"])}
+            "pass": bool(goal["fps"] >= 0.98 * 2000 and goal["cpu_cores"] <= 1.5 and not goal["errors"]
+                         and max(r["fps"] for r in rows if r["codec"] == "h264" and r["streams"] == 8
+                                 and r["mode"] == "nvdec") >= 2000)}
 
 
 class TimedPipeline(GpuPipeline):
@@ -817,7 +832,8 @@ def main() -> int:
                      f"{r['max_abs_vs_cpu_letterbox_x255']:.3f}/255, {r['h2d_bytes']} B to the device, planes "
                      f"bit-exact {r['planes_bit_exact_vs_cpu_decode']}")
     for r in report.get("streams", {}).get("rows", []):
-        lines.append(f"streams {r['codec']} x{r['streams']} {r['mode']:6s}: {r['fps']:7.0f} frames/s, "
+        paced = f" paced {r['paced_fps_per_stream']:g}/s each" if r.get("paced_fps_per_stream") else ""
+        lines.append(f"streams {r['codec']} x{r['streams']} {r['mode']:6s}{paced}: {r['fps']:7.0f} frames/s, "
                      f"{r['cpu_cores']:.2f} cores" + (f" ERRORS {r['errors']}" if r["errors"] else ""))
     for k, v in report.get("completion_latency", {}).items():
         if isinstance(v, dict) and "completion_to_publish_ms_p99" in v:
