@@ -107,8 +107,8 @@ class NvdecFallback(Exception):
 
 
 def pyav_cuda_reason() -> str | None:
-    """None when PyAV can decode on NVDEC (its FFmpeg has the CUDA device type and PyAV has
-    ``HWAccel``), else why not."""
+    """None when PyAV can decode on NVDEC and hand the surfaces over (its FFmpeg has the CUDA
+    device type, PyAV has ``HWAccel`` and ``VideoPlane.__dlpack__``), else why not."""
     try:
         import av
         from av.codec.hwaccel import HWAccel, hwdevices_available  # noqa: F401  (PyAV >= 14)
@@ -116,6 +116,10 @@ def pyav_cuda_reason() -> str | None:
         return f"this PyAV has no hardware acceleration (PyAV >= 14 needed: {exc})"
     if "cuda" not in hwdevices_available():
         return f"PyAV {av.__version__}'s FFmpeg was built without the CUDA device type"
+    from av.video.plane import VideoPlane
+
+    if not hasattr(VideoPlane, "__dlpack__"):
+        return f"PyAV {av.__version__} cannot export frame planes through DLPack (PyAV 18 or newer can)"
     return None
 
 
@@ -276,7 +280,7 @@ def _plane(capsule: Any, ndim: int, device: int) -> tuple[int, int, tuple[int, .
 
 def device_planes(frame: Any, device: int = 0) -> DevicePlanes:
     """The device planes of an NVDEC frame (``format.name == "cuda"``, ``sw_format`` nv12)
-    through PyAV's DLPack export (``VideoPlane.__dlpack__``, PyAV >= 17): the Y plane is a 2-D
+    through PyAV's DLPack export (``VideoPlane.__dlpack__``, PyAV 18 and 19): the Y plane is a 2-D
     (h, w) uint8 tensor, the UV plane (h/2, w/2, 2), both with the surface's pitch. No pixel is
     copied. Raises ValueError for anything else (the caller falls back to the CPU)."""
     planes = frame.planes
