@@ -24,7 +24,13 @@ Kept thin and written against TensorRT's documented Python API, 10.x and 11.x:
   copies, the GPU letterbox and the completion events are :class:`GpuPipeline`'s.
 - TensorRT's logger goes to Python logging (``daemon.backends.tensorrt.trt``).
 
-What ran where: see the README's GPU section. TensorRT cannot be installed on this project's
+Failing safe (docs/gpu.md): TensorRT < 10 is refused (``_trt``); the letterbox kernel is compiled
+before an engine is built or loaded; a Q/DQ model is never built as fp32/fp16
+(:func:`check_float_model`); ``set_timing_cache``'s result and a None ``get_timing_cache`` are
+handled; the engine's input must be float32 LINEAR (:func:`check_io_format`); ``close`` releases
+the execution contexts before the buffers they are bound to, then the engine and runtime.
+
+What ran where: docs/gpu.md. TensorRT cannot be installed on this project's
 machines, so this module's TensorRT calls have run only where ``tensorrt`` imports.
 """
 
@@ -447,7 +453,10 @@ class TensorRTBackend:
         check_io_format(trt, engine, input_name)
         # Output sizes at max batch: ask a context, since they depend on the input shape.
         probe = engine.create_execution_context()
-        probe.set_input_shape(input_name, (max_batch, 3, height, width))
+        if probe is None:
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+        if not probe.set_input_shape(input_name, (max_batch, 3, height, width)):
+            raise BackendError(f"batch {max_batch} is outside the engine's optimization profile")
         specs = []
         for n in self.output_names:
             shape = tuple(probe.get_tensor_shape(n))
