@@ -132,6 +132,20 @@ def test_stream_source_decodes_on_nvdec_under_auto_with_the_gpu_backend(device: 
         "detectd_stream_decoder_info", {"stream": "cam", "decoder": "nvdec", "reason": "nvdec"}) == 1
 
 
+def test_decode_cuda_with_a_cpu_backend_downloads_nvdec_frames(device: Any, bikes: Path) -> None:
+    """``decode: cuda`` while the backend runs on the CPU: NVDEC decodes, PyAV downloads each
+    frame (nv12 in host memory), and the CPU letterbox takes it."""
+    from daemon.sources import nvdec
+    from daemon.vision.letterbox import letterbox_av
+
+    nvdec.set_gpu_backend(False)
+    src, sink, metrics = _source(bikes, "cuda")
+    assert [f.native.format.name for f in sink.frames] == ["nv12"] * 5
+    assert letterbox_av(sink.frames[0].native, W, H)[0].shape == (3, H, W)
+    assert metrics.registry.get_sample_value(
+        "detectd_stream_decoder_info", {"stream": "cam", "decoder": "nvdec", "reason": "nvdec"}) == 1
+
+
 def test_stream_below_nvdec_minimum_size_falls_back_to_the_cpu(device: Any, tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     """H.264 at 32x32 is below NVDEC's 48x16 minimum: decoded on the CPU, reason ``size``."""
