@@ -39,6 +39,7 @@ from daemon.publish.publisher import Publisher
 from daemon.publish.sink import FanOut
 from daemon.reload import apply_plan, plan_reload, read_config
 from daemon.scheduler import Scheduler
+from daemon.sources import nvdec
 from daemon.sources.streams import Streams
 
 log = logging.getLogger("detectd")
@@ -94,6 +95,7 @@ class Daemon:
             # The stop event reaches first-start calibration and engine builds: SIGTERM abandons
             # them cleanly (nothing half-written is cached) instead of waiting for SIGKILL.
             self.detector = Detector.open(self.cfg.model, cancel=self.stop_requested)
+        nvdec.set_gpu_backend(self.detector.backend.name == "tensorrt")  # decode: auto -> NVDEC (docs/gpu.md)
         b = self.detector.backend
         model_desc = {"name": self.detector.info.path.stem, "precision": b.precision, "backend": b.name}
         self.metrics.build_info.labels(__version__, b.name, b.precision).set(1)

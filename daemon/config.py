@@ -83,7 +83,9 @@ class StreamConfig(Strict):
     # FFmpeg's input format (``ffmpeg -f``), e.g. ``mjpeg``; null = probed from the data.
     # See docs/sources.md.
     format: str | None = None
-    decode: Literal["cpu", "cuda"] = "cpu"
+    # Where to decode (docs/gpu.md): "cuda" = NVDEC, frames kept on the GPU; "auto" = NVDEC
+    # while the GPU backend (TensorRT) is in use, else the CPU.
+    decode: Literal["auto", "cpu", "cuda"] = "auto"
     # null = decided from the URL (see is_file); true: a live source (stale frames dropped, end
     # of stream = reconnect); false: a finite file served over the network (loop/realtime apply).
     live: bool | None = None

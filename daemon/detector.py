@@ -32,7 +32,7 @@ from typing import Any
 import av
 import numpy as np
 
-from daemon.backends import create_backend, choose_backend, int8_variant
+from daemon.backends import start_backend
 from daemon.backends.base import (Backend, CompletionSource, FramePipelinedBackend,
                                   SlotPipelinedBackend, warmup)
 from daemon.config import ModelConfig
@@ -135,12 +135,13 @@ class Detector:
         """
         from daemon.prepare import prepare_model
 
-        name, _why = choose_backend(model_cfg.backend)  # logs the choice and why, once
-        path = model_path if model_path is not None else prepare_model(
-            model_cfg, target=int8_variant(name), progress=progress, cancel=cancel)
-        info = ModelInfo.from_onnx(path)
         t0 = time.perf_counter()
-        backend = create_backend(name, path, info, model_cfg, cancel=cancel, report=report)
+        # Under auto, a GPU backend that fails to start falls back to the CPU (start_backend).
+        backend, path, info = start_backend(
+            model_cfg.backend, model_cfg,
+            lambda target: model_path if model_path is not None else prepare_model(
+                model_cfg, target=target, progress=progress, cancel=cancel),
+            ModelInfo.from_onnx, cancel=cancel, report=report)
         try:
             warmup(backend, info.width, info.height)  # the only warm-up: READY waits for it
         except BaseException:

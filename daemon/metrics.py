@@ -84,6 +84,11 @@ class Metrics:
         self.stream_last_error_time = Gauge("detectd_stream_last_error_timestamp_seconds",
                                             "Unix time of the stream's last connection failure.",
                                             ["stream"], registry=r)
+        self.stream_decoder = Gauge("detectd_stream_decoder_info",
+                                    "1 for where the stream decodes (decoder nvdec or cpu) and why "
+                                    "(reason: nvdec, cpu_requested, not_gpu_backend, no_gpu, "
+                                    "pyav_no_cuda, context, codec, size, pixel_format, nvdec_error; "
+                                    "docs/gpu.md).", ["stream", "decoder", "reason"], registry=r)
         self.stream_backpressure = Gauge("detectd_stream_backpressure",
                                          "1 while frames arrive faster than the pipeline takes "
                                          "them (the stream's queue was full at its last frame); "
@@ -172,6 +177,11 @@ class Metrics:
         for k in ERROR_KINDS:
             self.stream_last_error.labels(stream, k).set(1 if k == kind else 0)
         self.stream_last_error_time.labels(stream).set(at)
+
+    def set_decoder(self, stream: str, decoder: str, reason: str) -> None:
+        """Make (decoder, reason) the stream's one ``detectd_stream_decoder_info`` series."""
+        self.stream_decoder.remove_by_labels({"stream": stream})
+        self.stream_decoder.labels(stream, decoder, reason).set(1)
 
     def set_state(self, stream: str, state: StreamState | str) -> None:
         for s in STREAM_STATES:

@@ -25,6 +25,21 @@ except ImportError:
     pass
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--media", default=None,
+                     help="folder with the media files (bikes.mp4, bus.jpg, ...) for GPU tests; "
+                          "default: the cache's media folder ($DETECTD_CACHE_DIR/media)")
+
+
+@pytest.fixture(scope="session")
+def gpu_media(request: pytest.FixtureRequest) -> Path:
+    """Where GPU tests find real media: ``--media`` or ``$DETECTD_CACHE_DIR/media`` (cache_dir)."""
+    from daemon.models.assets import cache_dir
+
+    opt = request.config.getoption("--media")
+    return Path(opt) if opt else cache_dir() / "media"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

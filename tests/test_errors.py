@@ -12,7 +12,7 @@ from daemon import errors
 from daemon.backends.base import BackendError
 from daemon.backends.cuda import CudaError
 from daemon.backends.tensorrt import BuildCancelled
-from daemon.commands.annotate import OutputError
+from daemon.annotate import OutputError
 from daemon.config import ConfigError
 from daemon.errors import Cancelled, DetectdError, ExitCode, exit_code
 from daemon.models.assets import AssetError

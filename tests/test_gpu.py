@@ -95,13 +95,15 @@ def test_stale_ticket_returns_nothing_on_gpu(device: Any) -> None:
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.skipif(_NO_GPU is not None, reason=f"no GPU: {_NO_GPU}")
-def test_gpu_check_script(tmp_path: Path) -> None:
-    """The whole GPU check (letterbox, attribution, overlap, throughput) must pass."""
+def test_gpu_check_script(tmp_path: Path, gpu_media: Path) -> None:
+    """The GPU check's correctness steps (NVDEC letterbox, kernel vs CPU, attribution, overlap)
+    must pass (the figures are bench/gpu_check.py's own run)."""
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parent.parent
-    r = subprocess.run([sys.executable, str(root / "bench" / "gpu_check.py"), "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, str(root / "bench" / "gpu_check.py"), "--out", str(tmp_path),
+                        "--media", str(gpu_media), "--only", "nvdec_letterbox,letterbox,attribution,overlap_1080p"],
                        capture_output=True, text=True, timeout=600)
     print(r.stdout[-4000:], r.stderr[-4000:])
     assert r.returncode == 0
@@ -213,17 +215,16 @@ def test_gpu_yuv_letterbox_matches_its_twin(device: Any) -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(_NO_GPU is not None, reason=f"no GPU: {_NO_GPU}")
-def test_gpu_yuv_letterbox_equals_the_cpu_letterbox_on_decoded_frames(device: Any) -> None:
+def test_gpu_yuv_letterbox_equals_the_cpu_letterbox_on_decoded_frames(device: Any, gpu_media: Path) -> None:
     """Decoded frames carry their siting/matrix/range (H.264: chroma sited left; JPEG:
     yuvj420p, full range, centred): the kernel follows them as libswscale does, within 1/255 of
     ``letterbox_av``, odd sizes included."""
     av = pytest.importorskip("av", reason="PyAV missing")
     from daemon.backends.cuda import GpuPipeline, OutputSpec
-    from daemon.models.assets import cache_dir
 
-    media = cache_dir() / "media"
+    media = gpu_media
     if not (media / "bikes.mp4").is_file():
-        pytest.skip("bikes.mp4 not in the cache (run `detectd fetch-model`)")
+        pytest.skip(f"bikes.mp4 not in {media} (pass --media DIR or run `detectd fetch-model`)")
     with av.open(str(media / "bikes.mp4")) as c:
         f0 = next(c.decode(video=0))
     frames = [f0] + [f0.reformat(width=w, height=h, format="yuv420p")
@@ -257,7 +258,7 @@ def _qdq_onnx() -> Path:
 
 @pytest.mark.tensorrt
 @pytest.mark.skipif(_NO_GPU is not None or _NO_TRT is not None, reason=f"TensorRT GPU test: {_NO_GPU or _NO_TRT}")
-def test_tensorrt_int8_engine_agrees_with_onnxruntime_on_the_same_qdq_model(tmp_path: Path) -> None:
+def test_tensorrt_int8_engine_agrees_with_onnxruntime_on_the_same_qdq_model(tmp_path: Path, gpu_media: Path) -> None:
     """The INT8 engine built from the Q/DQ model against ONNX Runtime running that same model,
     on real letterboxed frames; int8 rounding differs between the two, so the bound is loose
     (5% of the output range) and the mean error must be small."""
@@ -265,13 +266,12 @@ def test_tensorrt_int8_engine_agrees_with_onnxruntime_on_the_same_qdq_model(tmp_
 
     av = pytest.importorskip("av", reason="PyAV missing")
     from daemon.backends.tensorrt import create_tensorrt_backend
-    from daemon.models.assets import cache_dir
     from daemon.models.info import ModelInfo
     from daemon.vision.letterbox import letterbox_av
 
     path = _qdq_onnx()
     info = ModelInfo.from_onnx(path)
-    video = cache_dir() / "media" / "bikes.mp4"
+    video = gpu_media / "bikes.mp4"
     if not video.is_file():
         pytest.skip("bikes.mp4 not in the cache")
     with av.open(str(video)) as c:

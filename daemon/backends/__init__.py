@@ -10,7 +10,7 @@ from daemon.backends.base import Backend, BackendError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Backend", "BackendError", "choose_backend", "create_backend", "int8_variant"]
+__all__ = ["Backend", "BackendError", "choose_backend", "create_backend", "int8_variant", "start_backend"]
 
 
 def int8_variant(backend: str) -> str:
@@ -78,3 +78,43 @@ def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any, cancel
             return create_tensorrt_backend(model_path, info, model_cfg, cancel=cancel, report=report)
         return create_tensorrt_backend(model_path, info, model_cfg, cancel=cancel)
     raise BackendError(f"model.backend: unknown backend {name!r}")
+
+
+def start_backend(requested: str, model_cfg: Any, resolve: Any, info_of: Any, cancel: Any = None,
+                  choose: Any = None, report: Callable[[str], None] | None = None,
+                  ) -> tuple[Backend, Any, Any]:
+    """Choose, prepare and create the backend for ``model.backend = requested``:
+    ``(backend, model path, model info)``.
+
+    ``resolve(target)`` gives the ONNX model for an INT8 variant (``int8_variant``),
+    ``info_of(path)`` its ``ModelInfo``. Under ``auto`` a GPU backend that fails to start -- for
+    any reason: no NVRTC, an engine that does not build, a context that cannot be created, out
+    of GPU memory -- is logged (WARNING, with the cause) and replaced by the CPU backend ``auto``
+    picks without the GPU; a build cancelled by a stop request is not a failure and propagates.
+    Asked for explicitly, the failure is raised as a :class:`BackendError` naming
+    ``model.backend`` and the cause. ``choose``: the selection function (tests inject one); ``report``: as for
+    :func:`create_backend`.
+    """
+    name, _why = (choose or choose_backend)(requested)
+    path = resolve(int8_variant(name))
+    info = info_of(path)
+    try:
+        return create_backend(name, path, info, model_cfg, cancel=cancel, report=report), path, info
+    except Exception as exc:
+        from daemon.backends.tensorrt import BuildCancelled
+
+        if isinstance(exc, BuildCancelled):
+            raise
+        if requested != "auto" or name != "tensorrt":
+            if isinstance(exc, BackendError):
+                raise
+            raise BackendError(f"model.backend: {name} could not start: {type(exc).__name__}: {exc}") from exc
+        from daemon.backends.select import select_backend
+
+        why = f"{type(exc).__name__}: {exc}"
+        sel = select_backend("auto", gpu_probe=lambda: f"the TensorRT backend failed to start ({why})",
+                             log_choice=False)
+        log.warning("inference backend: tensorrt failed to start (%s); falling back to %s", why, sel.backend)
+        path = resolve(int8_variant(sel.backend))
+        info = info_of(path)
+        return create_backend(sel.backend, path, info, model_cfg, cancel=cancel, report=report), path, info

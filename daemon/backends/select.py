@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Selection", "probe_gpu", "probe_openvino", "probe_tensorrt", "select_backend"]
+__all__ = ["Selection", "probe_gpu", "probe_nvrtc", "probe_openvino", "probe_tensorrt", "select_backend",
+           "tensorrt_version_reason"]
 
 # How cuda_unavailable_reason starts when cuda-python itself is missing (then nothing is known
 # about the GPU).
@@ -32,12 +33,40 @@ class Selection:
     reason: str
 
 
-def probe_tensorrt() -> str | None:
+MIN_TENSORRT_MAJOR = 10  # the API daemon/backends/tensorrt.py is written against (10.x, 11.x)
+
+
+def tensorrt_version_reason(version: str) -> str | None:
+    """None for a TensorRT version detectd supports (10.x or newer), else why not."""
     try:
-        importlib.import_module("tensorrt")  # only whether it imports matters here
+        major = int(str(version).split(".")[0])
+    except ValueError:
+        return f"TensorRT reports an unreadable version {version!r}"
+    if major < MIN_TENSORRT_MAJOR:
+        return (f"TensorRT {version} is too old: detectd needs TensorRT {MIN_TENSORRT_MAJOR} or newer "
+                "(`pip install 'detectd[gpu]'`)")
+    return None
+
+
+def probe_tensorrt() -> str | None:
+    """None when the TensorRT backend can start here, as far as can be known without building:
+    ``tensorrt`` imports and is 10.x or newer, and NVRTC (which compiles the letterbox kernel at
+    start) loads."""
+    try:
+        trt = importlib.import_module("tensorrt")
     except Exception as exc:  # ImportError, or a broken install raising OSError at load
         return f"the tensorrt package does not import ({type(exc).__name__}: {exc})"
-    return None
+    too_old = tensorrt_version_reason(getattr(trt, "__version__", "0"))
+    if too_old:
+        return too_old
+    no_nvrtc = probe_nvrtc()
+    return f"{no_nvrtc} (the GPU letterbox kernel is compiled with NVRTC)" if no_nvrtc else None
+
+
+def probe_nvrtc() -> str | None:
+    from daemon.backends.cuda import nvrtc_unavailable_reason
+
+    return nvrtc_unavailable_reason()
 
 
 def probe_gpu() -> str | None:
@@ -64,7 +93,9 @@ def _cpu(gpu_why: str, openvino_probe: Probe) -> Selection:
 def select_backend(requested: str = "auto", *, tensorrt_probe: Probe = probe_tensorrt,
                    gpu_probe: Probe = probe_gpu, openvino_probe: Probe = probe_openvino,
                    log_choice: bool = True) -> Selection:
-    """The backend to run for ``model.backend`` = ``requested``, and why."""
+    """The backend to run for ``model.backend`` = ``requested``, and why. ``auto`` takes
+    TensorRT only when all of the GPU path's start-up needs answer: a CUDA device, NVRTC (the
+    letterbox kernel is compiled at start) and TensorRT >= 10."""
     if requested != "auto":
         sel = Selection(requested, f"model.backend is {requested!r}")
     else:

@@ -24,7 +24,13 @@ Kept thin and written against TensorRT's documented Python API, 10.x and 11.x:
   copies, the GPU letterbox and the completion events are :class:`GpuPipeline`'s.
 - TensorRT's logger goes to Python logging (``daemon.backends.tensorrt.trt``).
 
-What ran where: see the README's GPU section. TensorRT cannot be installed on this project's
+Failing safe (docs/gpu.md): TensorRT < 10 is refused (``_trt``); the letterbox kernel is compiled
+before an engine is built or loaded; a Q/DQ model is never built as fp32/fp16
+(:func:`check_float_model`); ``set_timing_cache``'s result and a None ``get_timing_cache`` are
+handled; the engine's input must be float32 LINEAR (:func:`check_io_format`); ``close`` releases
+the execution contexts before the buffers they are bound to, then the engine and runtime.
+
+What ran where: docs/gpu.md. TensorRT cannot be installed on this project's
 machines, so this module's TensorRT calls have run only where ``tensorrt`` imports.
 """
 
@@ -118,6 +124,20 @@ def check_int8_model(onnx_path: Path, data: bytes | None = None) -> None:
             "--precision fp16/fp32 with this model")
 
 
+def check_float_model(onnx_path: Path, precision: str, data: bytes | None = None) -> None:
+    """Refuse an fp32/fp16 build from a Q/DQ model: its Q/DQ pairs make the network INT8 (a
+    strongly typed network -- TensorRT 11's only kind -- computes what the model says), so the
+    engine would be INT8 while the cache key and the logs say ``precision``."""
+    import onnx
+
+    model = onnx.load_from_string(data if data is not None else Path(onnx_path).read_bytes())
+    if qdq_node_count(model):
+        raise BackendError(
+            f"{onnx_path} is an INT8 model (it has QuantizeLinear/DequantizeLinear nodes): TensorRT "
+            f"would build it as INT8, not {precision}. Use --precision int8 with it, or build "
+            f"{precision} from the FP32 model (`detectd export-onnx`)")
+
+
 def to_fp16_onnx(model_bytes: bytes) -> bytes:
     """An FP16 copy of an FP32 ONNX model with FP32 inputs/outputs (Casts at the edges), for
     strongly typed builds. Float initializers become float16 except the ones an operator needs
@@ -179,12 +199,17 @@ def to_fp16_onnx(model_bytes: bytes) -> bytes:
 
 
 def _trt() -> Any:
+    from daemon.backends.select import tensorrt_version_reason
+
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendError(
-            "TensorRT is not installed: `pip install tensorrt` (NVIDIA's index) on a machine "
+            "TensorRT is not installed: `pip install 'detectd[gpu]'` on a machine "
             f"with an NVIDIA GPU, or use model.backend: onnxruntime ({exc})") from exc
+    too_old = tensorrt_version_reason(str(getattr(trt, "__version__", "0")))
+    if too_old:
+        raise BackendError(f"model.backend: tensorrt: {too_old}")
     return trt
 
 
@@ -290,6 +315,8 @@ def build_engine(onnx_path: Path, precision: str, max_batch: int, *, timing_cach
     data = Path(onnx_path).read_bytes()
     if precision == "int8":
         check_int8_model(onnx_path, data)
+    else:
+        check_float_model(onnx_path, precision, data)
     if recipe.onnx_transform == "fp16":
         data = to_fp16_onnx(data)
     if cancel is not None and cancel.is_set():
@@ -316,7 +343,12 @@ def build_engine(onnx_path: Path, precision: str, max_batch: int, *, timing_cach
         profile.set_shape(t.name, (1, c, h, w), (opt, c, h, w), (max_batch, c, h, w))
     config.add_optimization_profile(profile)
     cache = load_timing_cache(config, timing_cache)
-    config.set_timing_cache(cache, False)
+    if not config.set_timing_cache(cache, False):
+        # The cache does not match this TensorRT/device: build without it (slower, same engine).
+        log.warning("TensorRT did not accept the timing cache %s (another version or GPU?): building "
+                    "with an empty one", timing_cache)
+        if not config.set_timing_cache(config.create_timing_cache(b""), False):
+            log.warning("TensorRT refused an empty timing cache too: building without one")
     monitor = make_progress_monitor(trt, report, cancel)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -332,7 +364,11 @@ def build_engine(onnx_path: Path, precision: str, max_batch: int, *, timing_cach
     if plan is None:
         raise BackendError(f"TensorRT could not build an engine from {onnx_path} (see the log above)")
     if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+        used = config.get_timing_cache()  # None when no cache was attached
+        if used is None:
+            log.warning("TensorRT has no timing cache to save: the next build starts from scratch")
+        else:
+            atomic_write_bytes(timing_cache, bytes(memoryview(used.serialize())))
     return bytes(memoryview(plan))
 
 
@@ -369,8 +405,32 @@ class _ContextExecutor:
             if not self.ctx.set_input_shape(self.input_name, (batch, *self.chw)):
                 raise BackendError(f"batch {batch} is outside the engine's optimization profile")
             self._batch = batch
-        if not self.ctx.execute_async_v3(int(stream)):
+        if not self.ctx.execute_async_v3(_stream_handle(stream)):
             raise BackendError("execute_async_v3 failed (see the TensorRT log)")
+
+    def close(self) -> None:
+        """Release the execution context (before the buffers it is bound to are freed)."""
+        self.ctx = None
+
+
+def _stream_handle(stream: Any) -> int:
+    try:
+        return int(stream)
+    except TypeError:
+        return int(stream.getPtr())
+
+
+def check_io_format(trt: Any, engine: Any, name: str) -> None:
+    """The GPU letterbox writes float32 NCHW (linear): refuse an engine whose input is anything
+    else (an engine built elsewhere with reformat-free I/O, e.g. FP16 or CHW32 input)."""
+    dtype = engine.get_tensor_dtype(name)
+    if dtype != trt.DataType.FLOAT:
+        raise BackendError(f"the engine's input {name!r} is {dtype}, not float32: detectd feeds float32 "
+                           "NCHW; rebuild the engine with `detectd build-engine`")
+    fmt = engine.get_tensor_format(name) if hasattr(engine, "get_tensor_format") else trt.TensorFormat.LINEAR
+    if fmt != trt.TensorFormat.LINEAR:
+        raise BackendError(f"the engine's input {name!r} has format {fmt}, not LINEAR (NCHW): rebuild "
+                           "the engine with `detectd build-engine`")
 
 
 class TensorRTBackend:
@@ -379,7 +439,8 @@ class TensorRTBackend:
     name = "tensorrt"
 
     def __init__(self, engine: Any, precision: str, max_batch: int, width: int, height: int,
-                 input_name: str, output_names: Sequence[str], device: Any, num_slots: int = 2) -> None:
+                 input_name: str, output_names: Sequence[str], device: Any, num_slots: int = 2,
+                 letterbox: Any = None) -> None:
         from daemon.backends.cuda import GpuPipeline, OutputSpec
 
         trt = _trt()
@@ -390,9 +451,13 @@ class TensorRTBackend:
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         if inputs != [input_name] or set(self.output_names) - set(names):
             raise BackendError(f"engine tensors {names} do not match the model ({input_name}, {output_names})")
+        check_io_format(trt, engine, input_name)
         # Output sizes at max batch: ask a context, since they depend on the input shape.
         probe = engine.create_execution_context()
-        probe.set_input_shape(input_name, (max_batch, 3, height, width))
+        if probe is None:
+            raise BackendError("TensorRT could not create an execution context (out of GPU memory?)")
+        if not probe.set_input_shape(input_name, (max_batch, 3, height, width)):
+            raise BackendError(f"batch {max_batch} is outside the engine's optimization profile")
         specs = []
         for n in self.output_names:
             shape = tuple(probe.get_tensor_shape(n))
@@ -402,7 +467,15 @@ class TensorRTBackend:
         chw = (3, height, width)
         self.pipeline = GpuPipeline(
             device, width, height, max_batch, specs,
-            lambda slot: _ContextExecutor(engine, input_name, self.output_names, slot, chw), num_slots)
+            lambda slot: _ContextExecutor(engine, input_name, self.output_names, slot, chw), num_slots,
+            letterbox=letterbox)
+
+    # The completion interface of pipelined backends (GpuPipeline.set_on_complete / ready).
+    def set_on_complete(self, callback: Callable[[], None] | None) -> None:
+        self.pipeline.set_on_complete(callback)
+
+    def ready(self, ticket: Any) -> bool:
+        return self.pipeline.ready(ticket)
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Letterboxed float32 NCHW -> raw head outputs; chunks of max_batch use alternating slots."""
@@ -448,7 +521,12 @@ class TensorRTBackend:
         return results
 
     def close(self) -> None:
+        """Contexts and buffers first (GpuPipeline.close), then the engine, then the runtime."""
         self.pipeline.close()
+        self.engine = None
+        for attr in ("_runtime", "_logger"):
+            if hasattr(self, attr):
+                setattr(self, attr, None)
 
 
 def _split(outputs: list[np.ndarray], n: int) -> list[list[np.ndarray]]:
@@ -466,13 +544,19 @@ def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_s
     ``cancel``: set it (the daemon passes its stop event) to abandon a build in progress through
     TensorRT's progress monitor; :class:`BuildCancelled` is raised and nothing is cached.
     """
-    from daemon.backends.cuda import CudaDevice, cuda_unavailable_reason
+    from daemon.backends.cuda import CudaDevice, CudaError, cuda_unavailable_reason
+    from daemon.vision.gpu_letterbox import GpuLetterbox
 
     trt = _trt()
     why = cuda_unavailable_reason()
     if why:
         raise BackendError(f"model.backend: tensorrt needs a CUDA GPU: {why}")
-    device = CudaDevice(int(os.environ.get("DETECTD_CUDA_DEVICE", "0")))
+    try:
+        device = CudaDevice(int(os.environ.get("DETECTD_CUDA_DEVICE", "0")))
+        # The kernel before the engine: without NVRTC this fails now, not after a minutes-long build.
+        letterbox = GpuLetterbox(device)
+    except CudaError as exc:
+        raise BackendError(f"model.backend: tensorrt cannot start the GPU pipeline: {exc}") from exc
     onnx_path = Path(model_path)
     max_batch = int(getattr(model_cfg, "max_batch", 1))
     precision = str(getattr(model_cfg, "precision", "fp32"))
@@ -492,8 +576,12 @@ def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_s
         runtime.deserialize_cuda_engine,
     )
     report(f"TensorRT engine {'built' if loaded.built else 'loaded'}: {loaded.plan_path}")
-    backend = TensorRTBackend(loaded.engine, precision, max_batch, info.width, info.height,
-                              info.input_name, info.output_names, device, num_slots)
+    try:
+        backend = TensorRTBackend(loaded.engine, precision, max_batch, info.width, info.height,
+                                  info.input_name, info.output_names, device, num_slots, letterbox)
+    except BaseException:
+        letterbox.close()
+        raise
     backend._runtime = runtime  # type: ignore[attr-defined]  # outlives the engine
     backend._logger = logger  # type: ignore[attr-defined]
     # No warm-up here: daemon.detector.Detector.open warms every backend once (READY waits).

@@ -49,6 +49,7 @@ from daemon.redact import redact_text, redact_url
 from daemon.sources.errors import (SourceError, classify_error, describe_error, is_config_error,
                                    is_invalid_argument)
 from daemon.sources.guard import FrameGuard, UnsupportedFrame
+from daemon.sources.nvdec import NvdecFallback, StreamDecoder
 from daemon.sources.open import no_video_reason, open_options, pick_video_stream
 from daemon.sources.pacing import RealtimeClock
 from daemon.sources.policy import Action, PolicyConfig, ReconnectPolicy, State, Transition
@@ -115,6 +116,7 @@ class StreamSource:
         self._probe_target = probe_target(cfg.url) if not cfg.is_local else None
         self._discontinuities = 0
         self.thread = threading.Thread(target=self._run, name=f"source-{cfg.id}", daemon=True)
+        self._decoder: StreamDecoder | None = None  # NVDEC or CPU (sources/nvdec.py), on first open
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -344,7 +346,11 @@ class StreamSource:
                 raise PermanentError(f"file not found: {url}")
             if os.path.isdir(url):
                 raise PermanentError(f"is a directory, not a video: {url}")
+        if self._decoder is None:
+            self._decoder = StreamDecoder(self.cfg.id, self.cfg.decode, self._export_decoder)
         try:
+            if self._decoder.active:
+                return self._open_nvdec(url, read_timeout)
             return av.open(url, format=self.cfg.format, options=open_options(self.cfg),
                            timeout=(self.cfg.open_timeout, read_timeout))
         except av.error.InvalidDataError as exc:
@@ -353,13 +359,36 @@ class StreamSource:
                 raise PermanentError(f"not a readable video (cut before its index, or not a video): {url}: {words}") from None
             raise
 
+    def _open_nvdec(self, url: str, read_timeout: float) -> Any:
+        """Open with NVDEC; if that fails where a plain open works, NVDEC was the problem."""
+        assert self._decoder is not None
+        kwargs: dict[str, Any] = dict(format=self.cfg.format, options=open_options(self.cfg),
+                      timeout=(self.cfg.open_timeout, read_timeout))
+        try:
+            return av.open(url, **kwargs, **self._decoder.open_kwargs())
+        except Exception as exc:
+            container = av.open(url, **kwargs)  # raises the source's own error if it has one
+            self._decoder.fall_back(NvdecFallback("nvdec_error", f"opening on NVDEC failed: {exc}"))
+            return container
+
+    def _export_decoder(self, decoder: str, reason: str) -> None:
+        if not self.retired:
+            self.metrics.set_decoder(self.cfg.id, decoder, reason)
+
     def _session(self) -> str:
+        """One open-to-close run (see :meth:`_decode_session`); a stream NVDEC cannot decode
+        is reopened at once on the CPU (sources/nvdec.py)."""
+        try:
+            return self._decode_session()
+        except NvdecFallback as exc:
+            assert self._decoder is not None
+            self._decoder.fall_back(exc)
+            return self._decode_session()
+
+    def _decode_session(self) -> str:
         """One open-to-close run: "end" (a file reached its end for good), "aborted" (a stall
         seen by the supervisor), "stopped", or "eof" (a live stream ended)."""
         sid = self.cfg.id
-        if self.cfg.decode == "cuda" and not getattr(self, "_said_cuda", False):
-            self._said_cuda = True
-            log.warning("stream %s: decode: cuda (NVDEC) is not implemented yet; decoding on the CPU", sid)
         with self._open() as container:
             # The stream ffmpeg would pick: not cover art, one we can decode, the largest.
             vstream = pick_video_stream(container)
@@ -370,6 +399,10 @@ class StreamSource:
                 raise SourceError(ErrorKind.NETWORK, no_video_reason(container))
             if self.stop_event.is_set():
                 return "stopped"
+            decoder = self._decoder
+            assert decoder is not None
+            decoder.new_session()
+            decoder.check_stream(vstream)  # raises NvdecFallback: reopened on the CPU
             self._apply(self.policy.on_connected(self.clock()))
             if self.cfg.is_file and not self.cfg.realtime:
                 vstream.thread_type = "AUTO"  # frame threads: throughput over latency, files only
@@ -415,11 +448,13 @@ class StreamSource:
                         self.metrics.frames_dropped.labels(sid, DropReason.CORRUPT).inc()
                         words = describe_error(exc)
                         guard.loss("the decoder rejected a packet")
+                        decoder.packet_failed(exc)  # NVDEC refusing the stream: raises NvdecFallback
                         self._apply(self.policy.on_error(self.clock(), ErrorKind.DECODE, words))
                         log.debug("stream %s: skipped a damaged packet: %s", sid, words)
                         continue
                     dt = time.perf_counter() - t0
                     for vf in frames:
+                        decoder.check_frame(vf)  # the first NVDEC frame: surface format
                         damaged, publish = guard.frame(vf)  # raises UnsupportedFrame
                         orient = frame_orientation(vf)  # display matrix, as ffmpeg -autorotate
                         if not self._announced_up:

@@ -105,6 +105,8 @@ def check_frame(frame: Any) -> None:
     """Raise :class:`UnsupportedFrame` unless a PyAV ``VideoFrame`` may reach native code."""
     fmt = getattr(frame, "format", None)
     pix_fmt = getattr(fmt, "name", None) or "unknown"
+    if pix_fmt == "cuda" and getattr(frame, "sw_format", None) is not None:
+        pix_fmt = frame.sw_format.name  # an NVDEC surface (sources/nvdec.py): judged by its layout
     width, height = int(frame.width), int(frame.height)
     why = frame_problem(pix_fmt, width, height)
     if why is not None:

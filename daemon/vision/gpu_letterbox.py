@@ -133,7 +133,10 @@ def chroma_location(frame: Any) -> int:
     """The AVChromaLocation of a PyAV frame (0, unspecified, for plane tuples or where it
     cannot be read). H.264/HEVC decoders set 1 (left: co-sited with even luma columns, between
     rows); JPEG 2 (centre). ``letterbox_av`` (sws_scale_frame) filters chroma from there."""
-    layout = _avframe_layout() if not isinstance(frame, tuple) else None
+    import av
+
+    # Raw memory is read below: only from a real PyAV frame (a look-alike object would crash).
+    layout = _avframe_layout() if isinstance(frame, av.VideoFrame) else None
     if layout is None:
         return 0
     p = ctypes.c_void_p.from_address(id(frame) + layout[0]).value
