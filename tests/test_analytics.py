@@ -22,6 +22,7 @@ from daemon.analytics.config import AnalyticsConfig, LineConfig
 from daemon.analytics.geometry import polygon_problems
 from daemon.analytics.lines import LineRule
 from daemon.analytics.state import StreamAnalytics, anchors
+from daemon.analytics.shape import ShapeGate
 from daemon.analytics.stitch import Stitcher
 from daemon.analytics.tracker import Tracker, duplicates
 from daemon.analytics.config import TrackerConfig
@@ -234,6 +235,36 @@ def test_crossing_hidden_by_an_identity_switch_counts_once(stitch: bool) -> None
         assert got[0]["frame"] >= 30  # stamped when the new identity confirmed the other side
     else:
         assert got == []  # the cause: two identities, each seen on one side only
+
+
+def test_shape_gate_rejects_partial_and_merged_boxes_and_follows_growth() -> None:
+    g = ShapeGate()
+    assert [g.check(1, h)[0] for h in (180, 181, 179, 90, 182, 276, 180)] == \
+        [True, True, True, False, True, False, True]  # a torso, then a box merged with what is behind
+    # An object approaching the camera grows 2 % per observation: always whole.
+    assert all(g.check(2, 100 * 1.02 ** k)[0] for k in range(60))
+    # A track that began on partial boxes: the whole object, seen 3 times alike, replaces the
+    # reference, and the caller is told to forget the sides seen so far.
+    assert [g.check(3, h) for h in (70, 72, 180, 182, 181, 183)] == \
+        [(True, False), (True, False), (False, False), (False, False), (True, True), (True, False)]
+
+
+def test_partial_box_beside_a_line_is_no_crossing() -> None:
+    """A person walks along 10 px below a horizontal line; for 4 frames its legs are hidden (the
+    box ends at its waist, above the line), then it is whole again. Nothing crossed; a real
+    crossing later is still counted."""
+    cfg = AnalyticsConfig.model_validate({"tracker": {},
+                                          "lines": [{"name": "l", "points": [[0.1, 0.7], [0.9, 0.7]]}]})
+    an = StreamAnalytics("cam", cfg, ["person"])
+    events: list[dict[str, Any]] = []
+    for f in range(70):
+        x = 100 + 4.0 * f
+        bottom = 262.0 if f < 50 else 262.0 - 4.0 * (f - 50)  # then it walks up across the line
+        top = bottom - 180
+        box = (x, top, x + 60, top + 90 if 20 <= f < 24 else bottom)
+        events += an.update(Frame("cam", f, 640, 360, f / 25, 1000 + f / 25, f / 25), _dets(box))
+    got = [(e["line"], e["direction"], e["frame"]) for e in events if e["event"] == "line_cross"]
+    assert [g[:2] for g in got] == [("l", "out")] and got[0][2] >= 50, got
 
 
 def test_anchors_stay_inside_the_frame() -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from daemon.analytics.config import AnalyticsConfig
 from daemon.analytics.lines import LineRule
+from daemon.analytics.shape import ShapeGate
 from daemon.analytics.stitch import Stitcher
 from daemon.analytics.tracker import Tracker
 from daemon.analytics.zones import Stamp, ZoneRule
@@ -49,6 +50,7 @@ class StreamAnalytics:
         self.cfg = cfg
         self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
         self.stitcher = self._new_stitcher(cfg)
+        self.shape = ShapeGate()
         self.zones: list[ZoneRule] = []
         self.lines: list[LineRule] = []
         self._series: set[tuple[str, tuple[str, ...]]] = set()
@@ -120,6 +122,7 @@ class StreamAnalytics:
         if cfg.tracker != self.cfg.tracker:
             self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
             self.stitcher = self._new_stitcher(cfg)
+            self.shape = ShapeGate()
             for z in self.zones:
                 z.state.clear()
                 z.occupancy.clear()
@@ -142,6 +145,7 @@ class StreamAnalytics:
                     events.append(ev)
             for ln in self.lines:
                 ln.end(tid)
+            self.shape.end(tid)
         if up.reset and self.stitcher is not None:
             self.stitcher = self._new_stitcher(self.cfg)
         elif self.stitcher is not None:
@@ -158,9 +162,19 @@ class StreamAnalytics:
                 rules: list[ZoneRule | LineRule] = [*self.zones, *self.lines]
                 tb = np.array([up.boxes[tid] for tid in ids])
                 pts = {k: anchors(tb, frame.width, frame.height, k).tolist() for k in {r.cfg.anchor for r in rules}}
+                whole = []
+                for tid in ids:
+                    ok, reset = self.shape.check(tid, float(up.boxes[tid][3] - up.boxes[tid][1]))
+                    if reset:
+                        for ln in self.lines:
+                            ln.end(tid)
+                    whole.append(ok)
                 for rule in rules:
                     ps = pts[rule.cfg.anchor]
-                    for tid, name, (x, y) in zip(ids, names, ps):
+                    gate = isinstance(rule, LineRule) and rule.cfg.anchor == "bottom_center"
+                    for tid, name, (x, y), ok in zip(ids, names, ps, whole):
+                        if gate and not ok:
+                            continue  # not the whole object: its box's bottom is not its feet
                         ev = rule.observe(tid, name, (x, y), at)
                         if ev is not None:
                             events.append(ev)
@@ -184,6 +198,7 @@ class StreamAnalytics:
         reason ``ended``; occupancy drops to zero. The tracker itself carries on (a stream that
         starts again restarts its clock, which resets it anyway)."""
         events: list[dict[str, Any]] = []
+        self.shape = ShapeGate()
         if self.stitcher is not None:
             self.stitcher = self._new_stitcher(self.cfg)
         if self.tracker is not None and self.tracker.alive:
