@@ -44,7 +44,7 @@ from daemon.config import ModelConfig  # noqa: E402
 from daemon.detector import Detector  # noqa: E402
 from daemon.frames import Detections, Frame  # noqa: E402
 from daemon.models.assets import cache_dir, fetch_demo_video  # noqa: E402
-from tests.analytics_scenes import SCENES, Scene, render, true_boxes, true_crossings, true_zone_stays  # noqa: E402
+from tests.analytics_scenes import HELD_OUT, SCENES, Scene, render, true_boxes, true_crossings, true_zone_stays  # noqa: E402
 
 
 
@@ -200,10 +200,17 @@ def accuracy(model: Model, out_dir: Path) -> dict[str, Any]:
             res[name][mode] = {"frames": len(frames), "crossings": crossing_report(truth, events, fps),
                                "zones": dwell_report(scene, events),
                                "tracking": tracking_quality(scene, tracked, model.info.labels)}
+            # The same without linking identity switches (tracker.stitch false), for comparison.
+            plain = {**scene.analytics, "tracker": {**scene.analytics.get("tracker", {}), "stitch": False}}
+            ev0, _ = run_analytics(name, plain, model.info.labels, dets, frames, w, h, fps)
+            c0 = crossing_report(truth, ev0, fps)
+            res[name][mode]["crossings_without_stitch"] = {k: c0[k] for k in ("exact", "counted", "abs_error", "error_pct")}
+            res[name][mode]["held_out"] = name in HELD_OUT
             r = res[name][mode]
             print(f"{name:9s} {mode:8s} crossings {r['crossings']['counted']}/{r['crossings']['true']} "
                   f"exact={r['crossings']['exact']} MOTA {r['tracking']['MOTA']:.3f} IDF1 {r['tracking']['IDF1']:.3f} "
-                  f"IDSW {r['tracking']['IDSW']} dwell err med {r['zones']['dwell_abs_error_s_median']}", flush=True)
+                  f"IDSW {r['tracking']['IDSW']} dwell err med {r['zones']['dwell_abs_error_s_median']} "
+                  f"(without stitch {c0['counted']}, error {c0['error_pct']} %)", flush=True)
     return res
 
 

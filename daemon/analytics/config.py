@@ -50,6 +50,10 @@ class TrackerConfig(_Strict):
     # The stream's nominal frame rate: scales the Kalman model's step; real gaps come from the
     # frames' timestamps.
     frame_rate: float = Field(default=25.0, gt=0, le=1000)
+    # Line crossings across an identity switch: a new track that appears while a track of the
+    # same label is lost (not matched, not yet ended), within one box size of where that one
+    # was last seen, continues its line sides (docs/analytics.md "Identity switches").
+    stitch: bool = True
 
 
 def _name(v: str) -> str:

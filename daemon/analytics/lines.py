@@ -78,3 +78,13 @@ class LineRule:
 
     def end(self, track_id: int) -> None:
         self.state.pop(track_id, None)
+
+    def adopt(self, new_id: int, old_id: int) -> None:
+        """Track ``new_id`` continues ``old_id`` (an identity switch, see
+        :class:`daemon.analytics.stitch.Stitcher`): it takes over the old track's side and last
+        point, so a line passed while the object was hidden or between two identities is counted
+        once, from the old track's last point to the new track's first. The old id keeps its
+        own state (should the tracker find it again, it counts for itself)."""
+        st = self.state.get(old_id)
+        if st is not None and new_id not in self.state:
+            self.state[new_id] = _State(st.side, st.last)

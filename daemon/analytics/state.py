@@ -17,6 +17,8 @@ import numpy as np
 
 from daemon.analytics.config import AnalyticsConfig
 from daemon.analytics.lines import LineRule
+from daemon.analytics.shape import ShapeGate
+from daemon.analytics.stitch import Stitcher
 from daemon.analytics.tracker import Tracker
 from daemon.analytics.zones import Stamp, ZoneRule
 from daemon.frames import Detections, Frame
@@ -26,11 +28,15 @@ __all__ = ["StreamAnalytics", "anchors"]
 
 def anchors(boxes: np.ndarray, width: int, height: int, kind: str) -> np.ndarray:
     """(N, 2) float64 anchor points in normalized coordinates of (N, 4) pixel boxes x1,y1,x2,y2:
-    ``bottom_center`` ((x1+x2)/2, y2) or ``center``."""
+    ``bottom_center`` ((x1+x2)/2, y2) or ``center``, clipped to the frame ([0, 1]). Why clip:
+    the boxes are Kalman estimates, which overshoot the frame edge by a pixel or so when an
+    object is cut by it (a bus whose bottom is the frame's bottom); the object itself is seen
+    only inside the frame, and a line drawn to the edge must be crossed there, not missed
+    because the anchor slid just past the segment's end."""
     b = np.asarray(boxes, np.float64).reshape(-1, 4)
     x = (b[:, 0] + b[:, 2]) / 2 / width
     y = (b[:, 3] if kind == "bottom_center" else (b[:, 1] + b[:, 3]) / 2) / height
-    return np.stack([x, y], axis=1)
+    return np.clip(np.stack([x, y], axis=1), 0.0, 1.0)
 
 
 class StreamAnalytics:
@@ -43,10 +49,17 @@ class StreamAnalytics:
         self.metrics = metrics
         self.cfg = cfg
         self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
+        self.stitcher = self._new_stitcher(cfg)
+        self.shape = ShapeGate()
         self.zones: list[ZoneRule] = []
         self.lines: list[LineRule] = []
         self._series: set[tuple[str, tuple[str, ...]]] = set()
         self._install(cfg)
+
+    @staticmethod
+    def _new_stitcher(cfg: AnalyticsConfig) -> Stitcher | None:
+        tc = cfg.tracker
+        return Stitcher(tc.min_hits) if tc is not None and tc.stitch else None
 
     @property
     def enabled(self) -> bool:
@@ -108,6 +121,8 @@ class StreamAnalytics:
         settings changed (and then its tracks end, as a restart would)."""
         if cfg.tracker != self.cfg.tracker:
             self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
+            self.stitcher = self._new_stitcher(cfg)
+            self.shape = ShapeGate()
             for z in self.zones:
                 z.state.clear()
                 z.occupancy.clear()
@@ -130,17 +145,36 @@ class StreamAnalytics:
                     events.append(ev)
             for ln in self.lines:
                 ln.end(tid)
+            self.shape.end(tid)
+        if up.reset and self.stitcher is not None:
+            self.stitcher = self._new_stitcher(self.cfg)
+        elif self.stitcher is not None:
+            self.stitcher.forget(up.ended)
         if self.zones or self.lines:
             at = Stamp(t, frame.pts, frame.captured_at, frame.index)
             ids = sorted(up.boxes)
+            names = [self._name(self.tracker.label_of(tid)) for tid in ids]
+            if self.stitcher is not None and self.lines:
+                for new, old in self.stitcher.update(t, up.boxes, dict(zip(ids, names)), self.tracker.alive):
+                    for ln in self.lines:
+                        ln.adopt(new, old)
             if ids:
-                names = [self._name(self.tracker.label_of(tid)) for tid in ids]
+                rules: list[ZoneRule | LineRule] = [*self.zones, *self.lines]
                 tb = np.array([up.boxes[tid] for tid in ids])
-                pts = {k: anchors(tb, frame.width, frame.height, k).tolist()
-                       for k in {r.cfg.anchor for r in (*self.zones, *self.lines)}}
-                for rule in (*self.zones, *self.lines):
+                pts = {k: anchors(tb, frame.width, frame.height, k).tolist() for k in {r.cfg.anchor for r in rules}}
+                whole = []
+                for tid in ids:
+                    ok, reset = self.shape.check(tid, float(up.boxes[tid][3] - up.boxes[tid][1]))
+                    if reset:
+                        for ln in self.lines:
+                            ln.end(tid)
+                    whole.append(ok)
+                for rule in rules:
                     ps = pts[rule.cfg.anchor]
-                    for tid, name, (x, y) in zip(ids, names, ps):
+                    gate = isinstance(rule, LineRule) and rule.cfg.anchor == "bottom_center"
+                    for tid, name, (x, y), ok in zip(ids, names, ps, whole):
+                        if gate and not ok:
+                            continue  # not the whole object: its box's bottom is not its feet
                         ev = rule.observe(tid, name, (x, y), at)
                         if ev is not None:
                             events.append(ev)
@@ -164,6 +198,9 @@ class StreamAnalytics:
         reason ``ended``; occupancy drops to zero. The tracker itself carries on (a stream that
         starts again restarts its clock, which resets it anyway)."""
         events: list[dict[str, Any]] = []
+        self.shape = ShapeGate()
+        if self.stitcher is not None:
+            self.stitcher = self._new_stitcher(self.cfg)
         if self.tracker is not None and self.tracker.alive:
             for tid in self.tracker.end_all():
                 for z in self.zones:

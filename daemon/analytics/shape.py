@@ -1,0 +1,63 @@
+"""Whether a track's box shows the whole object, judged by its height against the track's own
+recent heights: the bottom-centre anchor is the object's feet only when it does.
+
+A detector that loses part of an object (the lower body hidden behind someone in front, a
+torso reported instead of the whole person) or merges it with what is behind it (a person with
+the bus behind) changes the box's height by a large fraction within a frame, while a moving
+object's own height changes slowly (perspective). Such an observation says nothing about the
+side of a line. The reference is the median height of the track's last ``WINDOW`` accepted
+observations; a box whose height differs from it by more than ``TOLERANCE`` (relative) is not
+accepted. When ``RESET_AFTER`` observations in a row are rejected but agree with each other,
+the reference was the odd one (a track that began on partial boxes): it is replaced, and the
+caller forgets the track's line sides, so no crossing is counted between the two kinds of box.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from statistics import median
+
+__all__ = ["ShapeGate"]
+
+WINDOW = 5
+TOLERANCE = 0.3
+RESET_AFTER = 3
+
+
+@dataclass(slots=True)
+class _Heights:
+    accepted: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    rejected: list[float] = field(default_factory=list)
+
+
+class ShapeGate:
+    """Per-track height references of one stream."""
+
+    def __init__(self) -> None:
+        self.tracks: dict[int, _Heights] = {}
+
+    def check(self, track_id: int, height: float) -> tuple[bool, bool]:
+        """(accepted, reset) for a box of ``height`` pixels of ``track_id``. ``reset``: the
+        reference was replaced; the caller forgets what the old boxes said."""
+        st = self.tracks.setdefault(track_id, _Heights())
+        if not st.accepted:
+            st.accepted.append(height)
+            return True, False
+        ref = median(st.accepted)
+        if abs(height - ref) <= TOLERANCE * ref:
+            st.accepted.append(height)
+            st.rejected.clear()
+            return True, False
+        st.rejected.append(height)
+        if len(st.rejected) >= RESET_AFTER:
+            m = median(st.rejected)
+            if all(abs(h - m) <= TOLERANCE * m for h in st.rejected):
+                st.accepted = deque(st.rejected[-WINDOW:], maxlen=WINDOW)
+                st.rejected.clear()
+                return True, True
+            st.rejected = st.rejected[1:]
+        return False, False
+
+    def end(self, track_id: int) -> None:
+        self.tracks.pop(track_id, None)
