@@ -38,6 +38,9 @@ from daemon.models.info import ModelInfo
 from daemon.models.resolve import resolve_model
 from daemon.prepare import resolve_demo_urls
 from daemon.publish.publisher import Publisher
+from daemon.publish.sink import FanOut
+from daemon.publish.sinks import build_sinks
+from daemon import shard
 from daemon.scheduler import Scheduler
 from daemon.sources.pyav import StreamSource
 from daemon.vision.letterbox import letterbox_frame, letterbox_params
@@ -47,7 +50,7 @@ log = logging.getLogger("detectd")
 
 SUPERVISE_INTERVAL = 0.25  # seconds between the supervisor's polls of every stream
 # Sections a reload cannot change in place: the model is loaded and warm, the sockets bound.
-RESTART_SECTIONS = ("model", "publish", "metrics", "preview")
+RESTART_SECTIONS = ("model", "publish", "metrics", "preview", "mqtt")
 
 
 @dataclass
@@ -80,6 +83,7 @@ class Daemon:
         self.backend = backend
         self.info = info
         self.publisher: Publisher | None = None
+        self.sinks: FanOut | None = None  # the publisher and the other sinks (mqtt)
         self.http: MetricsServer | None = None
         self.scheduler = Scheduler(self.metrics, cfg.model.max_batch, cfg.model.max_wait_ms / 1000)
         self.window = _Window()
@@ -123,6 +127,7 @@ class Daemon:
         self.publisher = Publisher(p.endpoint, self.metrics, sndhwm=p.sndhwm, skip_empty=p.skip_empty,
                                    curve=p.curve)
         log.info("publishing on %s", self.publisher.endpoint)
+        self.sinks = build_sinks(self.cfg, self.metrics, self.publisher)
         host, _, port = self.cfg.metrics.listen.rpartition(":")
         try:
             self.http = MetricsServer(host, int(port), self.metrics.registry, self.readiness)
@@ -139,7 +144,7 @@ class Daemon:
         w, h = self.info.width, self.info.height
         self.batch_buf = np.empty((self.cfg.model.max_batch, 3, h, w), np.float32)
         self.start_preview()
-        for s in self.cfg.streams:
+        for s in shard.owned_streams(self.cfg, self.metrics):
             self.add_stream(s)
         self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
         self._supervisor.start()
@@ -196,17 +201,21 @@ class Daemon:
                                   "publisher_bound": self.publisher is not None and lost is None}
         if lost is not None:
             checks["publisher_problem"] = lost
+        sink_problem = self.sinks.problem() if self.sinks is not None else None
+        checks["sinks_ok"] = sink_problem is None
+        if not checks["sinks_ok"]:
+            checks["sinks_problem"] = sink_problem
         return checks
 
     def add_stream(self, s: StreamConfig) -> None:
-        assert self.publisher is not None
+        assert self.sinks is not None
         self.metrics.init_stream(s.id)
-        self.publisher.add_stream(s.id)  # a late subscriber can learn its state
+        self.sinks.add_stream(s.id)  # a late subscriber can learn its state
         self.scheduler.add_stream(s.id, size=s.queue_size, live=s.is_live, max_age=s.max_age_ms / 1000)
         if self.preview is not None:
             self.preview.add_stream(s.id)
         self.set_analytics(s)
-        src = StreamSource(s, self.scheduler, self.metrics, self.publisher.post_event)
+        src = StreamSource(s, self.scheduler, self.metrics, self.sinks.post_event)
         self.sources[s.id] = src
         src.start()
 
@@ -232,9 +241,9 @@ class Daemon:
             self._publish_analytics(sid, self.analytics[sid].end_tracks())
 
     def _publish_analytics(self, sid: str, events: list[dict[str, Any]]) -> None:
-        assert self.publisher is not None
+        assert self.sinks is not None
         for ev in events:
-            self.publisher.publish_analytics(sid, ev)
+            self.sinks.publish_analytics(sid, ev)
 
     def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None:
         """Stop a stream without waiting for its thread (a read may block for read_timeout):
@@ -253,8 +262,8 @@ class Daemon:
                 if forget_metrics:
                     self._forget.add(src)
             dropped = self.scheduler.remove_stream(sid)
-            if self.publisher is not None:  # removed for good: subscribers hear it is stopped
-                self.publisher.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
+            if self.sinks is not None:  # removed for good: subscribers hear it is stopped
+                self.sinks.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
             if forget_metrics:
                 self.metrics.remove_stream(sid)
             elif dropped:
@@ -324,8 +333,8 @@ class Daemon:
             log.warning("reload: %s changed: that needs a restart (systemctl restart detectd); "
                         "running on with the old %s settings", ", ".join(keep), ", ".join(keep))
             new = new.model_copy(update={k: getattr(self.cfg, k) for k in keep})
-        old = {s.id: s for s in self.cfg.streams}
-        want = {s.id: s for s in new.streams}
+        old = {s.id: s for s in shard.owned_streams(self.cfg)}
+        want = {s.id: s for s in shard.owned_streams(new, self.metrics)}
         removed = [sid for sid in old if sid not in want]
         added = [sid for sid in want if sid not in old]
         # A change of analytics alone (zones, lines) is applied in place: tracks survive.
@@ -447,7 +456,7 @@ class Daemon:
             self.collect_one()
 
     def publish_batch(self, batch: list[Any], dets: list[Any], t_infer: float, t_post: float) -> None:
-        assert self.info is not None and self.publisher is not None
+        assert self.info is not None and self.sinks is not None
         m = self.metrics.stage
         labels = self.info.labels
         for frame, d in zip(batch, dets):
@@ -461,7 +470,7 @@ class Daemon:
                 m["analytics"].observe(time.perf_counter() - t0)
             result = FrameResult(frame, d, {"infer": t_infer, "postprocess": t_post})
             t0 = time.perf_counter()
-            published = self.publisher.publish_result(result, labels, self.model_desc)
+            published = self.sinks.publish_result(result, labels, self.model_desc)
             self._publish_analytics(frame.stream, events)
             m["publish"].observe(time.perf_counter() - t0)
             latency = time.monotonic() - frame.t_decoded
@@ -492,7 +501,7 @@ class Daemon:
         self.window = _Window()
 
     def run_loop(self) -> None:
-        assert self.publisher is not None
+        assert self.sinks is not None
         # The first window starts with the pipeline: model loading and calibration are not time
         # in which frames could have flowed, so they must not dilute the first rate.
         self.window = _Window()
@@ -528,7 +537,7 @@ class Daemon:
                 self.collect_one()  # idle: nothing to overlap with, publish now
             elif self.analytics:
                 self._end_finished_analytics()
-            self.publisher.flush_events()
+            self.sinks.flush_events()
             now = time.monotonic()
             if wd_interval is not None and now >= next_wd and drain_deadline is None and self.watchdog_ok():
                 self.notifier.watchdog()
@@ -584,9 +593,11 @@ class Daemon:
             self.preview_server.close()
         if self.preview_app is not None:
             self.preview_app.stop.set()  # ends open MJPEG responses on the metrics listener
-        if self.publisher is not None:
+        if self.sinks is not None:
             for sid, a in self.analytics.items():  # zone exits of whoever is still inside
                 self._publish_analytics(sid, a.end_tracks())
+            self.sinks.close()
+        elif self.publisher is not None:  # a sink failed to start
             self.publisher.close()
         if self.http is not None:
             self.http.stop()
