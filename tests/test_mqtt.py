@@ -276,3 +276,43 @@ def test_tls_with_the_brokers_ca(run_daemon: Any, demo_video: Path, brokers: Any
     wait(lambda: "certificate verify failed" in d2.log(), 60, "TLS verification error logged", d2)
     assert d2.proc.poll() is None
     assert readyz(d2)[0] == 503
+
+
+@pytest.mark.parametrize("mqtt, message", [
+    ({"host": "b", "password": "hunter2-secret"}, "mqtt.password: a password is never read from the config in clear"),
+    ({"host": "b", "topic_prefix": "a/+/b"}, "mqtt.topic_prefix: 'a/+/b': a topic prefix has no wildcards"),
+    ({"host": "b", "topic_prefix": "a/"}, "mqtt.topic_prefix: 'a/'"),
+    ({"host": "b", "topic_prefix": "$SYS"}, "mqtt.topic_prefix: '$SYS'"),
+    ({"host": "b", "password_file": "/x"}, "mqtt.username: needed with mqtt.password_file"),
+    ({"host": "b", "tls": {"cert_file": "/c"}}, "mqtt.tls: cert_file and key_file must be given together"),
+    ({"host": "b", "qos": 2}, "mqtt.qos: "),
+    ({"host": "b", "buffer": 0}, "mqtt.buffer: "),
+    ({"host": "b", "reconnect_min": 5, "reconnect_max": 1}, "mqtt.reconnect_max: (1.0) must be >="),
+    ({"port": 1883}, "mqtt.host: "),
+])
+def test_config_errors_name_the_key(mqtt: dict[str, Any], message: str) -> None:
+    from daemon.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as err:
+        parse_config({"streams": [{"id": "a", "url": "rtsp://cam/x"}], "mqtt": mqtt})
+    text = "\n".join(err.value.problems)
+    assert message in text, text
+    assert "hunter2-secret" not in text
+
+
+def test_password_file_is_redacted_everywhere(tmp_path: Path) -> None:
+    from daemon.publish.mqtt_config import MqttConfig, check_files, read_password
+    from daemon.redact import redact_text
+
+    f = tmp_path / "pw"
+    f.write_text("Zq9-very-private\nsecond line ignored\n")
+    cfg = MqttConfig(host="b", username="u", password_file=str(f))
+    assert read_password(cfg) == "Zq9-very-private"
+    assert "Zq9" not in redact_text("connect failed: password Zq9-very-private refused")
+    assert check_files(cfg) == []
+    f.write_text("")
+    assert check_files(cfg) == [f"mqtt.password_file: {f} is empty"]
+    missing = MqttConfig(host="b", username="u", password_file="$NO_SUCH_VAR_X/pw")
+    assert check_files(missing) == ["mqtt.password_file: $NO_SUCH_VAR_X is not set (systemd sets "
+                                    "$CREDENTIALS_DIRECTORY for a unit with LoadCredential=; elsewhere "
+                                    "set the variable or give the file's path)"]

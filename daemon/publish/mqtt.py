@@ -198,6 +198,9 @@ class MqttSink:
                 self._set_down(f"the broker refused the connection: {reason}")
             return
         self.m.attempts.labels("ok").inc()
+        # paho emptied its packet queue in connect(): a QoS 0 message handed over while the old
+        # connection was dying is gone (counted here if _lost could not see it yet).
+        self._drop_unwritten_qos0()
         self._publish("availability", self.availability_topic, b"online", 1, True)
         with self.lock:
             self.connected, self.resync, self.reason = True, True, ""
@@ -219,15 +222,19 @@ class MqttSink:
     def _lost(self, rc: Any) -> None:
         """The network loop ended: QoS 0 messages not written are gone (counted); QoS 1 ones stay
         with paho, which sends them again after the next CONNACK."""
+        self._drop_unwritten_qos0()
+        with self.lock:
+            was_up = self.connected
+        if was_up:
+            self._set_down(f"connection lost ({paho.error_string(rc)})")
+
+    def _drop_unwritten_qos0(self) -> None:
         with self.lock:
             lost = [mid for mid, q in self.inflight.items() if q == 0]
             for mid in lost:
                 del self.inflight[mid]
-            was_up = self.connected
         if lost:
             self.m.dropped.labels("connection_lost").inc(len(lost))
-        if was_up:
-            self._set_down(f"connection lost ({paho.error_string(rc)})")
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self.lock:
