@@ -4,6 +4,7 @@ real daemon processes splitting one stream list (3 instances, then 4) on a real 
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -85,6 +86,37 @@ def test_check_config_prints_what_a_shard_serves(tmp_path: Path, demo_video: Pat
     assert r.returncode == 2 and "--shard '5/2'" in r.stderr, r.stderr
 
 
+def _prometheus_sees_one_fleet(tmp_path: Path, ds: list[Any], ids: list[str]) -> None:
+    """A real Prometheus scraping the instances: one shard each, every stream on one instance."""
+    from tests.conftest import free_port
+    from tests.test_prometheus_live import PromAPI, start_prometheus
+
+    port = free_port()
+    targets = [d.cfg["metrics"]["listen"] for d in ds]
+    prom = start_prometheus(tmp_path, "prom", {"global": {"scrape_interval": "1s"}, "scrape_configs": [
+        {"job_name": "detectd", "static_configs": [{"targets": targets}]}]}, port)
+    try:
+        api = PromAPI(f"http://127.0.0.1:{port}")
+        want = {"shards": 3.0, "streams": float(len(ids)), "mqtt": 3.0}
+        got: dict[str, float] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and got != want:
+            try:
+                got = {k: float(r[0]["value"][1]) if (r := api.query(q)) else -1.0 for k, q in (
+                    ("shards", 'count(detectd_shard_info{count="3"})'),
+                    ("streams", "sum(detectd_shard_streams)"),
+                    ("mqtt", "sum(detectd_mqtt_connected)"))}
+            except OSError:
+                pass
+            time.sleep(0.5)
+        assert got == want
+        per_stream = api.query("count by (stream) (detectd_stream_up)")
+        assert {r["metric"]["stream"]: r["value"][1] for r in per_stream} == {s: "1" for s in ids}
+    finally:
+        prom.terminate()
+        prom.wait(10)
+
+
 def _served(d: Any) -> set[str]:
     """The streams an instance serves, from its /metrics (the series of removed streams go)."""
     return set(re.findall(r'^detectd_stream_up\{stream="([^"]+)"\}', d.scrape(), re.M))
@@ -122,6 +154,8 @@ def test_three_instances_serve_every_stream_once_then_four(run_daemon: Any, demo
         for sid in ids:
             seqs = [p["seq"] for p in col.json(f"detectd/detections/{sid}")]
             assert len(seqs) == len(set(seqs)), f"{sid} published twice"
+        if shutil.which("prometheus") is not None:
+            _prometheus_sees_one_fleet(tmp_path, ds, ids)
 
         # 3 -> 4: every instance re-reads count: 4 (SIGHUP), a fourth starts.
         four = assignment(ids, 4)
