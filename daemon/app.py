@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
-from daemon import __version__
+from daemon import __version__, shard
 from daemon.backends import Backend
 from daemon.config import Config, ConfigError, StreamConfig
 from daemon.detector import Detector
@@ -37,6 +37,7 @@ from daemon.models.info import ModelInfo
 from daemon.pipeline import Pipeline
 from daemon.publish.publisher import Publisher
 from daemon.publish.sink import FanOut
+from daemon.publish.sinks import build_sinks
 from daemon.reload import apply_plan, plan_reload, read_config
 from daemon.scheduler import Scheduler
 from daemon.sources import nvdec
@@ -81,7 +82,11 @@ class Daemon:
         p = self.cfg.publish
         self.publisher = Publisher(p.endpoint, self.metrics, sndhwm=p.sndhwm, skip_empty=p.skip_empty,
                                    curve=p.curve)
+        # ZeroMQ first, then the transports the config asks for (mqtt:); one FanOut feeds them.
+        # The publisher joins before the others are built, so a sink that fails to start still
+        # leaves it closed properly by shutdown().
         self.sink.sinks.append(self.publisher)
+        self.sink.sinks.extend(build_sinks(self.cfg, self.metrics, self.publisher).sinks[1:])
         log.info("publishing on %s", self.publisher.endpoint)
         host, _, port = self.cfg.metrics.listen.rpartition(":")
         try:
@@ -101,7 +106,7 @@ class Daemon:
         self.metrics.build_info.labels(__version__, b.name, b.precision).set(1)
         self.pipeline = Pipeline(self.scheduler, self.detector, self.sink, self.metrics, self.streams, model_desc)
         self.start_preview()
-        for s in self.cfg.streams:
+        for s in shard.owned_streams(self.cfg, self.metrics):  # this instance's shard only
             self.add_stream(s)
         self.streams.start_supervisor()
         self.ready = True
@@ -149,12 +154,18 @@ class Daemon:
         self.pipeline.keep_native = lambda: bool(hub.watching)  # the page draws on the pixels
 
     def readiness(self) -> dict[str, Any]:
-        """``/readyz`` checks (bools) plus, when the publisher lost its endpoint, the reason."""
-        lost = self.sink.problem()
+        """``/readyz`` checks (bools) plus the reasons: the ZeroMQ endpoint lost
+        (``publisher_problem``), a sink that cannot deliver now (``sinks_problem``, e.g. the MQTT
+        broker away)."""
+        lost = self.publisher.endpoint_problem() if self.publisher is not None else None
+        sink_problem = self.sink.problem()
         checks: dict[str, Any] = {"model_loaded": self.detector is not None and self.ready,
-                                  "publisher_bound": self.publisher is not None and lost is None}
+                                  "publisher_bound": self.publisher is not None and lost is None,
+                                  "sinks_ok": sink_problem is None}
         if lost is not None:
             checks["publisher_problem"] = lost
+        if sink_problem is not None:
+            checks["sinks_problem"] = sink_problem
         return checks
 
     # -- streams (start-up and reload) --------------------------------------------------------

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.analytics.config import AnalyticsConfig
 from daemon.errors import UsageError
+from daemon.publish.mqtt_config import MqttConfig
+from daemon.shard import ShardConfig
 from daemon.yamlconf import load_yaml
 from daemon.sources.timeouts import timeout_problems
 
@@ -301,6 +303,11 @@ class Config(Strict):
     preview: PreviewConfig = Field(default_factory=PreviewConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    # Also publish on an MQTT broker (docs/mqtt.md); null = ZeroMQ only.
+    mqtt: MqttConfig | None = None
+    # This instance serves the streams rendezvous hashing gives shard `index` of `count`
+    # (docs/scaling.md); `detectd run --shard I/N` overrides it.
+    shard: ShardConfig = Field(default_factory=ShardConfig)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "Config":

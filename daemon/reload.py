@@ -23,12 +23,13 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
+from daemon import shard
 from daemon.config import Config, ConfigError, StreamConfig, check_config, load_config
 
 log = logging.getLogger("detectd")
 
 # Sections a reload cannot change in place: the model is loaded and warm, the sockets bound.
-RESTART_SECTIONS = ("model", "publish", "metrics", "preview")
+RESTART_SECTIONS = ("model", "publish", "metrics", "preview", "mqtt")
 
 __all__ = ["RESTART_SECTIONS", "ReloadPlan", "apply_plan", "plan_reload", "read_config"]
 
@@ -48,12 +49,15 @@ class ReloadPlan:
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
-    """Compare the running config with the newly read one (both validated). Pure."""
+    """Compare the running config with the newly read one (both validated), for the streams
+    this instance's shard owns. Pure (the ``--shard`` CLI override is read, not changed)."""
     keep = [k for k in RESTART_SECTIONS if getattr(new, k) != getattr(old, k)]
     if keep:
         new = new.model_copy(update={k: getattr(old, k) for k in keep})
-    was = {s.id: s for s in old.streams}
-    want = {s.id: s for s in new.streams}
+    # Only this instance's shard (daemon/shard.py): a changed shard.count moves just the streams
+    # whose owner changed; the others are "unchanged" here.
+    was = {s.id: s for s in shard.owned_streams(old)}
+    want = {s.id: s for s in shard.owned_streams(new)}
     removed = [sid for sid in was if sid not in want]
     added = [sid for sid in want if sid not in was]
     restarted = [sid for sid in want if sid in was
@@ -93,7 +97,7 @@ def apply_plan(host: StreamHost, plan: ReloadPlan) -> None:
         keep = ", ".join(plan.restart_needed)
         log.warning("reload: %s changed: that needs a restart (systemctl restart detectd); "
                     "running on with the old %s settings", keep, keep)
-    want = {s.id: s for s in plan.config.streams}
+    want = {s.id: s for s in shard.owned_streams(plan.config, getattr(host, "metrics", None))}
     for sid in plan.removed:
         host.remove_stream(sid)
     for sid in plan.restarted:

@@ -30,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
 
     from daemon.prepare import pending_fetches
 
-    problems = check_config(cfg) + curve.check_files(cfg.publish.curve)
+    from daemon.publish import mqtt_config
+
+    problems = (check_config(cfg) + curve.check_files(cfg.publish.curve)
+                + mqtt_config.check_files(cfg.mqtt))
     for line in problems:
         print(line, file=sys.stderr)
     # Information, not a problem: validation never downloads; `detectd run` fetches at start.
@@ -39,10 +42,20 @@ def run(args: argparse.Namespace) -> int:
     if problems:
         return ExitCode.USAGE
     print(f"{args.config}: ok ({len(cfg.streams)} streams)")
+    if args.shard is not None or cfg.shard.count > 1:
+        from daemon.shard import set_override, shard_report
+
+        set_override(args.shard)
+        print(shard_report(cfg, every=args.shard is None))
     return 0
 
 
 def register(subparsers: Any) -> None:
+    from daemon.shard import shard_arg
+
     p = subparsers.add_parser("check-config", help="validate a config file", description=__doc__)
     p.add_argument("--config", "-c", required=True, help="path of the YAML config")
+    p.add_argument("--shard", type=shard_arg, default=None, metavar="I/N",
+                   help="print the streams shard I of N serves (without it, with shard.count > 1 "
+                        "in the config: every shard's streams)")
     p.set_defaults(func=run)

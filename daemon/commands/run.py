@@ -25,6 +25,10 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         return errors.exit_code(exc)
     setup_logging(args.log_level or cfg.logging.level)
+    if getattr(args, "shard", None) is not None:
+        from daemon import shard
+
+        shard.set_override(args.shard)  # wins over shard: of this config and of every reload
     from daemon.prepare import resolve_demo_urls
 
     try:
@@ -43,9 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
+    from daemon.shard import shard_arg
+
     p = subparsers.add_parser("run", help="run the daemon", description=(
         "Run the daemon: decode the configured streams, detect, publish on ZeroMQ and serve "
         "metrics. SIGINT/SIGTERM drain and exit 0; a second SIGINT forces exit; SIGHUP re-reads "
         "the config (streams added, removed or changed without touching the others)."))
     p.add_argument("--config", "-c", required=True, help="path of the YAML config")
+    p.add_argument("--shard", type=shard_arg, default=None, metavar="I/N", help=(
+        "serve shard I of N (0 <= I < N): the streams rendezvous hashing on the stream id gives "
+        "it; overrides shard: of the config (docs/scaling.md)"))
     p.set_defaults(func=run)

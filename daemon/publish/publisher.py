@@ -37,15 +37,12 @@ import zmq
 
 from daemon.frames import FrameResult
 from daemon.metrics import Metrics
-from daemon.publish import schema
+from daemon.publish import schema, state
 from daemon.publish.endpoint import IpcClaim
 from daemon.vocab import EventKind, Topic
 
 log = logging.getLogger(__name__)
 
-# Fields of a transition that describe the change itself, not the state: left out of ``state``
-# snapshots, where they would be stale (``delay`` until a retry that has happened since, etc.).
-_TRANSIENT = frozenset({"delay", "seconds_since_frame"})
 ENDPOINT_CHECK_INTERVAL = 1.0  # seconds between checks that an ipc socket file is still ours
 
 
@@ -130,8 +127,7 @@ class Publisher:
     def add_stream(self, stream: str) -> None:
         """Track ``stream``'s state from now on (``connecting``) and announce it."""
         self.flush_events()  # a predecessor's queued transitions belong to the old stream
-        self.states[stream] = {"state": "connecting", "reason": None, "last_event": None,
-                               "last_event_at": None}
+        self.states[stream] = state.initial()
         self.state_due.add(stream)
 
     def remove_stream(self, stream: str, reason: str | None = None) -> None:
@@ -145,9 +141,7 @@ class Publisher:
         self.state_due.discard(stream)
 
     def _farewell(self, stream: str, reason: str) -> None:
-        st = self.states[stream]
-        self.states[stream] = {"state": "stopped", "reason": reason, "last_event": None,
-                               "last_event_at": None, **{k: st[k] for k in ("attempt",) if k in st}}
+        self.states[stream] = state.stopped(self.states[stream], reason)
         self.state_due.add(stream)
         self._send_states(only=stream)
         if stream in self.state_due:  # no room, and no later chance: counted
@@ -182,10 +176,7 @@ class Publisher:
             payload = schema.event_payload(stream, self.event_seq[stream], event, reason, **extra)
             self.event_seq[stream] += 1
             if stream in self.states:
-                self.states[stream] = {
-                    **{k: v for k, v in extra.items() if k not in _TRANSIENT},
-                    "state": extra.get("state", event), "reason": reason, "last_event": event,
-                    "last_event_at": payload["at"]}
+                self.states[stream] = state.after(event, reason, extra, payload["at"])
             if self._send(schema.topic(Topic.EVENTS, stream), schema.encode(payload)):
                 n += 1
             else:
@@ -217,9 +208,7 @@ class Publisher:
             if st is None:
                 self.state_due.discard(stream)
                 continue
-            fields = dict(st)
-            reason = fields.pop("reason")
-            payload = schema.event_payload(stream, self.event_seq[stream], EventKind.STATE, reason, **fields)
+            payload = state.payload(stream, self.event_seq[stream], st)
             if not self._send(schema.topic(Topic.EVENTS, stream), schema.encode(payload)):
                 return  # a queue is full: retried at the next flush, nothing is lost
             self.event_seq[stream] += 1
