@@ -67,10 +67,8 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.http: MetricsServer | None = None
         self.notifier: Any = None  # daemon.systemd.Notifier under systemd
-        self.preview: Any = None  # PreviewHub once serving (preview.enabled)
-        self.preview_hub: Any = None
-        self.preview_server: Any = None  # bound before the model loads, served after
-        self.preview_app: Any = None
+        self.preview_service: Any = None  # daemon.preview.service, when preview.enabled
+        self.preview: Any = None  # its PreviewHub once serving
         self.ready = False
         self.exit_code = 0
 
@@ -115,43 +113,23 @@ class Daemon:
             self.notifier.ready()
 
     def bind_preview(self) -> None:
-        """Bind the preview's own port (preview.enabled with preview.listen) before the model
-        loads: a busy port is an error at once (OSError naming the key), not after a minute of
-        calibration. Nothing is served until :meth:`start_preview`."""
-        pc = self.cfg.preview
-        if not pc.enabled:
-            return
-        from daemon.preview import PreviewHub, PreviewServer
+        """The preview's own port (``preview.listen``) is bound before the model loads: a busy
+        port fails the start at once (OSError naming the key). Nothing is served yet."""
+        if self.cfg.preview.enabled:
+            from daemon.preview.service import PreviewService
 
-        self.preview_hub = PreviewHub(max_streams=64)
-        self.preview_hub.status_source = self.streams.status
-        if pc.listen is not None:
-            host, _, port = pc.listen.rpartition(":")
-            try:
-                self.preview_server = PreviewServer(self.preview_hub, host, int(port), fps=pc.fps)
-            except OSError as exc:
-                raise OSError(f"preview.listen: cannot listen on {pc.listen}: {exc}") from exc
+            self.preview_service = PreviewService(self.cfg.preview, self.streams.status)
 
     def start_preview(self) -> None:
-        """Serve the live page and feed it every result (a hook: ``offer`` is O(1), never encodes;
-        JPEGs are made on the viewer's thread only while someone watches)."""
-        if not self.cfg.preview.enabled:
+        if self.preview_service is None:
             return
-        from daemon.preview import PreviewApp, request_handler
-
         assert self.pipeline is not None and self.http is not None
-        hub, b = self.preview_hub, self.pipeline.detector.backend
-        hub.info = {"model": self.pipeline.model_desc["name"], "backend": b.name,
-                    "precision": b.precision, "version": __version__}
-        if self.cfg.preview.listen is None:
-            self.preview_app = PreviewApp(hub, fps=self.cfg.preview.fps)
-            self.http.mount("/preview", request_handler(self.preview_app, "/preview"))
-            log.info("preview page on http://%s/preview/", self.cfg.metrics.listen)
-        else:
-            self.preview_server.start()  # bound by bind_preview
-        self.preview = hub
-        self.pipeline.hooks.append(hub.offer)
-        self.pipeline.keep_native = lambda: bool(hub.watching)  # the page draws on the pixels
+        b, pipeline = self.pipeline.detector.backend, self.pipeline
+        self.preview_service.start(
+            {"model": pipeline.model_desc["name"], "backend": b.name, "precision": b.precision,
+             "version": __version__}, self.http, self.cfg.metrics.listen,
+            pipeline.hooks.append, lambda keep: setattr(pipeline, "keep_native", keep))
+        self.preview = self.preview_service.hub
 
     def readiness(self) -> dict[str, Any]:
         """``/readyz`` checks (bools) plus the reasons: the ZeroMQ endpoint lost
@@ -256,10 +234,8 @@ class Daemon:
         self.streams.stop_all()
         self.streams.join_all(1.0)  # threads blocked in a read are daemon threads
         self.scheduler.close()
-        if self.preview_server is not None:
-            self.preview_server.close()
-        if self.preview_app is not None:
-            self.preview_app.stop.set()  # ends open MJPEG responses on the metrics listener
+        if self.preview_service is not None:
+            self.preview_service.close()
         if self.publisher is not None and self.pipeline is not None:
             self.pipeline.end_all_tracks()  # zone exits of whoever is still inside
         self.sink.close()

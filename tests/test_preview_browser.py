@@ -252,12 +252,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _daemon_serves_preview() -> bool:
-    # The daemon wires the preview in daemon/app.py (the lead's file). Until it does, this test
-    # has nothing to look at: skip with that reason rather than fail the suite.
-    return "PreviewHub" in (ROOT / "daemon" / "app.py").read_text()
-
-
 def check_page_against_published(url: str, msgs: list[tuple[float, dict[str, Any]]],
                                  shot_path: Path | None = None) -> None:
     """Open the page, wait for cam1's picture and 'up', then find, among the detections
@@ -316,7 +310,6 @@ def check_page_against_published(url: str, msgs: list[tuple[float, dict[str, Any
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _daemon_serves_preview(), reason="daemon/app.py does not serve the preview yet")
 def test_daemon_preview_matches_published_detections(tmp_path: Path) -> None:
     zmq = pytest.importorskip("zmq")
     _demo_video()

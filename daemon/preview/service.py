@@ -1,0 +1,65 @@
+"""The preview page's life in the daemon: bound before the model loads, served after, closed at
+shutdown. :class:`daemon.app.Daemon` holds one :class:`PreviewService` when ``preview.enabled``.
+
+Two ways to serve (``preview.listen``): on its own port (:class:`PreviewServer`, bound at once so
+a busy port fails the start before a minute of calibration), or under ``/preview/`` of the
+metrics listener (:func:`request_handler` mounted on it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from daemon.preview.hub import PreviewHub, StatusSource
+from daemon.preview.server import PreviewServer, request_handler
+from daemon.preview.web import PreviewApp
+
+log = logging.getLogger("detectd")
+
+
+class PreviewService:
+    """``cfg``: the ``preview`` config section (enabled, listen, fps); ``status``: the streams'
+    snapshot source (``Streams.status``).
+
+    Raises ``OSError`` naming ``preview.listen`` when its own port cannot be bound."""
+
+    def __init__(self, cfg: Any, status: StatusSource) -> None:
+        self.cfg = cfg
+        self.hub = PreviewHub(max_streams=64)
+        self.hub.status_source = status
+        self.server: PreviewServer | None = None
+        self.app: PreviewApp | None = None
+        if cfg.listen is not None:
+            host, _, port = cfg.listen.rpartition(":")
+            try:
+                self.server = PreviewServer(self.hub, host, int(port), fps=cfg.fps)
+            except OSError as exc:
+                raise OSError(f"preview.listen: cannot listen on {cfg.listen}: {exc}") from exc
+
+    def start(self, info: dict[str, str], http: Any, metrics_listen: str,
+              add_hook: Callable[[Callable[..., None]], None],
+              set_keep_native: Callable[[Callable[[], bool]], None]) -> None:
+        """Serve the page and feed it every result. ``info``: model, backend, precision, version
+        shown on the page; ``http``: the metrics server to mount on when there is no own port;
+        ``add_hook``/``set_keep_native``: how the pipeline offers results (``offer`` is O(1),
+        never encodes; JPEGs are made on the viewer's thread only while someone watches) and
+        keeps decoded pixels while a viewer watches."""
+        hub = self.hub
+        hub.info = info
+        if self.server is None:
+            self.app = PreviewApp(hub, fps=self.cfg.fps)
+            http.mount("/preview", request_handler(self.app, "/preview"))
+            log.info("preview page on http://%s/preview/", metrics_listen)
+        else:
+            self.server.start()  # bound in __init__
+        add_hook(hub.offer)
+        set_keep_native(lambda: bool(hub.watching))  # the page draws on the pixels
+
+    def close(self) -> None:
+        """Stop serving: the own port closes, open MJPEG responses on the metrics listener end."""
+        if self.server is not None:
+            self.server.close()
+        if self.app is not None:
+            self.app.stop.set()
