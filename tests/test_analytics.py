@@ -28,7 +28,7 @@ from daemon.analytics.zones import Stamp
 from daemon.config import ConfigError, parse_config
 from daemon.frames import Detections, Frame
 from tests.analytics_scenes import render, short_scene, true_crossings, true_zone_stays
-from tests.conftest import ROOT, free_port
+from tests.harness import ROOT, free_port
 
 SCHEMA = jsonschema.Draft202012Validator(json.loads(
     resources.files("daemon.publish").joinpath("schemas/analytics.v1.json").read_text()))

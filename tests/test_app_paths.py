@@ -17,7 +17,7 @@ from daemon.backends.onnxruntime import OnnxRuntimeBackend
 from daemon.config import parse_config
 from daemon.models.info import ModelInfo
 from daemon.vision.letterbox import letterbox_av, letterbox_rgb
-from tests.conftest import ROOT, free_port
+from tests.harness import ROOT, free_port
 
 
 class StandInPipelinedBackend:

@@ -13,13 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, free_port
-from tests.test_e2e import detections_of, events_of, sample
-
-
-def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", "check-config", "--config", str(path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+from tests.harness import ROOT, DaemonProcess, free_port
+from tests.support.messages import detections_of, events_of, sample
+from tests.support.sources import check_config
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -98,8 +94,6 @@ def broken_run(tmp_path_factory: pytest.TempPathFactory, fp32_onnx: Path, demo_v
     """One daemon with one good stream and every kind of broken one."""
     import socket
 
-    from tests.conftest import DaemonProc, write_config
-
     tmp = tmp_path_factory.mktemp("bad")
     notvideo = tmp / "notes.mp4"
     notvideo.write_text("this is not a video\n" * 100)
@@ -124,8 +118,7 @@ def broken_run(tmp_path_factory: pytest.TempPathFactory, fp32_onnx: Path, demo_v
         {"id": "silent", "url": f"rtsp://127.0.0.1:{blackhole.getsockname()[1]}/cam",
          "open_timeout": 2, "stall_timeout": 2},
     ]
-    path, cfg = write_config(tmp / "bad.yaml", streams)
-    d = DaemonProc(path, cfg)
+    d = DaemonProcess(tmp, streams, name="bad", subscribe=b"").launch()
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:

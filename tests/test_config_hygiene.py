@@ -13,7 +13,7 @@ import pytest
 
 from daemon.config import ConfigError, load_config
 from daemon.yamlconf import load_yaml
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 DATA = Path(__file__).with_name("data")
 

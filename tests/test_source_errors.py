@@ -22,8 +22,7 @@ from daemon.frames import Frame
 from daemon.metrics import Metrics
 from daemon.sources.pyav import StreamSource
 from tests.mjpeg_server import MjpegServer
-from tests.test_bad_input import check_config
-from tests.test_orientation import write_streams
+from tests.support.sources import Error503, check_config, write_streams
 
 
 class ListSink:
@@ -156,18 +155,8 @@ def test_standard_multipart_mjpeg_reads_without_format() -> None:
 
 # --------------------------------------------------------------------------- messages in words
 
-class _Error503(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
 def test_server_error_is_retried_and_said_in_words() -> None:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Error503)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Error503)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://cam:S3cr3tPass@127.0.0.1:{httpd.server_address[1]}/video?token=T0kenValue"
     run = Run({"url": url, **FAST})

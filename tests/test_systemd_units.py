@@ -173,7 +173,7 @@ def test_no_unit_sets_an_environment_variable_the_code_does_not_read() -> None:
 def test_template_unit_example_configs_pass_check_config(name: str) -> None:
     """deploy/examples/gpuN.yaml, installed as /etc/detectd/gpuN.yaml, pass the template unit's
     ExecStartPre (the same `detectd check-config`)."""
-    from tests.test_ops_support import detectd_command
+    from tests.harness import detectd_command
 
     config = ROOT / "deploy" / "examples" / f"{name}.yaml"
     proc = subprocess.run([*detectd_command(), "check-config", "--config", str(config)],
