@@ -117,7 +117,7 @@ class DaemonProcess:
         self.name = name
         self.cfg = daemon_config(streams, defaults, **sections)
         self.config_path = workdir / f"{name}.yaml"
-        self.config_path.write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+        self.write_config()
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.messages: list[tuple[str, dict[str, Any]]] = []
@@ -129,6 +129,12 @@ class DaemonProcess:
             self.sub.setsockopt(zmq.RCVHWM, 0)  # keep everything: the tests count messages
             self.sub.setsockopt(zmq.SUBSCRIBE, subscribe)
             self.sub.connect(self.endpoint)
+
+    def write_config(self) -> Path:
+        """Write :attr:`cfg` to :attr:`config_path` (again, after a test changed it: a SIGHUP
+        then makes the running daemon read it)."""
+        self.config_path.write_text(yaml.safe_dump(self.cfg, sort_keys=False))
+        return self.config_path
 
     # -- where it listens ------------------------------------------------------------------
     @property

@@ -239,7 +239,7 @@ def test_sighup_changes_lines_and_zones_without_losing_tracks(run_daemon: Any, s
     scene = short_scene()
     stream = {"id": "cam", "url": str(short_video), "loop": True, "realtime": True, "analytics": scene.analytics}
     d = run_daemon([stream])
-    path = Path(d.stderr_path).with_suffix(".yaml")
+    path = d.config_path
 
     def tracked(msgs: list[tuple[str, dict[str, Any]]]) -> list[set[int]]:
         return [{x["track_id"] for x in b["detections"] if x.get("track_id") is not None}

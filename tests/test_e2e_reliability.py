@@ -202,7 +202,7 @@ def test_watchdog_fed_while_every_stream_waits_to_reconnect(run_daemon: Any, not
 # --------------------------------------------------------------------------- SIGHUP
 
 def rewrite(d: Any, cfg: dict[str, Any]) -> None:
-    d.stderr_path.with_suffix(".yaml").write_text(yaml.safe_dump(cfg))
+    d.config_path.write_text(yaml.safe_dump(cfg))
 
 
 def test_sighup_adds_removes_and_changes_streams_without_touching_others(
@@ -248,7 +248,7 @@ def test_sighup_adds_removes_and_changes_streams_without_touching_others(
     assert len(detections_of(d.messages, "new")) > n
     # A duplicate key (here a second top-level "logging:") is rejected the same way, by line.
     text = yaml.safe_dump(cfg)
-    d.stderr_path.with_suffix(".yaml").write_text(text + "logging: {level: debug}\n")
+    d.config_path.write_text(text + "logging: {level: debug}\n")
     d.signal(signal.SIGHUP)
     d.collect(2)
     assert (f"line {text.count(chr(10)) + 1}, column 1: duplicate key 'logging' (already set at line "

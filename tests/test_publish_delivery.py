@@ -94,7 +94,7 @@ def test_publisher_counts_exactly_what_a_stuck_subscriber_misses() -> None:
         assert wait_for(lambda: pub.sock.poll(100) and pub.sock.recv() == b"\x01", 10)
         n = 3000
         for i in range(n):
-            pub.publishframe_result(frame_result("cam", i), LABELS, MODEL)
+            pub.publish_result(frame_result("cam", i), LABELS, MODEL)
         published = m.registry.get_sample_value("detectd_frames_published_total", {"stream": "cam"})
         dropped = m.registry.get_sample_value("detectd_frames_dropped_total",
                                               {"stream": "cam", "reason": "zmq_hwm"})
@@ -138,7 +138,7 @@ def test_slow_subscriber_drops_are_counted_by_a_real_daemon(tmp_path: Path) -> N
             t0 = time.monotonic()
             assert wait_for(lambda: counters()[1] > 0, 150), d.log()
             print(f"first zmq_hwm drop after {time.monotonic() - t0:.1f} s, counters {counters()}")
-            d.streams[0] = demo_stream("cam", loop=False)
+            d.cfg["streams"][0] = demo_stream("cam", loop=False)
             d.write_config()
             d.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
             assert wait_for(lambda: counters()[2] == 1, 60), d.log()
