@@ -30,6 +30,18 @@ def demo_video() -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_clip(demo_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo video's first 60 packets as a 60-frame file (about 2.4 s; packets copied, the
+    same pixels: see ``tests.support.sources.clip``), for tests whose property does not depend
+    on the length of the video."""
+    from tests.support.sources import clip
+
+    path = tmp_path_factory.mktemp("clip") / "bikes-60.mp4"
+    assert clip(demo_video, path, 60) == 60
+    return path
+
+
+@pytest.fixture(scope="session")
 def fp32_onnx(model_assets: Any) -> Path:
     from daemon.config import ModelConfig
     from daemon.models.resolve import fp32_model

@@ -122,8 +122,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
             assert wait_for(ready(site), 60), (tmp / "site.log").read_text()[-3000:]
             assert wait_for(ready(fed), 60), (tmp / "global.log").read_text()[-3000:]
-            # Enough scrapes for a rate over RATE_INTERVAL, and frames for the histograms.
-            time.sleep(12)
+            # Enough scrapes for a rate over RATE_INTERVAL with frames in it, on both servers (a
+            # rate needs two samples, so an alert condition such as DetectdNoFrames means
+            # something). Waited for, not slept: each test then waits for what it needs.
+            flowing = f"sum(rate(detectd_frames_published_total[{RATE_INTERVAL}])) > 0"
+            for api, name in ((site, "site"), (fed, "global")):
+                assert wait_for(lambda: bool(api.query(flowing)), 60), (tmp / f"{name}.log").read_text()[-3000:]
             yield Stack(daemon, site, fed)
         finally:
             for prom in procs:

@@ -64,12 +64,13 @@ def test_metrics_contract_and_health(run_daemon: Any, demo_video: Path) -> None:
     assert d.proc.wait(15) == 0
 
 
-def test_subscription_prefix_isolates_streams(run_daemon: Any, demo_video: Path) -> None:
-    streams = [{"id": "cam1", "url": str(demo_video)}, {"id": "cam10", "url": str(demo_video)}]
+def test_subscription_prefix_isolates_streams(run_daemon: Any, demo_clip: Path) -> None:
+    """The 60-frame clip: isolation holds per message, the full demo proved nothing more."""
+    streams = [{"id": "cam1", "url": str(demo_clip)}, {"id": "cam10", "url": str(demo_clip)}]
     d = run_daemon(streams, subscribe=b"detections/cam1/", wait=False)
     assert d.collect_until_exit(240) == 0
     assert {t for t, _ in d.messages} == {"detections/cam1/"}
-    assert len(d.messages) == 250
+    assert len(d.messages) == 60
 
 
 def test_skip_empty(run_daemon: Any, demo_video: Path) -> None:

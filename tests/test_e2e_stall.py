@@ -34,15 +34,15 @@ def frames_decoded(d: Any, sid: str) -> float:
 def test_camera_with_one_frame_every_11s_is_not_stalled_before_stall_timeout(
         run_daemon: Any, rtsp_server: Any) -> None:
     """Case 8 at real scale: frames further apart than the old 10 s read timeout, below
-    stall_timeout. Before issue 10 the stream was reopened 10 s after every frame."""
+    stall_timeout. Before issue 10 the stream was reopened 10 s after every frame. Two gaps of
+    11 s in a row on one connection prove it; the test ends with the second frame after the
+    first instead of watching a fixed 36 s."""
     srv = rtsp_server(frame_interval=11.0)
     d = run_daemon([{"id": "slow", "url": srv.url, "stall_timeout": 15}])
     d.wait_until(lambda: len(detections_of(d.messages, "slow")) >= 1, 40, "the first frame")
-    t_first = time.monotonic()
     n0 = len(detections_of(d.messages, "slow"))
-    d.collect(36.0 - (time.monotonic() - t_first))
-    got = len(detections_of(d.messages, "slow")) - n0
-    assert got >= 3, (got, d.log()[-3000:])  # frames at +11, +22, +33 s
+    # Frames at +11 and +22 s; 30 s leaves room on a loaded machine.
+    d.wait_until(lambda: len(detections_of(d.messages, "slow")) - n0 >= 2, 30, "two more frames, 11 s apart")
     assert kinds(d, "slow") == ["up"], d.log()[-3000:]
     text = d.scrape()
     assert sample(text, "detectd_stream_reconnects_total", stream="slow") == 0

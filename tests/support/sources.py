@@ -72,3 +72,26 @@ class Error503(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *_: Any) -> None:
         pass
+
+
+def clip(src_path: Path, dst_path: Path, frames: int) -> int:
+    """Copy the first ``frames`` video packets of ``src_path`` (decode order, no re-encoding)
+    into ``dst_path``; the number of packets (= frames) written.
+
+    A prefix in decode order is always decodable (every reference of a packet comes before it)
+    and each decoded frame has the same pixels and pts as the source's frame of that pts; with
+    B-frames the last few pts skip the frames whose packets come later. For tests whose
+    property does not depend on the clip's length (a shorter run, same proof)."""
+    n = 0
+    with av.open(str(src_path)) as src, av.open(str(dst_path), "w") as dst:
+        vin = src.streams.video[0]
+        vout = dst.add_stream_from_template(vin)
+        for packet in src.demux(vin):
+            if packet.dts is None:
+                continue  # the demuxer's flush packet
+            if n == frames:
+                break
+            packet.stream = vout
+            dst.mux(packet)
+            n += 1
+    return n
