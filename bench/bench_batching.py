@@ -7,7 +7,8 @@ The batch sizes actually formed come from ``detectd_batch_size``.
 
     .venv/bin/python bench/bench_batching.py [--seconds 30] [--batches 1 4 8] [--threads 2]
 
-Also the helpers the other daemon benchmarks share (a daemon subprocess, /metrics scraping).
+Also the helpers the other daemon benchmarks share (starting a daemon through the tests'
+harness, tests/harness.py, and /metrics scraping).
 """
 
 from __future__ import annotations
@@ -16,27 +17,20 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT))
 
+from tests.harness import DaemonProcess, free_port  # noqa: E402  (the one daemon-process harness)
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["ROOT", "DaemonProcess", "bench_daemon", "demo_video", "free_port", "machine", "measure",
+           "per_stream", "scrape", "total", "write_result"]
 
 
 def demo_video() -> Path:
@@ -45,81 +39,35 @@ def demo_video() -> Path:
     return Path(assets.fetch_demo_video(progress=False))
 
 
-class Daemon:
-    """A real ``detectd run`` subprocess with its own config, scraped over HTTP."""
+def bench_daemon(streams: list[dict[str, Any]], workdir: Path, name: str, **sections: Any) -> DaemonProcess:
+    """A launched (not yet ready) ``detectd run``: ONNX Runtime, 2 threads, a status line every
+    10 s unless ``sections`` say otherwise; ``workdir/NAME.yaml`` and ``NAME.log``."""
+    sections["logging"] = {"status_interval": 10, **sections.get("logging", {})}
+    return DaemonProcess(workdir, streams, name=name, **sections).launch()
 
-    def __init__(self, streams: list[dict[str, Any]], workdir: Path, name: str, **sections: Any) -> None:
-        cfg: dict[str, Any] = {
-            "streams": streams,
-            "model": {"backend": "onnxruntime", "threads": 2},
-            "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
-            "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-            "logging": {"status_interval": 10},
-        }
-        for k, v in sections.items():
-            cfg.setdefault(k, {}).update(v)
-        self.cfg = cfg
-        self.path = workdir / f"{name}.yaml"
-        self.path.write_text(yaml.safe_dump(cfg))
-        self.log_path = workdir / f"{name}.log"
-        self.url = f"http://{cfg['metrics']['listen']}"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(self.path)],
-                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PYTHONUNBUFFERED="1"))
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("daemon not ready")
+def scrape(d: DaemonProcess) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The daemon's /metrics parsed: sample name -> [(labels, value)]."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    def scrape(self) -> dict[str, list[tuple[dict[str, str], float]]]:
-        from prometheus_client.parser import text_string_to_metric_families
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for fam in text_string_to_metric_families(d.scrape()):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
 
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out: dict[str, list[tuple[dict[str, str], float]]] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                out.setdefault(s.name, []).append((s.labels, s.value))
-        return out
 
-    def measure(self, warmup: float, seconds: float) -> tuple[Any, Any, float, float]:
-        """Wait until ready, warm up, scrape twice ``seconds`` apart, stop: (a, b, t0, t1)."""
-        try:
-            self.wait_ready()
-            time.sleep(warmup)
-            a, t0 = self.scrape(), time.monotonic()
-            time.sleep(seconds)
-            b, t1 = self.scrape(), time.monotonic()
-        finally:
-            self.stop()
-        return a, b, t0, t1
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
+def measure(d: DaemonProcess, warmup: float, seconds: float) -> tuple[Any, Any, float, float]:
+    """Wait until ready, warm up, scrape twice ``seconds`` apart, stop: (a, b, t0, t1)."""
+    try:
+        d.wait_ready(120)
+        time.sleep(warmup)
+        a, t0 = scrape(d), time.monotonic()
+        time.sleep(seconds)
+        b, t1 = scrape(d), time.monotonic()
+    finally:
+        d.stop(30)
+    return a, b, t0, t1
 
 
 def total(m: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
@@ -150,9 +98,9 @@ def run_one(video: Path, max_batch: int, n_streams: int, threads: int, warmup: f
             workdir: Path) -> dict[str, Any]:
     streams = [{"id": f"f{i}", "url": str(video), "loop": True, "realtime": False, "queue_size": 8}
                for i in range(n_streams)]
-    d = Daemon(streams, workdir, f"batch{max_batch}",
-               model={"max_batch": max_batch, "max_wait_ms": 10, "threads": threads})
-    a, b, t0, t1 = d.measure(warmup, seconds)
+    d = bench_daemon(streams, workdir, f"batch{max_batch}",
+                     model={"max_batch": max_batch, "max_wait_ms": 10, "threads": threads})
+    a, b, t0, t1 = measure(d, warmup, seconds)
     frames = total(b, "detectd_frames_published_total") - total(a, "detectd_frames_published_total")
     batches = total(b, "detectd_batch_size_count") - total(a, "detectd_batch_size_count")
     bsum = total(b, "detectd_batch_size_sum") - total(a, "detectd_batch_size_sum")

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_batching import ROOT, Daemon, demo_video, free_port, machine, per_stream, write_result  # noqa: E402
+from bench_batching import ROOT, bench_daemon, demo_video, free_port, machine, measure, per_stream, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
@@ -91,9 +91,9 @@ def run_one(clip: Path, n: int, broken: str | None, warmup: float, seconds: floa
         url, srv = broken_url(broken, workdir)
         streams.append({"id": "broken", "url": url, "stall_timeout": 1, "open_timeout": 1,
                         "read_timeout": 1, "backoff_base": 0.1, "backoff_cap": 1})
-    d = Daemon(streams, workdir, f"broken-{broken or 'none'}", model={"max_batch": 8, "max_wait_ms": 10})
+    d = bench_daemon(streams, workdir, f"broken-{broken or 'none'}", model={"max_batch": 8, "max_wait_ms": 10})
     try:
-        a, b, t0, t1 = d.measure(warmup, seconds)
+        a, b, t0, t1 = measure(d, warmup, seconds)
     finally:
         if srv is not None:
             srv.kill() if hasattr(srv, "kill") else srv.close()

@@ -40,7 +40,7 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_batching import ROOT, Daemon, machine, total, write_result  # noqa: E402
+from bench_batching import ROOT, bench_daemon, machine, scrape, total, write_result  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from tests.rtsp_fixtures import RtspServer, rtsp_server_available  # noqa: E402
@@ -125,7 +125,7 @@ def main() -> int:
     stream: dict[str, Any] = {"id": "cam", "url": srv.url}
     if a.probe_interval is not None:
         stream["probe_interval"] = a.probe_interval
-    d = Daemon([stream], work, "outages", model={"max_batch": 1})
+    d = bench_daemon([stream], work, "outages", model={"max_batch": 1})
     arr = Arrivals(d.cfg["publish"]["endpoint"], "cam")
     arr.start()
     rows: list[dict[str, Any]] = []
@@ -136,14 +136,14 @@ def main() -> int:
         for i in range(a.outages):
             time.sleep(rng.uniform(a.up_min, a.up_max))
             down = rng.uniform(a.down_min, a.down_max)
-            before = d.scrape()
+            before = scrape(d)
             srv.kill()
             time.sleep(down)
             t_spawn = time.time()
             srv.start()
             t_ready = time.time()
             got = arr.wait_after(t_spawn, 90)
-            after = d.scrape()
+            after = scrape(d)
             opens = total(after, "detectd_stream_reconnects_total") - total(before, "detectd_stream_reconnects_total")
             probes = total(after, "detectd_stream_probes_total") - total(before, "detectd_stream_probes_total")
             row = {"i": i, "down_s": round(down, 3), "server_start_s": round(t_ready - t_spawn, 3),
@@ -154,7 +154,7 @@ def main() -> int:
             print(json.dumps(row), flush=True)
     finally:
         arr.stop.set()
-        d.stop()
+        d.stop(30)
         srv.kill()
     rec = [r["recovery_s"] for r in rows if r["recovery_s"] is not None]
     pub = [r["published_s"] for r in rows if r["published_s"] is not None]

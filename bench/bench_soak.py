@@ -29,7 +29,7 @@ import numpy as np
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_batching import Daemon, demo_video, machine, total, write_result  # noqa: E402
+from bench_batching import bench_daemon, demo_video, machine, scrape, total, write_result  # noqa: E402
 
 
 def hist_quantile(q: float, a: dict[str, Any], b: dict[str, Any], name: str) -> float | None:
@@ -109,13 +109,13 @@ def main() -> int:
     rss: list[tuple[float, int]] = []
     load: list[tuple[float, float]] = []  # the machine's 1-min load average: others share it
     with tempfile.TemporaryDirectory() as tmp:
-        d = Daemon(streams, Path(tmp), "soak", model={"max_batch": a.max_batch, "max_wait_ms": 5})
+        d = bench_daemon(streams, Path(tmp), "soak", model={"max_batch": a.max_batch, "max_wait_ms": 5})
         sub = Subscriber(d.cfg["publish"]["endpoint"])
         sub.start()
         try:
             d.wait_ready()
             t_start, wall0 = time.monotonic(), time.time()
-            scrapes = {"start": d.scrape()}
+            scrapes = {"start": scrape(d)}
             next_rss = 0.0
             while (el := time.monotonic() - t_start) < duration:
                 if el >= next_rss:
@@ -123,17 +123,17 @@ def main() -> int:
                     load.append((el, os.getloadavg()[0]))
                     next_rss += 5
                 if "first" not in scrapes and el >= a.window:
-                    scrapes["first"] = d.scrape()
+                    scrapes["first"] = scrape(d)
                 if "last_start" not in scrapes and el >= duration - a.window:
-                    scrapes["last_start"] = d.scrape()
+                    scrapes["last_start"] = scrape(d)
                 if d.proc.poll() is not None:
                     raise RuntimeError("the daemon died")
                 time.sleep(0.5)
-            scrapes["end"] = d.scrape()
+            scrapes["end"] = scrape(d)
             rss.append((time.monotonic() - t_start, d.rss_bytes()))
             wall1 = time.time()
         finally:
-            rc = d.stop()
+            rc = d.stop(30)
             sub.stop.set()
             sub.join(5)
         log_tail = d.log_path.read_text()[-1500:]

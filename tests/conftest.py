@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
-import zmq
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.harness import DaemonProcess
 
 try:  # the RTSP server fixtures, when present
     from tests.rtsp_fixtures import *  # noqa: F401,F403
@@ -61,6 +51,18 @@ def demo_video() -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_clip(demo_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo video's first 60 packets as a 60-frame file (about 2.4 s; packets copied, the
+    same pixels: see ``tests.support.sources.clip``), for tests whose property does not depend
+    on the length of the video."""
+    from tests.support.sources import clip
+
+    path = tmp_path_factory.mktemp("clip") / "bikes-60.mp4"
+    assert clip(demo_video, path, 60) == 60
+    return path
+
+
+@pytest.fixture(scope="session")
 def fp32_onnx(model_assets: Any) -> Path:
     from daemon.config import ModelConfig
     from daemon.models.resolve import fp32_model
@@ -68,108 +70,21 @@ def fp32_onnx(model_assets: Any) -> Path:
     return fp32_model(ModelConfig(), progress=False)
 
 
-def write_config(path: Path, streams: list[dict[str, Any]], **sections: Any) -> tuple[Path, dict[str, Any]]:
-    cfg: dict[str, Any] = {
-        "streams": streams,
-        "model": {"backend": "onnxruntime", "threads": 2},
-        "publish": {"endpoint": f"tcp://127.0.0.1:{free_port()}"},
-        "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-        "logging": {"status_interval": 1},
-    }
-    for k, v in sections.items():
-        cfg.setdefault(k, {}).update(v)
-    path.write_text(yaml.safe_dump(cfg))
-    return path, cfg
-
-
-class DaemonProc:
-    """A real ``detectd run`` process with a SUB socket connected before it starts."""
-
-    def __init__(self, config_path: Path, cfg: dict[str, Any], subscribe: bytes = b"") -> None:
-        self.cfg = cfg
-        self.ctx = zmq.Context()
-        self.sub = self.ctx.socket(zmq.SUB)
-        self.sub.setsockopt(zmq.RCVHWM, 0)
-        self.sub.setsockopt(zmq.SUBSCRIBE, subscribe)
-        self.sub.connect(cfg["publish"]["endpoint"])
-        self.metrics_url = f"http://{cfg['metrics']['listen']}"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.stderr_path = config_path.with_suffix(".log")
-        self.stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(config_path)],
-                                     cwd=ROOT, stdout=self.stderr, stderr=subprocess.STDOUT, env=env)
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited early ({self.proc.returncode}):\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.metrics_url + "/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"daemon not ready in {timeout}s:\n{self.log()}")
-
-    def collect(self, seconds: float) -> list[tuple[str, dict[str, Any]]]:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.sub.poll(100):
-                while True:
-                    try:
-                        topic, body = self.sub.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self.messages.append((topic.decode(), json.loads(body)))
-        return self.messages
-
-    def collect_until_exit(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.collect(0.2)
-            if self.proc.poll() is not None:
-                self.collect(0.5)
-                return self.proc.returncode
-        raise AssertionError(f"daemon did not exit in {timeout}s:\n{self.log()}")
-
-    def scrape(self) -> str:
-        with urllib.request.urlopen(self.metrics_url + "/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
-    def log(self) -> str:
-        self.stderr.flush()
-        return self.stderr_path.read_text(errors="replace")
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.stderr.close()
-        self.sub.close(0)
-        self.ctx.term()
-
-
 @pytest.fixture
 def run_daemon(tmp_path: Path, fp32_onnx: Path) -> Iterator[Any]:
-    procs: list[DaemonProc] = []
+    """``run_daemon(streams, subscribe=b"", wait=True, **sections)``: a started
+    :class:`DaemonProcess` (test defaults, SUB socket connected first), ready unless
+    ``wait=False``; every one is stopped at the end of the test."""
+    procs: list[DaemonProcess] = []
 
     def start(streams: list[dict[str, Any]], subscribe: bytes = b"", wait: bool = True,
-              **sections: Any) -> DaemonProc:
-        path, cfg = write_config(tmp_path / f"detectd-{len(procs)}.yaml", streams, **sections)
-        d = DaemonProc(path, cfg, subscribe)
+              **sections: Any) -> DaemonProcess:
+        d = DaemonProcess(tmp_path, streams, name=f"detectd-{len(procs)}", subscribe=subscribe, **sections)
         procs.append(d)
         if wait:
-            d.wait_ready()
+            d.start(ready_timeout=60)
+        else:
+            d.launch()
         return d
 
     yield start

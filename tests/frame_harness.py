@@ -1,5 +1,5 @@
 """Run one video through detectd's real source path and every native call a frame reaches,
-in this process, and print one JSON line: run by tests/test_frame_safety.py in a subprocess, so
+in this process, and print one JSON line: run by tests/test_sources_guard.py in a subprocess, so
 an abort inside native code shows as the child's signal instead of killing the test run.
 
 ``python -m tests.frame_harness VIDEO [--damage mark|skip|off] [--max-frames N]``

@@ -30,7 +30,7 @@ from daemon.analytics.zones import Stamp
 from daemon.config import ConfigError, parse_config
 from daemon.frames import Detections, Frame
 from tests.analytics_scenes import render, short_scene, true_crossings, true_zone_stays
-from tests.conftest import ROOT, free_port
+from tests.harness import ROOT, free_port
 
 SCHEMA = jsonschema.Draft202012Validator(json.loads(
     resources.files("daemon.publish").joinpath("schemas/analytics.v1.json").read_text()))
@@ -353,7 +353,7 @@ def test_sighup_changes_lines_and_zones_without_losing_tracks(run_daemon: Any, s
     scene = short_scene()
     stream = {"id": "cam", "url": str(short_video), "loop": True, "realtime": True, "analytics": scene.analytics}
     d = run_daemon([stream])
-    path = Path(d.stderr_path).with_suffix(".yaml")
+    path = d.config_path
 
     def tracked(msgs: list[tuple[str, dict[str, Any]]]) -> list[set[int]]:
         return [{x["track_id"] for x in b["detections"] if x.get("track_id") is not None}

@@ -9,30 +9,13 @@ from typing import Any
 import av
 import numpy as np
 
+from tests.support.messages import detections_of, events_of, iou, sample
+
 CONTRACT_METRICS = [
     "detectd_frames_decoded_total", "detectd_frames_published_total", "detectd_frames_dropped_total",
     "detectd_stage_seconds_bucket", "detectd_frame_latency_seconds_bucket", "detectd_stream_up",
     "detectd_stream_reconnects_total", "detectd_build_info",
 ]
-
-
-def detections_of(msgs: list[tuple[str, dict[str, Any]]], stream: str) -> list[dict[str, Any]]:
-    return [m for t, m in msgs if t == f"detections/{stream}/"]
-
-
-def events_of(msgs: list[tuple[str, dict[str, Any]]], stream: str) -> list[dict[str, Any]]:
-    """The stream's transitions; ``state`` snapshots (answers to subscriptions) left out."""
-    return [m for t, m in msgs if t == f"events/{stream}/" and m.get("event") != "state"]
-
-
-def sample(text: str, name: str, **labels: str) -> float | None:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
-                return s.value
-    return None
 
 
 def test_file_every_frame_published_once_then_exit_0(run_daemon: Any, demo_video: Path) -> None:
@@ -81,12 +64,13 @@ def test_metrics_contract_and_health(run_daemon: Any, demo_video: Path) -> None:
     assert d.proc.wait(15) == 0
 
 
-def test_subscription_prefix_isolates_streams(run_daemon: Any, demo_video: Path) -> None:
-    streams = [{"id": "cam1", "url": str(demo_video)}, {"id": "cam10", "url": str(demo_video)}]
+def test_subscription_prefix_isolates_streams(run_daemon: Any, demo_clip: Path) -> None:
+    """The 60-frame clip: isolation holds per message, the full demo proved nothing more."""
+    streams = [{"id": "cam1", "url": str(demo_clip)}, {"id": "cam10", "url": str(demo_clip)}]
     d = run_daemon(streams, subscribe=b"detections/cam1/", wait=False)
     assert d.collect_until_exit(240) == 0
     assert {t for t, _ in d.messages} == {"detections/cam1/"}
-    assert len(d.messages) == 250
+    assert len(d.messages) == 60
 
 
 def test_skip_empty(run_daemon: Any, demo_video: Path) -> None:
@@ -107,14 +91,6 @@ def _letterbox_cv2(rgb: np.ndarray, size: int = 416) -> np.ndarray:
     px, py = (size - nw) // 2, (size - nh) // 2
     out[py:py + nh, px:px + nw] = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR) / 255.0
     return out.transpose(2, 0, 1)[None].copy()
-
-
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def test_published_detections_match_opencv_darknet_frame_by_frame(
@@ -160,7 +136,7 @@ def test_published_detections_match_opencv_darknet_frame_by_frame(
                     if score < 0.5:
                         continue
                     checked += 1
-                    if not any(l2 == label and _iou(box, b2) >= 0.7 for l2, _, b2 in b_list):
+                    if not any(l2 == label and iou(box, b2) >= 0.7 for l2, _, b2 in b_list):
                         missing += 1
     assert checked > 80
     assert missing <= 0.03 * checked, f"{missing} of {checked} confident detections unmatched"

@@ -323,7 +323,7 @@ def test_daemon_preview_matches_published_detections(tmp_path: Path) -> None:
         f"preview: {{enabled: true, listen: '127.0.0.1:{prev}', fps: 5}}\n"
         "logging: {status_interval: 0}\n"
     )
-    from tests.test_ops_support import detectd_command
+    from tests.harness import detectd_command
 
     cmd = detectd_command()  # this checkout's code, not the console script's
     log = open(tmp_path / "daemon.log", "wb")

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 import zmq
 from prometheus_client import CollectorRegistry
 
@@ -32,8 +31,8 @@ from daemon.metrics import Metrics
 from daemon.publish.client import EventMessage, Subscriber
 from daemon.publish.endpoint import EndpointInUse, IpcClaim
 from daemon.publish.publisher import Publisher
-from tests.test_ops_support import Daemon, demo_stream, detectd_command, free_port, wait_for
-from tests.test_zmq_clients import _result, validate
+from tests.harness import DaemonProcess, demo_stream, detectd_command, free_port, ops_daemon, wait_for
+from tests.support.messages import frame_result, validate
 
 pytestmark = pytest.mark.slow
 
@@ -51,25 +50,12 @@ def sample(text: str, name: str, **labels: str) -> float:
     raise KeyError(f"{name}{labels} not in the scrape")
 
 
-def readyz(d: Daemon) -> tuple[int, dict[str, Any]]:
+def readyz(d: DaemonProcess) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(d.metrics_url + "/readyz", timeout=5) as r:
             return r.status, json.load(r)
     except urllib.error.HTTPError as exc:
         return exc.code, json.load(exc)
-
-
-class ChattyDaemon(Daemon):
-    """A daemon whose messages are large (``model.conf_threshold`` near 0: dozens of boxes per
-    frame), so that the kernel's socket buffers behind a stuck subscriber fill within a few dozen
-    frames and the test does not depend on how fast this machine runs the model."""
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        cfg = yaml.safe_load(path.read_text())
-        cfg["model"]["conf_threshold"] = 0.005
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        return path
 
 
 def slow_sub(ctx: zmq.Context, endpoint: str, prefix: bytes = b"") -> zmq.Socket:  # type: ignore[type-arg]
@@ -108,7 +94,7 @@ def test_publisher_counts_exactly_what_a_stuck_subscriber_misses() -> None:
         assert wait_for(lambda: pub.sock.poll(100) and pub.sock.recv() == b"\x01", 10)
         n = 3000
         for i in range(n):
-            pub.publish_result(_result("cam", i), LABELS, MODEL)
+            pub.publish_result(frame_result("cam", i), LABELS, MODEL)
         published = m.registry.get_sample_value("detectd_frames_published_total", {"stream": "cam"})
         dropped = m.registry.get_sample_value("detectd_frames_dropped_total",
                                               {"stream": "cam", "reason": "zmq_hwm"})
@@ -133,14 +119,18 @@ def test_slow_subscriber_drops_are_counted_by_a_real_daemon(tmp_path: Path) -> N
     the ``zmq_hwm`` drops, and what it got is exactly ``frames_published_total``."""
     endpoint = f"ipc://{tmp_path / 'pub.sock'}"
     idle = {"id": "idle", "url": f"rtsp://127.0.0.1:{free_port()}/x", "backoff_base": 30}
-    d = ChattyDaemon(tmp_path, [demo_stream("cam"), idle], publish_extra={"sndhwm": 1, "endpoint": endpoint})
+    # Large messages (``model.conf_threshold`` near 0: dozens of boxes per frame), so that the
+    # kernel's socket buffers behind a stuck subscriber fill within a few dozen frames and the
+    # test does not depend on how fast this machine runs the model.
+    d = ops_daemon(tmp_path, [demo_stream("cam"), idle], model={"conf_threshold": 0.005},
+                   publish={"sndhwm": 1, "endpoint": endpoint})
     ctx = zmq.Context()
     # Connected before the bind: it misses nothing by joining late.
     sub = slow_sub(ctx, endpoint, b"detections/cam/")
     try:
         with d:
             def counters() -> tuple[float, float, float]:
-                text = d.metric_text()
+                text = d.scrape()
                 return (sample(text, "detectd_frames_published_total", stream="cam"),
                         sample(text, "detectd_frames_dropped_total", stream="cam", reason="zmq_hwm"),
                         sample(text, "detectd_stream_state", stream="cam", state="ended"))
@@ -148,7 +138,7 @@ def test_slow_subscriber_drops_are_counted_by_a_real_daemon(tmp_path: Path) -> N
             t0 = time.monotonic()
             assert wait_for(lambda: counters()[1] > 0, 150), d.log()
             print(f"first zmq_hwm drop after {time.monotonic() - t0:.1f} s, counters {counters()}")
-            d.streams[0] = demo_stream("cam", loop=False)
+            d.cfg["streams"][0] = demo_stream("cam", loop=False)
             d.write_config()
             d.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
             assert wait_for(lambda: counters()[2] == 1, 60), d.log()
@@ -156,7 +146,7 @@ def test_slow_subscriber_drops_are_counted_by_a_real_daemon(tmp_path: Path) -> N
             def in_flight() -> float:
                 """Frames decoded but neither published nor dropped yet (the file's last frames
                 may still be in the pipeline behind the end of file)."""
-                text = d.metric_text()
+                text = d.scrape()
                 done = sample(text, "detectd_frames_published_total", stream="cam") + sum(
                     sample(text, "detectd_frames_dropped_total", stream="cam", reason=r)
                     for r in ("stale", "superseded", "queue_full", "zmq_hwm", "shutdown"))
@@ -207,8 +197,8 @@ def test_second_daemon_cannot_take_over_an_ipc_endpoint(tmp_path: Path) -> None:
     sock_dir = tmp_path / "x"
     sock_dir.mkdir()
     endpoint = f"ipc://{sock_dir / 'pub.sock'}"
-    first = Daemon(tmp_path, [demo_stream("cam1")], name="first", publish_extra={"endpoint": endpoint})
-    second = Daemon(tmp_path, [demo_stream("cam2")], name="second", publish_extra={"endpoint": endpoint})
+    first = ops_daemon(tmp_path, [demo_stream("cam1")], name="first", publish={"endpoint": endpoint})
+    second = ops_daemon(tmp_path, [demo_stream("cam2")], name="second", publish={"endpoint": endpoint})
     with first, Subscriber(endpoint, kinds=["detections"]) as sub:
         with pytest.raises(RuntimeError, match="exited with 1") as err:
             second.start()
@@ -229,7 +219,7 @@ def test_second_daemon_cannot_take_over_an_ipc_endpoint(tmp_path: Path) -> None:
             assert wait_for(lambda: readyz(second)[0] == 503, 10)
             code, body = readyz(second)
             assert body["publisher_bound"] is False and "was removed" in body["publisher_problem"], body
-            assert wait_for(lambda: sample(second.metric_text(), "detectd_publish_endpoint_ok") == 0, 5)
+            assert wait_for(lambda: sample(second.scrape(), "detectd_publish_endpoint_ok") == 0, 5)
             assert "publish.endpoint" in second.log() and "lost" in second.log()
 
 
@@ -254,11 +244,11 @@ def test_late_subscriber_learns_every_state_without_a_transition(tmp_path: Path)
     gets a ``state`` message per stream it covers within a second, with no transition having
     happened, the same through ``detectd proxy``; an early subscriber sees contiguous seqs."""
     closed = free_port()
-    d = Daemon(tmp_path, [demo_stream("cam"), {"id": "cam_dead", "url": f"rtsp://127.0.0.1:{closed}/x",
-                                               "backoff_base": 30, "backoff_cap": 30}])
+    d = ops_daemon(tmp_path, [demo_stream("cam"), {"id": "cam_dead", "url": f"rtsp://127.0.0.1:{closed}/x",
+                                                   "backoff_base": 30, "backoff_cap": 30}])
     backend = f"tcp://127.0.0.1:{free_port()}"
     with Subscriber(d.endpoint, kinds=["events"]) as early, d:
-        assert wait_for(lambda: sample(d.metric_text(), "detectd_stream_up", stream="cam") == 1, 60), d.log()
+        assert wait_for(lambda: sample(d.scrape(), "detectd_stream_up", stream="cam") == 1, 60), d.log()
         # cam_dead now waits 30 s before its next attempt: no transition for either stream.
         time.sleep(1.0)
         t0 = time.time()

@@ -171,7 +171,7 @@ def test_removed_stream_frames_discarded_and_put_refused(metrics: Metrics) -> No
 def test_daemon_runs_the_onnx_model_with_batches_of_4(run_daemon: Any, demo_video: Path) -> None:
     """model.max_batch: 4 with four file streams: real batches of 4 reach ONNX Runtime and every
     frame of every stream is published once."""
-    from tests.test_e2e import detections_of, sample
+    from tests.support.messages import detections_of, sample
 
     streams = [{"id": f"f{i}", "url": str(demo_video)} for i in range(4)]
     d = run_daemon(streams, model={"max_batch": 4, "max_wait_ms": 20}, metrics={})

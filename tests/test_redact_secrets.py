@@ -23,20 +23,12 @@ import pytest
 
 from daemon.config import ConfigError, parse_config
 from daemon.redact import redact_text, redact_url
-from tests.conftest import free_port
-from tests.test_bad_input import check_config
-from tests.test_e2e import events_of
-from tests.test_source_errors import _Error503
+from tests.harness import free_port
+from tests.support.messages import events_of
+from tests.support.secrets import SPECIALS, forms
+from tests.support.sources import Error503, check_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECIALS = [c for c in string.punctuation + " " if c not in "%"] + ["%", "é", "密", "\u00a0"]
-
-
-def forms(secret: str) -> set[str]:
-    """Every form a secret may be printed in."""
-    return {secret, quote(secret, safe=""), quote(secret, safe=":@!$&'()*+,;=")}
-
-
 def register(url: str) -> None:
     try:  # the validator registers the secrets before it judges the URL
         parse_config({"streams": [{"id": "s", "url": url}]})
@@ -116,7 +108,7 @@ except Exception as exc:
 
 
 def test_daemon_never_publishes_logs_or_labels_a_secret(run_daemon: Any, tmp_path: Path) -> None:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Error503)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Error503)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     secrets = {"refused": "Pw#:/?@[]!$&'()*+,;= x", "resolve": "Pw\u00e9\u5bc6Unicode", "http": "Pw%41%zzLit"}
     fast = {"open_timeout": 2, "backoff_base": 0.2, "backoff_cap": 1}

@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from tests.test_ops_support import ROOT, Daemon, demo_stream, free_port, wait_for
-from tests.test_prometheus import dashboard_queries
+from tests.harness import OPS_DEFAULTS, ROOT, DaemonProcess, demo_stream, free_port, wait_for
+from tests.support.deploy import dashboard_queries
 
 pytestmark = [
     pytest.mark.slow,
@@ -64,7 +64,7 @@ class PromAPI:
 
 @dataclass
 class Stack:
-    daemon: Daemon
+    daemon: DaemonProcess
     site: PromAPI  # scrapes the daemon with the shipped prometheus.yml job and alert rules
     fed: PromAPI  # a "global" Prometheus federating `site` with the shipped federation.yml job
 
@@ -86,8 +86,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     analytics = {"tracker": {}, "lines": [{"name": "road", "points": [[0.5, 0.35], [0.5, 1.0]], "labels": ["car", "person"]}],
                  "zones": [{"name": "kerb", "points": [[0.0, 0.5], [1.0, 0.5], [1.0, 1.0], [0.0, 1.0]],
                             "labels": ["car", "person"]}]}
-    daemon = Daemon(tmp, [demo_stream("cam1", analytics=analytics), demo_stream("cam2"),
-                          {"id": "broken", "url": f"rtsp://127.0.0.1:{free_port()}/live"}])
+    daemon = DaemonProcess(tmp, [demo_stream("cam1", analytics=analytics), demo_stream("cam2"),
+                                 {"id": "broken", "url": f"rtsp://127.0.0.1:{free_port()}/live"}],
+                           defaults=OPS_DEFAULTS)
     site_port, fed_port = free_port(), free_port()
     shutil.copy(ROOT / "deploy" / "prometheus" / "detectd-alerts.yml", tmp / "detectd-alerts.yml")
     # The shipped scrape job, pointed at this daemon and scraped every second.
@@ -121,8 +122,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
             assert wait_for(ready(site), 60), (tmp / "site.log").read_text()[-3000:]
             assert wait_for(ready(fed), 60), (tmp / "global.log").read_text()[-3000:]
-            # Enough scrapes for a rate over RATE_INTERVAL, and frames for the histograms.
-            time.sleep(12)
+            # Enough scrapes for a rate over RATE_INTERVAL with frames in it, on both servers (a
+            # rate needs two samples, so an alert condition such as DetectdNoFrames means
+            # something). Waited for, not slept: each test then waits for what it needs.
+            flowing = f"sum(rate(detectd_frames_published_total[{RATE_INTERVAL}])) > 0"
+            for api, name in ((site, "site"), (fed, "global")):
+                assert wait_for(lambda: bool(api.query(flowing)), 60), (tmp / f"{name}.log").read_text()[-3000:]
             yield Stack(daemon, site, fed)
         finally:
             for prom in procs:
@@ -155,7 +160,7 @@ def empty_panel_queries(api: PromAPI) -> dict[str, str]:
     return empty
 
 
-def assert_every_panel_has_data(api: PromAPI, daemon: Daemon) -> None:
+def assert_every_panel_has_data(api: PromAPI, daemon: DaemonProcess) -> None:
     assert len(dashboard_queries()) >= 15
     empty: dict[str, str] = {}
 

@@ -11,14 +11,14 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.harness import ROOT
+from tests.support.deploy import DASHBOARD, dashboard_queries
+
 PROM = ROOT / "deploy" / "prometheus"
-DASHBOARD = ROOT / "deploy" / "grafana" / "detectd-dashboard.json"
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="promtool missing (Debian package prometheus)")
@@ -58,15 +58,6 @@ def test_every_alert_has_a_unit_test_that_fires() -> None:
     fired = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"] if t["exp_alerts"]}
     quiet = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"] if not t["exp_alerts"]}
     assert fired == alerts and quiet == alerts
-
-
-def dashboard_queries() -> list[tuple[str, str, dict[str, object]]]:
-    dash = json.loads(DASHBOARD.read_text())
-    out = []
-    for panel in dash["panels"]:
-        for target in panel.get("targets", []):
-            out.append((panel["title"], target["expr"], target))
-    return out
 
 
 def test_dashboard_is_well_formed() -> None:

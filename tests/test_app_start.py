@@ -15,8 +15,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
-
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S+: ")
 STATUS = re.compile(r"status: ([\d.]+) frames/s \((\d+) frames in ([\d.]+) s\)")
 

@@ -11,47 +11,26 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import free_port
-from tests.test_e2e import detections_of, events_of, sample
-
-# Short timings: production defaults are 10 s stall, 0.5 s base, 30 s cap, 60 s after 401.
-FAST = {"stall_timeout": 2, "open_timeout": 3, "read_timeout": 3, "backoff_base": 0.2,
-        "backoff_cap": 2, "stable_after": 1, "auth_backoff": 4}
-
-
-def wait_for(d: Any, pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        d.collect(0.3)
-        if pred():
-            return
-        if d.proc.poll() is not None:
-            break
-    raise AssertionError(f"timed out waiting for {what}; events: "
-                         f"{[(t, m.get('event')) for t, m in d.messages if t.startswith('events')]}\n"
-                         f"{d.log()[-4000:]}")
-
-
-def kinds(d: Any, sid: str) -> list[str]:
-    return [e["event"] for e in events_of(d.messages, sid)]
-
+from tests.harness import free_port
+from tests.support.messages import detections_of, events_of, kinds, sample
+from tests.support.sources import FAST
 
 def test_server_killed_then_back_stream_recovers_daemon_never_restarted(
         run_daemon: Any, rtsp_server: Any) -> None:
     srv = rtsp_server()
     d = run_daemon([{"id": "cam", "url": srv.url, **FAST}])
     pid = d.proc.pid
-    wait_for(d, lambda: len(detections_of(d.messages, "cam")) >= 5, 60, "first frames")
+    d.wait_until(lambda: len(detections_of(d.messages, "cam")) >= 5, 60, "first frames")
     assert kinds(d, "cam")[0] == "up"
 
     srv.kill()
     n_before = len(d.messages)
-    wait_for(d, lambda: kinds(d, "cam").count("reconnecting") >= 5, 40, "5 reconnect attempts")
+    d.wait_until(lambda: kinds(d, "cam").count("reconnecting") >= 5, 40, "5 reconnect attempts")
     text = d.scrape()
     assert sample(text, "detectd_stream_up", stream="cam") == 0
     assert sample(text, "detectd_stream_state", stream="cam", state="backoff") == 1
@@ -76,7 +55,7 @@ def test_server_killed_then_back_stream_recovers_daemon_never_restarted(
     srv.restart()
     ups_before = kinds(d, "cam").count("up")
     dets_before = len(detections_of(d.messages, "cam"))
-    wait_for(d, lambda: kinds(d, "cam").count("up") > ups_before
+    d.wait_until(lambda: kinds(d, "cam").count("up") > ups_before
              and len(detections_of(d.messages, "cam")) >= dets_before + 5, 40, "up again with frames")
     assert d.proc.poll() is None and d.proc.pid == pid
     text = d.scrape()
@@ -89,10 +68,10 @@ def test_server_killed_then_back_stream_recovers_daemon_never_restarted(
 def test_silent_server_is_a_stall_then_retried(run_daemon: Any, rtsp_server: Any) -> None:
     srv = rtsp_server(mode="silent")
     d = run_daemon([{"id": "cam", "url": srv.url, **FAST}])
-    wait_for(d, lambda: "stalled" in kinds(d, "cam"), 30, "a stall")
+    d.wait_until(lambda: "stalled" in kinds(d, "cam"), 30, "a stall")
     st = [e for e in events_of(d.messages, "cam") if e["event"] == "stalled"][0]
     assert st["reason"].startswith(("stall", "timeout")), st
-    wait_for(d, lambda: kinds(d, "cam").count("stalled") >= 2, 30, "a second stall after a retry")
+    d.wait_until(lambda: kinds(d, "cam").count("stalled") >= 2, 30, "a second stall after a retry")
     text = d.scrape()
     assert sample(text, "detectd_stream_errors_total", stream="cam", kind="stall") >= 2
     assert not detections_of(d.messages, "cam")
@@ -102,7 +81,7 @@ def test_silent_server_is_a_stall_then_retried(run_daemon: Any, rtsp_server: Any
 def test_frozen_stream_after_frames_is_down_stalled_and_comes_back(run_daemon: Any, rtsp_server: Any) -> None:
     srv = rtsp_server(freeze_after=3.0)  # media for 3 s per connection, then silence
     d = run_daemon([{"id": "cam", "url": srv.url, **FAST}])
-    wait_for(d, lambda: kinds(d, "cam").count("up") >= 2, 60, "up, stall, up again")
+    d.wait_until(lambda: kinds(d, "cam").count("up") >= 2, 60, "up, stall, up again")
     k = kinds(d, "cam")
     i = k.index("stalled")
     assert k[:i + 1][-2:] == ["down", "stalled"] and k[i + 1] == "reconnecting", k
@@ -115,8 +94,8 @@ def test_wrong_credentials_auth_failed_slow_retries_nothing_leaks(run_daemon: An
     streams = [{"id": "bad", "url": bad, **FAST}, {"id": "good", "url": srv.url, **FAST}]
     d = run_daemon(streams)
     t0 = time.monotonic()
-    wait_for(d, lambda: "auth_failed" in kinds(d, "bad"), 30, "auth_failed")
-    wait_for(d, lambda: len(detections_of(d.messages, "good")) >= 5, 60, "the good stream's frames")
+    d.wait_until(lambda: "auth_failed" in kinds(d, "bad"), 30, "auth_failed")
+    d.wait_until(lambda: len(detections_of(d.messages, "good")) >= 5, 60, "the good stream's frames")
     d.collect(max(0.0, 9 - (time.monotonic() - t0)))
     text = d.scrape()
     assert sample(text, "detectd_stream_state", stream="bad", state="auth_failed") == 1
@@ -205,7 +184,7 @@ def test_watchdog_fed_while_waiting_to_reconnect_not_while_up_and_silent(
     assert sample(d.scrape(), "detectd_stream_state", stream="cam", state="up") == 1
     assert "WATCHDOG=1" not in notify.since(t + 0.4), notify.since(t)
     # After the stall it waits to reconnect: legitimately idle, the watchdog is fed again.
-    wait_for(d, lambda: "stalled" in kinds(d, "cam"), 20, "the stall")
+    d.wait_until(lambda: "stalled" in kinds(d, "cam"), 20, "the stall")
     t = time.monotonic()
     notify.drain(1.5)
     assert "WATCHDOG=1" in notify.since(t)
@@ -223,17 +202,17 @@ def test_watchdog_fed_while_every_stream_waits_to_reconnect(run_daemon: Any, not
 # --------------------------------------------------------------------------- SIGHUP
 
 def rewrite(d: Any, cfg: dict[str, Any]) -> None:
-    d.stderr_path.with_suffix(".yaml").write_text(yaml.safe_dump(cfg))
+    d.config_path.write_text(yaml.safe_dump(cfg))
 
 
 def test_sighup_adds_removes_and_changes_streams_without_touching_others(
         run_daemon: Any, demo_video: Path) -> None:
     live = {"url": str(demo_video), "loop": True, "realtime": True}
     d = run_daemon([{"id": "keep", **live}, {"id": "gone", **live}, {"id": "edit", **live}])
-    wait_for(d, lambda: all(len(detections_of(d.messages, s)) >= 3 for s in ("keep", "gone", "edit")),
+    d.wait_until(lambda: all(len(detections_of(d.messages, s)) >= 3 for s in ("keep", "gone", "edit")),
              60, "frames from the three streams")
     # The removed stream must have had series of every shape: detections by label (field case 12).
-    wait_for(d, lambda: re.search(r'detectd_detections_total\{[^}]*stream="gone"', d.scrape()) is not None,
+    d.wait_until(lambda: re.search(r'detectd_detections_total\{[^}]*stream="gone"', d.scrape()) is not None,
              60, "a detection on the stream to be removed")
     cfg = dict(d.cfg)
     cfg["streams"] = [{"id": "keep", **live}, {"id": "edit", **live, "max_age_ms": 900},
@@ -241,7 +220,7 @@ def test_sighup_adds_removes_and_changes_streams_without_touching_others(
     rewrite(d, cfg)
     t = time.time()  # events are stamped when published; keep's "up" went out with its frames
     d.signal(signal.SIGHUP)
-    wait_for(d, lambda: len([m for m in detections_of(d.messages, "new")]) >= 3, 60, "the new stream")
+    d.wait_until(lambda: len([m for m in detections_of(d.messages, "new")]) >= 3, 60, "the new stream")
     d.collect(2)
     assert "reload: streams added ['new'], removed ['gone'], restarted ['edit'], 1 unchanged" in d.log()
     assert not [m for m in detections_of(d.messages, "gone") if m["captured_at"] > t + 1]
@@ -269,7 +248,7 @@ def test_sighup_adds_removes_and_changes_streams_without_touching_others(
     assert len(detections_of(d.messages, "new")) > n
     # A duplicate key (here a second top-level "logging:") is rejected the same way, by line.
     text = yaml.safe_dump(cfg)
-    d.stderr_path.with_suffix(".yaml").write_text(text + "logging: {level: debug}\n")
+    d.config_path.write_text(text + "logging: {level: debug}\n")
     d.signal(signal.SIGHUP)
     d.collect(2)
     assert (f"line {text.count(chr(10)) + 1}, column 1: duplicate key 'logging' (already set at line "
@@ -288,7 +267,7 @@ def test_sighup_adds_removes_and_changes_streams_without_touching_others(
 def test_sigterm_drains_frames_in_flight_and_exits_0(run_daemon: Any, demo_video: Path) -> None:
     d = run_daemon([{"id": "cam", "url": str(demo_video), "queue_size": 8}],
                    shutdown={"drain_timeout": 20})
-    wait_for(d, lambda: len(detections_of(d.messages, "cam")) >= 5, 60, "frames")
+    d.wait_until(lambda: len(detections_of(d.messages, "cam")) >= 5, 60, "frames")
     d.signal(signal.SIGTERM)
     rc = d.collect_until_exit(40)
     assert rc == 0, d.log()

@@ -25,8 +25,8 @@ import pytest
 from daemon.config import parse_config
 from daemon.quant.calibrate import FrameSource, _no_frames_message
 from daemon.redact import redact_text
-from tests.conftest import DaemonProc, free_port, write_config
-from tests.test_secrets import SPECIALS, forms
+from tests.harness import DaemonProcess, free_port
+from tests.support.secrets import SPECIALS, forms
 
 ROOT = Path(__file__).resolve().parents[1]
 BAYER = ROOT / "tests" / "data" / "bayer_17x9.nut"
@@ -119,11 +119,10 @@ def test_daemon_calibrating_on_an_odd_bayer_video_exits_with_the_rule(
         fp32_onnx: Path, demo_video: Path, tmp_path: Path) -> None:
     """``precision: int8`` calibrates at start: the unsafe source is an error in words (exit 1),
     never a SIGABRT of the process."""
-    path, cfg = write_config(
-        tmp_path / "detectd.yaml", [{"id": "cam", "url": str(demo_video)}],
+    d = DaemonProcess(
+        tmp_path, [{"id": "cam", "url": str(demo_video)}], subscribe=b"",
         model={"precision": "int8",
-               "calibration": {"source": str(BAYER), "count": 4, "holdout": 0, "every": 1}})
-    d = DaemonProc(path, cfg)
+               "calibration": {"source": str(BAYER), "count": 4, "holdout": 0, "every": 1}}).launch()
     try:
         rc = d.collect_until_exit(240)
         log = d.log()

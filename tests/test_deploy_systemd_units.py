@@ -173,7 +173,7 @@ def test_no_unit_sets_an_environment_variable_the_code_does_not_read() -> None:
 def test_template_unit_example_configs_pass_check_config(name: str) -> None:
     """deploy/examples/gpuN.yaml, installed as /etc/detectd/gpuN.yaml, pass the template unit's
     ExecStartPre (the same `detectd check-config`)."""
-    from tests.test_ops_support import detectd_command
+    from tests.harness import detectd_command
 
     config = ROOT / "deploy" / "examples" / f"{name}.yaml"
     proc = subprocess.run([*detectd_command(), "check-config", "--config", str(config)],
@@ -196,11 +196,10 @@ def test_template_unit_example_configs_are_disjoint_shards() -> None:
         assert f"--frontend {c['publish']['endpoint']}" in proxy
 
 
-def _readme_sed_commands() -> dict[str, list[str]]:
-    """The `sudo sed -i ...` lines of README.md's "Operating detectd" section, by the unit file
-    they edit (backslash continuations joined)."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Operating detectd"):text.index("## Performance")]
+def _documented_sed_commands() -> dict[str, list[str]]:
+    """The `sudo sed -i ...` lines of docs/operations.md (once the README's "Operating detectd"
+    section), by the unit file they edit (backslash continuations joined)."""
+    section = (ROOT / "docs" / "operations.md").read_text()
     section = section.replace("\\\n", " ")
     out: dict[str, list[str]] = {}
     for line in section.splitlines():
@@ -212,10 +211,10 @@ def _readme_sed_commands() -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("source", ["detectd.service", "detectd-proxy.service"])
-def test_readme_sed_switches_the_unit_to_its_curve_variant(tmp_path: Path, source: str) -> None:
-    """The README's literal `sed` command, run on a copy of the unit, gives exactly the CURVE
+def test_documented_sed_switches_the_unit_to_its_curve_variant(tmp_path: Path, source: str) -> None:
+    """The documented literal `sed` command, run on a copy of the unit, gives exactly the CURVE
     variant that test_systemd_analyze_verify verifies."""
-    commands = _readme_sed_commands()[source]
+    commands = _documented_sed_commands()[source]
     assert len(commands) == 1
     unit = tmp_path / source
     shutil.copy(UNITS / source, unit)

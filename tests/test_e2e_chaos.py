@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.test_e2e import detections_of, events_of
-from tests.test_reliability import FAST, wait_for
+from tests.support.messages import detections_of, events_of
+from tests.support.sources import FAST
 
 
 def threads_and_fds(pid: int) -> tuple[int, int]:
@@ -40,7 +40,7 @@ def test_random_outages_and_restarts(run_daemon: Any, rtsp_server: Any, demo_vid
     streams = [{"id": c, "url": s.url, **FAST} for c, s in zip(cams, servers)]
     streams.append({"id": "file", "url": str(demo_video), "loop": True, "realtime": True, "max_age_ms": 2000})
     d = run_daemon(streams)
-    wait_for(d, lambda: all(len(detections_of(d.messages, c)) >= 3 for c in cams + ["file"]), 90,
+    d.wait_until(lambda: all(len(detections_of(d.messages, c)) >= 3 for c in cams + ["file"]), 90,
              "every stream's first frames")
     d.collect(2)
     threads0, fds0 = threads_and_fds(d.proc.pid)
@@ -63,7 +63,7 @@ def test_random_outages_and_restarts(run_daemon: Any, rtsp_server: Any, demo_vid
     def recovered() -> bool:
         return all(any(m["captured_at"] > t_back for m in detections_of(d.messages, c)) for c in cams)
 
-    wait_for(d, recovered, 60, f"every camera back after {actions}")
+    d.wait_until(recovered, 60, f"every camera back after {actions}")
     d.collect(3)
     assert d.proc.poll() is None
     for c in cams:

@@ -1,10 +1,10 @@
-"""Bad input: each gets a clear error naming the key or the stream, and never stops the others."""
+"""PyAV sources (daemon/sources/pyav.py) against bad input, in one real daemon: each broken stream
+is an error naming the stream and never stops the others; damaged packets are skipped and
+counted; a file served over HTTP is a file. (Bad configs: tests/test_config.py.)"""
 
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,56 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, free_port
-from tests.test_e2e import detections_of, events_of, sample
-
-
-def check_config(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", "check-config", "--config", str(path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-
-
-@pytest.mark.parametrize("text, expected", [
-    (None, "config file not found"),
-    ("streams:\n  - id: a\n    url: [unclosed\n", "YAML syntax error at line"),
-    ("streams:\n  - id: a\n    url: x.mp4\n    colour: red\n", "streams[0].colour: unknown key"),
-    ("streams:\n  - {id: a, url: x.mp4}\n  - {id: a, url: y.mp4}\n", "streams[1].id: duplicate stream id 'a'"),
-    ("streams:\n  - {id: 'a/b', url: x.mp4}\n", "streams[0].id: stream id 'a/b' must match"),
-    ("streams:\n  - {id: a, url: x.mp4}\nmodel: {backend: cuda}\n", "model.backend:"),
-    ("streams:\n  - {id: a, url: x.mp4}\nmetrics: {listen: nowhere}\n", "metrics.listen:"),
-    ("streams:\n  - {id: a, url: /nonexistent/video.mp4}\n", "streams[0].url: stream 'a': file not found"),
-    ("streams: []\n", "streams:"),
-])
-def test_check_config_names_the_problem(tmp_path: Path, text: str | None, expected: str) -> None:
-    path = tmp_path / "c.yaml"
-    if text is not None:
-        path.write_text(text)
-    r = check_config(path)
-    assert r.returncode == 2, r
-    assert expected in r.stderr, r.stderr
-    assert "Traceback" not in r.stderr
-
-
-def test_check_config_ok(tmp_path: Path, demo_video: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(f"streams:\n  - {{id: a, url: {demo_video}}}\n")
-    r = check_config(path)
-    assert r.returncode == 0, r.stderr
-
-
-def test_yaml_error_names_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("streams:\n  - id: a\n    url: x.mp4\n  bad: : :\n")
-    r = check_config(path)
-    assert r.returncode == 2 and "line 4" in r.stderr, r.stderr
-
-
-def test_run_with_invalid_config_exits_2(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("streams:\n  - {id: a, url: x.mp4, fps: 3}\n")
-    r = subprocess.run([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "streams[0].fps: unknown key" in r.stderr
+from tests.harness import DaemonProcess, free_port
+from tests.support.messages import detections_of, events_of, sample
 
 
 def _remux(src_path: Path, dst_path: Path, fmt: str | None = None, damage: set[int] = frozenset()) -> None:
@@ -98,8 +50,6 @@ def broken_run(tmp_path_factory: pytest.TempPathFactory, fp32_onnx: Path, demo_v
     """One daemon with one good stream and every kind of broken one."""
     import socket
 
-    from tests.conftest import DaemonProc, write_config
-
     tmp = tmp_path_factory.mktemp("bad")
     notvideo = tmp / "notes.mp4"
     notvideo.write_text("this is not a video\n" * 100)
@@ -124,8 +74,7 @@ def broken_run(tmp_path_factory: pytest.TempPathFactory, fp32_onnx: Path, demo_v
         {"id": "silent", "url": f"rtsp://127.0.0.1:{blackhole.getsockname()[1]}/cam",
          "open_timeout": 2, "stall_timeout": 2},
     ]
-    path, cfg = write_config(tmp / "bad.yaml", streams)
-    d = DaemonProc(path, cfg)
+    d = DaemonProcess(tmp, streams, name="bad", subscribe=b"").launch()
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
@@ -187,17 +136,6 @@ def test_credentials_never_leave_the_process(broken_run: Any) -> None:
     assert "secret" not in broken_run.log_text
     assert "secret" not in broken_run.metrics_text
     assert all("secret" not in str(m) for _, m in broken_run.messages)
-
-
-def test_check_config_reports_every_problem_at_once(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("streams:\n  - {id: a, url: /nope/a.mp4}\n  - {id: a, url: ftp://host/x}\n"
-                    "  - {id: c, url: /nope/c.mp4}\n")
-    r = check_config(path)
-    assert r.returncode == 2
-    assert "streams[1].url: unsupported URL scheme ftp://" in r.stderr
-    assert "streams[0].url: stream 'a': file not found" in r.stderr
-    assert "streams[2].url: stream 'c': file not found" in r.stderr
 
 
 def test_http_file_is_finite_every_frame_then_ended(run_daemon: Any, demo_video: Path, tmp_path: Path) -> None:

@@ -22,8 +22,7 @@ from daemon.frames import Frame
 from daemon.metrics import Metrics
 from daemon.sources.pyav import StreamSource
 from tests.mjpeg_server import MjpegServer
-from tests.test_bad_input import check_config
-from tests.test_orientation import write_streams
+from tests.support.sources import Error503, write_streams
 
 
 class ListSink:
@@ -156,18 +155,8 @@ def test_standard_multipart_mjpeg_reads_without_format() -> None:
 
 # --------------------------------------------------------------------------- messages in words
 
-class _Error503(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
 def test_server_error_is_retried_and_said_in_words() -> None:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Error503)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Error503)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     url = f"http://cam:S3cr3tPass@127.0.0.1:{httpd.server_address[1]}/video?token=T0kenValue"
     run = Run({"url": url, **FAST})
@@ -191,54 +180,6 @@ def test_unresolvable_host_is_named() -> None:
     reason = run.reasons()[0]
     assert reason.startswith("network: cannot resolve host no-such-camera.invalid"), reason
     assert "Input/output error" not in reason and "S3cr3tPass" not in reason
-
-
-# --------------------------------------------------------------------------- check-config
-
-@pytest.mark.parametrize("password, char", [("Se#cret99", "%23"), ("Se/cret99", "%2F"),
-                                            ("Se?cret99", "%3F"), ("Se@cret99", "%40"),
-                                            ("Se%zcret99", "%25"), ("Séçret99", "UTF-8")])
-def test_check_config_rejects_a_raw_special_character_and_names_the_fix(
-        tmp_path: Path, password: str, char: str) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text(f"streams:\n  - id: cam\n    url: 'rtsp://admin:{password}@127.0.0.1:9/cam'\n",
-                    encoding="utf-8")
-    r = check_config(path)
-    assert r.returncode == 2, r.stdout + r.stderr
-    assert "streams[0].url: the user name or password contains" in r.stderr
-    assert char in r.stderr and "Percent-encode" in r.stderr
-    assert "rtsp://USER:PASSWORD@127.0.0.1:9/cam" in r.stderr
-    assert password not in r.stdout + r.stderr and "cret99" not in r.stdout + r.stderr
-
-
-def test_check_config_accepts_the_encoded_password(tmp_path: Path) -> None:
-    path = tmp_path / "c.yaml"
-    path.write_text("streams:\n  - id: cam\n    url: 'rtsp://admin:Se%23cret99@127.0.0.1:9/cam'\n")
-    r = check_config(path)
-    assert r.returncode == 0, r.stderr
-    assert "cret99" not in r.stdout + r.stderr
-
-
-@pytest.mark.parametrize("stream, expected", [
-    ({"options": {"f": "mjpeg"}}, "streams[0].options: 'f' is not a demuxer option (FFmpeg would ignore it): "
-                                  "the input format has its own key, `format: mjpeg`"),
-    ({"options": {"stimeout": "5000000"}}, "streams[0].options: 'stimeout' is not a demuxer option (FFmpeg "
-                                           "would ignore it): FFmpeg 5 renamed it `timeout`"),
-    ({"options": {"-re": ""}}, "'-re' is not a demuxer option (FFmpeg would ignore it): a command-line flag; "
-                               "`realtime: true`"),
-    ({"format": "mjpg"}, "streams[0].format: FFmpeg has no input format 'mjpg' (did you mean mjpeg"),
-    ({"url": "rtsp://cam:99999/x"}, "streams[0].url: port '99999' is not a number from 0 to 65535"),
-    ({"url": "rtsp:/cam/live"}, "streams[0].url: malformed URL: it starts with 'rtsp:/'; write rtsp://host/path"),
-    ({"url": "rtsp://cam/live "}, "streams[0].url: the URL starts or ends with whitespace; remove it"),
-    ({"url": "rtsp://::1/live"}, "streams[0].url: an IPv6 address must be in brackets"),
-])
-def test_check_config_input_format_and_url_shape(tmp_path: Path, stream: dict[str, Any], expected: str) -> None:
-    import yaml
-
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"streams": [{"id": "cam", "url": "http://127.0.0.1:9/stream", **stream}]}))
-    r = check_config(path)
-    assert r.returncode == 2 and expected in r.stderr, r.stderr
 
 
 def test_refused_credentials_are_said_in_words(rtsp_server: Any) -> None:

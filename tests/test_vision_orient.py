@@ -22,8 +22,8 @@ from daemon.sources.open import describe_streams, pick_video_stream
 from daemon.vision.letterbox import letterbox_frame
 from daemon.vision.orient import (ORIENTATIONS, displayed_size, frame_orientation, orient_array,
                                   oriented_rgb)
-from tests.test_e2e import _iou as iou
-from tests.test_e2e import detections_of, events_of
+from tests.support.messages import detections_of, events_of, iou
+from tests.support.sources import write_streams
 
 DATA = Path(__file__).parent / "data"
 
@@ -143,44 +143,6 @@ def test_daemon_detects_the_same_objects_in_the_phone_and_the_upright_copy(run_d
 
 
 # --------------------------------------------------------------------------- stream selection
-
-def write_streams(path: Path, videos: list[tuple[int, int, bool]], cover: bool = False, audio: bool = False) -> None:
-    """A Matroska/MP4 file with the given (width, height, default) video streams, optionally a
-    cover-art picture first (attached_pic) and an audio track."""
-    with av.open(str(path), "w") as out:
-        streams = []
-        if cover:
-            art = out.add_stream("mjpeg", rate=1)
-            art.width, art.height, art.pix_fmt = 1280, 1280, "yuvj420p"
-            art.disposition = av.stream.Disposition.attached_pic
-            streams.append((art, 1280, 1280))
-        for w, h, default in videos:
-            st = out.add_stream("mpeg4", rate=10)
-            st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-            st.disposition = av.stream.Disposition.default if default else av.stream.Disposition(0)
-            streams.append((st, w, h))
-        if audio:
-            au = out.add_stream("aac", rate=8000)
-        for i in range(3):
-            for st, w, h in streams:
-                if i and st.disposition & av.stream.Disposition.attached_pic:
-                    continue  # cover art is one picture (the muxer writes it as "covr")
-                f = av.VideoFrame.from_ndarray(np.full((h, w, 3), 40 * (i + 1), np.uint8), format="rgb24")
-                f.pts = i
-                for p in st.encode(f):
-                    out.mux(p)
-            if audio:
-                af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-                af.sample_rate, af.pts = 8000, i * 1024
-                for p in au.encode(af):
-                    out.mux(p)
-        for st, _, _ in streams:
-            for p in st.encode(None):
-                out.mux(p)
-        if audio:
-            for p in au.encode(None):
-                out.mux(p)
-
 
 @pytest.mark.parametrize("videos, cover, expect", [
     ([(320, 240, False)], True, (320, 240)),                       # cover art first: skipped

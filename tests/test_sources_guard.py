@@ -25,8 +25,8 @@ import pytest
 
 from daemon.sources.damage import DamageTracker
 from daemon.sources.validate import MAX_SIDE, SAFE_FORMATS, frame_problem
-from tests.conftest import ROOT
-from tests.test_e2e import detections_of, events_of, sample
+from tests.harness import ROOT
+from tests.support.messages import detections_of, events_of, sample
 
 DATA = ROOT / "tests" / "data"
 

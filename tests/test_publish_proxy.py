@@ -18,7 +18,7 @@ import zmq
 
 from daemon.publish.endpoint import EndpointInUse
 from daemon.publish.proxy import Proxy
-from tests.test_ops_support import detectd_command, free_port, wait_for
+from tests.harness import detectd_command, free_port, wait_for
 
 
 def test_a_second_proxy_cannot_take_over_an_ipc_backend(tmp_path: Path) -> None:

@@ -22,8 +22,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.test_e2e import detections_of, events_of, sample
-from tests.test_reliability import kinds, wait_for
+from tests.support.messages import detections_of, events_of, kinds, sample
 
 
 def frames_decoded(d: Any, sid: str) -> float:
@@ -35,15 +34,15 @@ def frames_decoded(d: Any, sid: str) -> float:
 def test_camera_with_one_frame_every_11s_is_not_stalled_before_stall_timeout(
         run_daemon: Any, rtsp_server: Any) -> None:
     """Case 8 at real scale: frames further apart than the old 10 s read timeout, below
-    stall_timeout. Before issue 10 the stream was reopened 10 s after every frame."""
+    stall_timeout. Before issue 10 the stream was reopened 10 s after every frame. Two gaps of
+    11 s in a row on one connection prove it; the test ends with the second frame after the
+    first instead of watching a fixed 36 s."""
     srv = rtsp_server(frame_interval=11.0)
     d = run_daemon([{"id": "slow", "url": srv.url, "stall_timeout": 15}])
-    wait_for(d, lambda: len(detections_of(d.messages, "slow")) >= 1, 40, "the first frame")
-    t_first = time.monotonic()
+    d.wait_until(lambda: len(detections_of(d.messages, "slow")) >= 1, 40, "the first frame")
     n0 = len(detections_of(d.messages, "slow"))
-    d.collect(36.0 - (time.monotonic() - t_first))
-    got = len(detections_of(d.messages, "slow")) - n0
-    assert got >= 3, (got, d.log()[-3000:])  # frames at +11, +22, +33 s
+    # Frames at +11 and +22 s; 30 s leaves room on a loaded machine.
+    d.wait_until(lambda: len(detections_of(d.messages, "slow")) - n0 >= 2, 30, "two more frames, 11 s apart")
     assert kinds(d, "slow") == ["up"], d.log()[-3000:]
     text = d.scrape()
     assert sample(text, "detectd_stream_reconnects_total", stream="slow") == 0
@@ -56,7 +55,7 @@ def test_frozen_camera_is_declared_stalled_at_stall_timeout_not_before(
     srv = rtsp_server(freeze_after=2.0)
     d = run_daemon([{"id": "cam", "url": srv.url, "stall_timeout": 3, "backoff_base": 0.2,
                      "backoff_cap": 1}])
-    wait_for(d, lambda: "stalled" in kinds(d, "cam"), 40, "the stall")
+    d.wait_until(lambda: "stalled" in kinds(d, "cam"), 40, "the stall")
     ev = next(e for e in events_of(d.messages, "cam") if e["event"] == "stalled")
     # Judged by the supervisor from stall_timeout alone: not sooner, and not much later.
     assert 3.0 <= ev["seconds_since_frame"] <= 4.5, ev
@@ -73,9 +72,9 @@ def test_camera_that_comes_back_does_not_wait_out_a_long_backoff(
     srv = rtsp_server(user="cam", password=password)
     d = run_daemon([{"id": "cam", "url": srv.url, "backoff_base": 60, "backoff_cap": 60,
                      "probe_interval": 0.5, "stall_timeout": 5}])
-    wait_for(d, lambda: len(detections_of(d.messages, "cam")) >= 3, 60, "first frames")
+    d.wait_until(lambda: len(detections_of(d.messages, "cam")) >= 3, 60, "first frames")
     srv.kill()
-    wait_for(d, lambda: "reconnecting" in kinds(d, "cam"), 20, "the outage")
+    d.wait_until(lambda: "reconnecting" in kinds(d, "cam"), 20, "the outage")
     d.collect(3.0)
     # No spinning while it is down: every open waits out the delay that the log line of the
     # previous failure announced (full jitter may draw a short one; the log line is written by
@@ -90,7 +89,7 @@ def test_camera_that_comes_back_does_not_wait_out_a_long_backoff(
     assert "answers again" not in d.log()
     srv.start()
     t_back = time.time()
-    wait_for(d, lambda: any(m["captured_at"] > t_back for m in detections_of(d.messages, "cam")),
+    d.wait_until(lambda: any(m["captured_at"] > t_back for m in detections_of(d.messages, "cam")),
              20, "frames after the server's return")
     first = min(m["captured_at"] for m in detections_of(d.messages, "cam") if m["captured_at"] > t_back)
     assert first - t_back < 6.0
@@ -112,7 +111,7 @@ def test_wrong_password_still_waits_auth_backoff_despite_reachable_probes(
     srv = rtsp_server(user="cam", password="right")
     d = run_daemon([{"id": "cam", "url": srv.url_with(password="wrong"), "auth_backoff": 6,
                      "probe_interval": 0.5}])
-    wait_for(d, lambda: "auth_failed" in kinds(d, "cam"), 30, "auth_failed")
+    d.wait_until(lambda: "auth_failed" in kinds(d, "cam"), 30, "auth_failed")
     d.collect(5.0)
     text = d.scrape()
     assert sample(text, "detectd_stream_reconnects_total", stream="cam") == 0  # still waiting
@@ -160,7 +159,7 @@ def test_realtime_file_timestamp_jump_of_hours_does_not_freeze_the_stream(
                      "stall_timeout": 2, "max_age_ms": 5000}])
     t0 = time.monotonic()
     # One pass is ~1.2 + 1.5 + 0.8 s of pacing (the jump released after one frame period).
-    wait_for(d, lambda: frames_decoded(d, "jumpy") >= 2 * n, 15, "two passes through the file")
+    d.wait_until(lambda: frames_decoded(d, "jumpy") >= 2 * n, 15, "two passes through the file")
     assert time.monotonic() - t0 < 12
     text = d.scrape()
     assert (sample(text, "detectd_stream_pts_discontinuities_total", stream="jumpy") or 0) >= 2
@@ -232,7 +231,7 @@ def test_file_that_stops_delivering_is_reported_like_a_stalled_camera(
     d = run_daemon([{"id": "web", "url": hanging_file.url, "realtime": realtime,
                      "stall_timeout": 2, "open_timeout": 3, "backoff_base": 0.2, "backoff_cap": 1,
                      "max_age_ms": 5000}])
-    wait_for(d, lambda: "stalled" in kinds(d, "web"), 40, "the stall")
+    d.wait_until(lambda: "stalled" in kinds(d, "web"), 40, "the stall")
     ev = next(e for e in events_of(d.messages, "web") if e["event"] == "stalled")
     assert ev["state"] == "stalled" and "no frame for" in ev["reason"]
     assert 2.0 <= ev["seconds_since_frame"] <= 3.5, ev
@@ -241,7 +240,7 @@ def test_file_that_stops_delivering_is_reported_like_a_stalled_camera(
     assert (sample(text, "detectd_stream_errors_total", stream="web", kind="stall") or 0) >= 1
     assert sample(text, "detectd_stream_up", stream="web") == 0
     # Retried like a camera (not a permanent error): the server sees a second request.
-    wait_for(d, lambda: hanging_file.requests >= 2, 20, "a reconnect")
+    d.wait_until(lambda: hanging_file.requests >= 2, 20, "a reconnect")
     assert "error" not in kinds(d, "web")
     assert d.proc.poll() is None
 

@@ -16,16 +16,14 @@ import json
 import signal
 import subprocess
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterator
 
-import jsonschema
 import numpy as np
 import pytest
 import zmq
 
-from daemon.frames import Detections, Frame, FrameResult
+from daemon.frames import Detections
 from daemon.publish import schema
 from daemon.vocab import Topic
 from daemon.publish.client import (
@@ -38,27 +36,10 @@ from daemon.publish.client import (
     decode,
     topic_prefixes,
 )
-from tests.test_ops_support import Daemon, demo_stream, detectd_command, free_port, wait_for
+from tests.harness import DaemonProcess, demo_stream, detectd_command, free_port, ops_daemon, wait_for
+from tests.support.messages import VALIDATORS, frame_result, validate
 
 pytestmark = pytest.mark.slow
-
-
-def load_schema(kind: str) -> dict[str, Any]:
-    text = resources.files("daemon.publish").joinpath(f"schemas/{kind}.v1.json").read_text()
-    s = json.loads(text)
-    jsonschema.Draft202012Validator.check_schema(s)
-    return s
-
-
-VALIDATORS = {k: jsonschema.Draft202012Validator(load_schema(k)) for k in ("detections", "events")}
-
-
-def validate(topic: bytes, payload: bytes) -> dict[str, Any]:
-    kind = topic.decode().split("/", 1)[0]
-    body = json.loads(payload)
-    errors = sorted(VALIDATORS[kind].iter_errors(body), key=str)
-    assert not errors, f"{topic!r}: {[e.message for e in errors]}"
-    return body
 
 
 def collect(sub: Subscriber, seconds: float, until: Any = None) -> list[tuple[bytes, bytes]]:
@@ -86,13 +67,13 @@ def contiguous(msgs: list[Any]) -> dict[tuple[str, str], list[int]]:
 
 
 @pytest.fixture(scope="module")
-def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, list[tuple[bytes, bytes]]]]:
+def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, list[tuple[bytes, bytes]]]]:
     """A real daemon with a looping stream, a ``cam10`` next to ``cam1``, a file that ends and an
     RTSP source that refuses connections (credentials in its URL); everything it publishes in its
     first seconds, captured by a subscriber connected before the daemon bound its socket."""
     tmp = tmp_path_factory.mktemp("zmq")
     closed = free_port()
-    d = Daemon(
+    d = ops_daemon(
         tmp,
         [
             demo_stream("cam1"),
@@ -116,7 +97,7 @@ def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon,
             yield d, raw
 
 
-def test_real_messages_match_the_json_schemas(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:
+def test_real_messages_match_the_json_schemas(captured: tuple[DaemonProcess, list[tuple[bytes, bytes]]]) -> None:
     d, raw = captured
     kinds = {t.split(b"/")[0] for t, _ in raw}
     assert kinds == {b"detections", b"events"}, d.log()
@@ -128,7 +109,7 @@ def test_real_messages_match_the_json_schemas(captured: tuple[Daemon, list[tuple
     assert len(list(VALIDATORS["detections"].iter_errors(body))) == 2
 
 
-def test_client_decodes_real_messages(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:
+def test_client_decodes_real_messages(captured: tuple[DaemonProcess, list[tuple[bytes, bytes]]]) -> None:
     d, raw = captured
     msgs = [decode(t, p) for t, p in raw]
     dets = [m for m in msgs if isinstance(m, DetectionMessage)]
@@ -153,7 +134,7 @@ def test_client_decodes_real_messages(captured: tuple[Daemon, list[tuple[bytes, 
         assert "hunter2" not in json.dumps(e.to_dict()), "credentials must be redacted from events"
 
 
-def test_stream_filter_is_exact(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:
+def test_stream_filter_is_exact(captured: tuple[DaemonProcess, list[tuple[bytes, bytes]]]) -> None:
     d, _ = captured
     with Subscriber(d.endpoint, streams=["cam1"], kinds=["detections"]) as sub:
         raw = collect(sub, 20, lambda r: len(r) >= 8)
@@ -162,7 +143,7 @@ def test_stream_filter_is_exact(captured: tuple[Daemon, list[tuple[bytes, bytes]
     assert topic_prefixes(["cam1"]) == [b"detections/cam1/", b"events/cam1/", b"analytics/cam1/"]
 
 
-def test_subscribe_command_prints_json_lines(captured: tuple[Daemon, list[tuple[bytes, bytes]]]) -> None:
+def test_subscribe_command_prints_json_lines(captured: tuple[DaemonProcess, list[tuple[bytes, bytes]]]) -> None:
     d, _ = captured
     proc = subprocess.run(
         [*detectd_command(), "subscribe", "--endpoint", d.endpoint, "--stream", "cam10", "--count", "5",
@@ -191,13 +172,6 @@ def test_subscribe_command_times_out_with_status_1() -> None:
 # ----------------------------------------------------------------------------------- seq and decode
 
 
-def _result(stream: str, index: int) -> FrameResult:
-    frame = Frame(stream=stream, index=index, width=64, height=48, pts=index / 25, captured_at=time.time(),
-                  t_decoded=time.monotonic())
-    dets = Detections(np.array([[1, 2, 30, 40]]), np.array([0.9]), np.array([2]))
-    return FrameResult(frame, dets)
-
-
 def test_gaps_and_restarts_over_a_real_socket() -> None:
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
@@ -208,10 +182,10 @@ def test_gaps_and_restarts_over_a_real_socket() -> None:
     try:
         with Subscriber(f"tcp://127.0.0.1:{port}", on_gap=gaps.append) as sub:
             # Slow joiner: repeat a probe until the subscription has reached the publisher.
-            probe = schema.encode(schema.detections_payload(_result("probe", 0), 0, labels, model))
+            probe = schema.encode(schema.detections_payload(frame_result("probe", 0), 0, labels, model))
             assert wait_for(lambda: pub.send_multipart([b"detections/probe/", probe]) or sub.recv(0.1), 10)
             for seq in (0, 1, 2, 5, 6, 0, 1):  # 3 and 4 lost; then the publisher restarted
-                payload = schema.detections_payload(_result("cam1", seq), seq, labels, model)
+                payload = schema.detections_payload(frame_result("cam1", seq), seq, labels, model)
                 pub.send_multipart([schema.topic(Topic.DETECTIONS, "cam1"), schema.encode(payload)])
             pub.send_multipart([b"detections/cam1/", b"{not json"])
             pub.send_multipart([b"events/cam1/", schema.encode(schema.event_payload("cam1", 0, "up"))])
@@ -236,7 +210,7 @@ def test_subscriber_survives_a_daemon_restart(tmp_path: Path) -> None:
     """A real ``detectd run`` is stopped (SIGTERM) and started again on the same endpoint: the one
     Subscriber, never recreated, reconnects on its own, receives again, and counts the restart
     (seq back near 0) instead of reporting a gap."""
-    d = Daemon(tmp_path, [demo_stream("cam1")])
+    d = ops_daemon(tmp_path, [demo_stream("cam1")])
     gaps: list[Gap] = []
     with Subscriber(d.endpoint, streams=["cam1"], kinds=["detections"], on_gap=gaps.append) as sub:
 
@@ -342,7 +316,7 @@ def test_curve_listed_client_receives_everything_unlisted_nothing(tmp_path: Path
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "exists" in again.stderr  # never overwrite a key silently
 
-    d = Daemon(tmp_path, [demo_stream("cam1")], publish_extra={
+    d = ops_daemon(tmp_path, [demo_stream("cam1")], publish={
         "curve": {"server_secret_key": str(keys / "server.key_secret"), "authorized_keys_dir": str(authorized)}})
     server_key = str(keys / "server.key")
     with (
@@ -428,8 +402,8 @@ def test_subscribe_defaults_to_the_daemons_default_endpoint() -> None:
 
 def test_proxy_fans_in_two_daemons(tmp_path: Path) -> None:
     backend = f"tcp://127.0.0.1:{free_port()}"
-    a = Daemon(tmp_path, [demo_stream("camA")], name="a")
-    b = Daemon(tmp_path, [demo_stream("camB")], name="b")
+    a = ops_daemon(tmp_path, [demo_stream("camA")], name="a")
+    b = ops_daemon(tmp_path, [demo_stream("camB")], name="b")
     with a, b:
         proxy = subprocess.Popen(
             [*detectd_command(), "proxy", "--frontend", a.endpoint, "--frontend", b.endpoint, "--backend", backend],
