@@ -57,7 +57,9 @@ TRT_CACHE = ROOT / "bench" / "data" / "tensorrt-7.1.3-entropy-yolov3-tiny-416.ca
 
 CHILD = """
 import json, sys, time
-from daemon.quant.calibrate import calibrate, CalibrationSettings, FrameSource
+from daemon.quant.calibrate import calibrate
+from daemon.quant.settings import CalibrationSettings
+from daemon.quant.sources import FrameSource
 from daemon.quant.footage import Footage
 a = json.loads(sys.argv[1])
 s = CalibrationSettings(count=a["count"], holdout=0, threads=a["threads"], method=a["method"])
@@ -94,7 +96,7 @@ def calibrate_child(model: Path, count: int, threads: int, method: str, work: Pa
 
 
 def harness_frames() -> tuple[np.ndarray, list, list[str]]:
-    from daemon.quant.calibrate import FrameSource
+    from daemon.quant.sources import FrameSource
 
     src = FrameSource("demo")
     xs, infos, sources = [], [], []

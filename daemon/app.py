@@ -624,7 +624,7 @@ def run(cfg: Config, config_path: str | os.PathLike[str] | None = None) -> int:
         if d.stop_requested.is_set() and type(exc).__name__ in ("CalibrationCancelled", "BuildCancelled"):
             log.info("stopped while preparing the model: %s (nothing was cached)", exc)
             return 0
-        from daemon.quant.calibrate import CalibrationError
+        from daemon.quant.errors import CalibrationError
 
         if isinstance(exc, CalibrationError):  # AgreementTooLow, an unusable calibration source
             log.error("%s", exc)

@@ -10,14 +10,10 @@ from typing import Any
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `detectd --help` does not pay for onnx / onnxruntime.
-    from daemon.quant.calibrate import (
-        METHODS,
-        CalibrationError,
-        CalibrationSettings,
-        calibrate,
-        gated_agreement,
-        print_progress,
-    )
+    from daemon.quant.calibrate import calibrate
+    from daemon.quant.ensure import gated_agreement
+    from daemon.quant.errors import CalibrationError
+    from daemon.quant.settings import METHODS, CalibrationSettings
 
     from daemon.redact import redact_text
     from daemon.sources.urls import register_url
@@ -73,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
             "(the outputs are written; nothing uses them automatically)")
         return 3
     return 0
+
+
+def print_progress(done: int, total: int) -> None:
+    print(f"\rcalibrating: {min(done, total)}/{total} frames", end="", file=sys.stderr,
+          flush=True)
 
 
 def register(subparsers: Any) -> None:

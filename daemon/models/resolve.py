@@ -61,7 +61,7 @@ def resolve_model(cfg: ModelConfig, target: str = "cpu", progress: bool = True,
     """The ONNX file to run for this config (``target``: ``cpu`` or ``tensorrt`` Q/DQ flavour)."""
     path = fp32_model(cfg, progress)
     if cfg.precision == "int8":
-        from daemon.quant.calibrate import ensure_int8_model
+        from daemon.quant.ensure import ensure_int8_model
 
         from daemon.models import assets
 
