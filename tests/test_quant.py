@@ -565,7 +565,7 @@ def test_held_out_frames_follow_all_calibration_frames(available: int, cal_n: in
     model = _tiny_model()
     info = SimpleNamespace(width=32, height=32)
     seen: list[float] = []
-    settings = CalibrationSettings(count=10, holdout=5, batch=4, method="max")
+    settings = CalibrationSettings(count=10, holdout=5, method="max")
     orig = ActivationCollector.add_batch
 
     def spy(self, batch, pictures=None):
@@ -600,7 +600,7 @@ def test_cancel_after_the_first_batch_stops_between_batches() -> None:
 
     with pytest.raises(CalibrationCancelled, match="nothing was written"):
         cal._collect(_tiny_model(), SimpleNamespace(width=32, height=32), _ListSource(20),
-                     CalibrationSettings(count=10, holdout=0, batch=4), progress, stop)
+                     CalibrationSettings(count=10, holdout=0), progress, stop)
     assert batches == [4]
 
 

@@ -13,7 +13,9 @@ def run(args: argparse.Namespace) -> int:
     from daemon.quant.calibrate import calibrate
     from daemon.quant.ensure import gated_agreement
     from daemon.quant.errors import CalibrationError
-    from daemon.quant.settings import METHODS, CalibrationSettings
+    from pydantic import ValidationError
+
+    from daemon.quant.settings import CalibrationSettings, describe_invalid
 
     from daemon.redact import redact_text
     from daemon.sources.urls import register_url
@@ -26,11 +28,14 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        settings = CalibrationSettings(count=args.count, every=args.every, holdout=args.holdout,
-                                       method=args.method, percentile=args.percentile,
-                                       threads=args.threads)
-    except ValueError as e:
-        say(f"detectd calibrate: {e} (methods: {', '.join(METHODS)})")
+        settings = CalibrationSettings(source=args.source, count=args.count, every=args.every,
+                                       holdout=args.holdout, method=args.method,
+                                       percentile=args.percentile)
+    except ValidationError as e:
+        say(f"detectd calibrate: {describe_invalid(e, prefix='--')}")
+        return 2
+    if args.threads < 0:
+        say(f"detectd calibrate: --threads {args.threads}: expected 0 (one per core) or more")
         return 2
     gate = args.min_agreement
     if gate is not None and not 0.0 <= gate <= 1.0:
@@ -38,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = calibrate(args.model, args.source, args.count, args.target, args.out,
-                           args.cache, settings=settings,
+                           args.cache, settings=settings, threads=args.threads,
                            progress=None if args.quiet else print_progress)
     except CalibrationError as e:
         say(f"\ndetectd calibrate: {e}")

@@ -20,7 +20,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ from daemon.quant.histogram import ActivationCollector, Rect, TensorStats, pictu
 from daemon.quant.report import (CalibrationReport, VariantReport, peak_rss_bytes,
                                  shortfall_warnings)
 from daemon.quant.scoring import score_variants
-from daemon.quant.settings import CalibrationSettings, calibration_key
+from daemon.quant.settings import DEFAULT_BATCH, CalibrationSettings, calibration_key
 from daemon.quant.sources import FrameSource, no_frames_message
 from daemon.quant.thresholds import stats_from_histograms
 from daemon.vision.letterbox import LetterboxInfo, letterbox_av
@@ -67,6 +66,8 @@ def calibrate(
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     tensor_sqnr: bool = True,
+    batch: int = DEFAULT_BATCH,
+    threads: int = 0,
 ) -> CalibrationReport:
     """Calibrate `model` (FP32 ONNX) on frames of `source` and write the INT8 model for
     `target` to `out`, the other target's model to `other_out` (default: beside `out`), and
@@ -74,13 +75,18 @@ def calibrate(
 
     `cancel` is checked between batches; once set, CalibrationCancelled is raised and nothing
     is written. `tensor_sqnr` False skips the per-tensor SQNR pass over the held-out frames
-    (a diagnostic; the daemon's first start does without it). Every failure is a CalibrationError whose message names the input."""
+    (a diagnostic; the daemon's first start does without it). `batch` frames are run at a
+    time by ONNX Runtime with `threads` intra-op threads (0 = one per core): how the work is
+    run, not what it computes, so neither is part of the key. Every failure is a
+    CalibrationError whose message names the input; a `batch` below 1 is a ValueError."""
     from daemon.models.info import ModelInfo, ModelInfoError
 
     t_start = time.perf_counter()
     if target not in qdq.TARGETS:
         raise CalibrationError(f"target {target!r}: expected one of {qdq.TARGETS}")
     settings = settings or CalibrationSettings(count=count)  # explicit settings win
+    if batch < 1 or threads < 0:
+        raise ValueError(f"calibration batch {batch} must be >= 1 and threads {threads} >= 0")
     model_path = Path(model)
     if not model_path.is_file():
         raise CalibrationError(f"model {model_path}: no such file")
@@ -129,7 +135,7 @@ def calibrate(
         log.info("calibration cache %s matches the model and calibration set: reused", cache_path)
     else:
         stats, n_cal, holdout_frames, holdout_infos = _collect(
-            proto, info, frames_src, settings, progress, cancel)
+            proto, info, frames_src, settings, progress, cancel, batch, threads)
         if n_cal == 0:
             raise CalibrationError(no_frames_message(frames_src))
         # tied tensors (pool in/out, concat) get one range, in the models and the table alike
@@ -153,7 +159,7 @@ def calibrate(
     ref_classes = 0
     if cached is None and holdout_frames is not None and len(holdout_frames):
         scored, ref_count, ref_classes = score_variants(proto, info, stats, blobs, holdout_frames,
-                                                holdout_infos, variants, settings, cancel,
+                                                holdout_infos, variants, batch, threads, cancel,
                                                 tensor_sqnr=tensor_sqnr)
     elif cached is not None:
         for t, v in variants.items():
@@ -177,7 +183,8 @@ def calibrate(
             cache_files = cache_mod.cache_files(cache_path, cache_mod.CacheContents(
                 key=key,
                 info={"model_sha256": model_sha_, "set_sha256": set_sha,
-                      "settings_sha256": settings_sha, "settings": asdict(settings),
+                      "settings_sha256": settings_sha, "settings": {**settings.keyed(), "batch": batch,
+                                                     "threads": threads},
                       "source": frames_src.report.description, "frames": n_cal,
                       "frames_scored": scored, "reference_boxes": ref_count,
                       "reference_classes": ref_classes,
@@ -248,15 +255,16 @@ def _check_input(proto: onnx.ModelProto, info: Any, path: Path) -> None:
 def _collect(
     proto: onnx.ModelProto, info: Any, src: FrameSource, settings: CalibrationSettings,
     progress: Callable[[int, int], None] | None, cancel: threading.Event | None = None,
+    batch_size: int = DEFAULT_BATCH, threads: int = 0,
 ) -> tuple[dict[str, TensorStats], int, np.ndarray, list[LetterboxInfo]]:
     """Decode, letterbox, run and histogram the first `count` frames of the source; the
     `holdout` frames that follow them (a contiguous stretch at the end of what is read: the
     end of a video, the last files of a list) are kept aside for scoring and never calibrated.
     A source that runs short gives calibration its `count` first; the holdout gets what is
     left."""
-    collector = ActivationCollector(proto, threads=settings.threads)
+    collector = ActivationCollector(proto, threads=threads)
     w, h = info.width, info.height
-    batch = np.empty((settings.batch, 3, h, w), np.float32)
+    batch = np.empty((batch_size, 3, h, w), np.float32)
     rects: list[Rect] = []  # each batch frame's picture: only it is counted (histogram.py)
     filled = 0
     n_cal = 0
@@ -266,7 +274,7 @@ def _collect(
     def flush(n: int) -> None:
         nonlocal n_cal
         check_cancel(cancel)
-        collector.add_batch(batch if n == settings.batch else batch[:n].copy(), rects[:n])
+        collector.add_batch(batch if n == batch_size else batch[:n].copy(), rects[:n])
         rects.clear()
         n_cal += n
         if progress:
@@ -289,7 +297,7 @@ def _collect(
                 _, li = letterbox_av(frame, w, h, out=batch[filled])
                 rects.append(picture_rect(li))
                 filled += 1
-                if filled == settings.batch:
+                if filled == batch_size:
                     flush(filled)
                     filled = 0
                 continue

@@ -16,7 +16,8 @@ from daemon.quant import cache as cache_mod
 from daemon.quant import qdq
 from daemon.quant.calibrate import calibrate, other_target
 from daemon.quant.errors import AgreementTooLow
-from daemon.quant.settings import DEFAULT_MIN_AGREEMENT, CalibrationSettings, calibration_key
+from daemon.quant.settings import (DEFAULT_BATCH, DEFAULT_MIN_AGREEMENT, CalibrationSettings,
+                                   calibration_key)
 from daemon.quant.sources import FrameSource
 
 log = logging.getLogger("detectd.calibrate")
@@ -49,9 +50,11 @@ def ensure_int8_model(
     fp32 = Path(fp32_path)
     cs = calibration_settings
     source = getattr(cs, "source", None) if cs is not None else None
-    fields = {k: getattr(cs, k) for k in CalibrationSettings.__dataclass_fields__
-              if cs is not None and hasattr(cs, k)}
-    settings = CalibrationSettings(**fields)
+    if isinstance(cs, CalibrationSettings):
+        settings = cs
+    else:  # any object with some of the fields (the rest take their defaults)
+        settings = CalibrationSettings(**{k: getattr(cs, k) for k in CalibrationSettings.model_fields
+                                          if cs is not None and hasattr(cs, k)})
     if min_agreement is None:
         min_agreement = getattr(cs, "min_agreement", None)
     gate = DEFAULT_MIN_AGREEMENT if min_agreement is None else float(min_agreement)
@@ -77,7 +80,7 @@ def ensure_int8_model(
                  settings.count)
 
         def say(done: int, total: int) -> None:
-            if progress and (done % 50 < settings.batch or done >= total):
+            if progress and (done % 50 < DEFAULT_BATCH or done >= total):
                 log.info("calibration: %d/%d frames", min(done, total), total)
 
         # calibrate() also raises its report's warnings as Python warnings (for library users):

@@ -15,7 +15,6 @@ from daemon.quant.agreement import SqnrAccumulator, fake_quantize, map_at_50
 from daemon.quant.errors import check_cancel
 from daemon.quant.histogram import ActivationCollector, TensorStats
 from daemon.quant.report import VariantReport
-from daemon.quant.settings import CalibrationSettings
 from daemon.vision.letterbox import LetterboxInfo
 
 
@@ -41,7 +40,7 @@ def run_batches(sess: ort.InferenceSession, input_name: str, frames: np.ndarray,
 def score_variants(
     proto: onnx.ModelProto, info: Any, stats: dict[str, TensorStats], blobs: dict[str, bytes],
     frames: np.ndarray, infos: list[LetterboxInfo], variants: dict[str, VariantReport],
-    settings: CalibrationSettings, cancel: threading.Event | None = None, conf: float = 0.25,
+    batch: int, threads: int, cancel: threading.Event | None = None, conf: float = 0.25,
     nms: float = 0.45, pred_conf: float = 0.05, tensor_sqnr: bool = True,
 ) -> tuple[int, int, int]:
     """mAP@0.5 of each INT8 variant against FP32 on held-out frames, SQNR of the heads, and
@@ -50,15 +49,15 @@ def score_variants(
     from daemon.vision.yolo import postprocess
 
     heads = [h.name for h in info.heads]
-    fp32 = session(proto.SerializeToString(), settings.threads)
-    ref_out = run_batches(fp32, info.input_name, frames, settings.batch, heads, cancel)
+    fp32 = session(proto.SerializeToString(), threads)
+    ref_out = run_batches(fp32, info.input_name, frames, batch, heads, cancel)
     reference = postprocess(ref_out, infos, info.heads, conf, nms)
     del fp32
     classes = len({int(c) for d in reference for c in d.class_ids})
     for t, blob in blobs.items():
         check_cancel(cancel)
-        sess = session(blob, settings.threads)
-        out = run_batches(sess, info.input_name, frames, settings.batch, heads, cancel)
+        sess = session(blob, threads)
+        out = run_batches(sess, info.input_name, frames, batch, heads, cancel)
         predicted = postprocess(out, infos, info.heads, pred_conf, nms)
         v = variants[t]
         agreement = map_at_50(reference, predicted)
@@ -73,12 +72,12 @@ def score_variants(
     # per-tensor SQNR, one frame batch at a time (activations are not kept)
     trt_tensors = {n.input[0] for n in proto.graph.node if n.op_type == "Conv"}
     cpu_params = qdq.cpu_params(proto, stats)
-    collector = ActivationCollector(proto, threads=settings.threads)
+    collector = ActivationCollector(proto, threads=threads)
     acc_trt, acc_cpu = SqnrAccumulator(), SqnrAccumulator()
     names = collector.tensors
-    for i in range(0, len(frames), settings.batch):
+    for i in range(0, len(frames), batch):
         check_cancel(cancel)
-        x = frames[i:i + settings.batch]
+        x = frames[i:i + batch]
         outs = dict(zip(collector._run, collector.session.run(collector._run,
                                                                {collector.input_name: x})))
         outs[collector.input_name] = x

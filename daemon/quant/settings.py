@@ -1,15 +1,25 @@
-"""Calibration settings (one definition: the config's ``model.calibration`` is this model) and
-the key that says when a calibration can be reused."""
+"""Calibration settings and the key that says when a calibration can be reused.
+
+``CalibrationSettings`` is the one definition: the config's ``model.calibration`` is this model
+(``daemon.config`` imports it), ``detectd calibrate`` builds it from its options, and the
+calibration code reads it. How the work is run (batch size, threads) is not a setting: it does
+not change the result, so it is an argument of ``calibrate`` and stays out of the key.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 METHODS = ("entropy", "percentile", "mse", "max")
+DEFAULT_BATCH = 4  # frames ONNX Runtime runs at once during calibration and scoring
 DEFAULT_MIN_AGREEMENT = 0.90  # the daemon's quality gate (config model.calibration.min_agreement)
+# The settings that decide the thresholds: they (and the quantizer's code) make the key.
+_KEYED = ("count", "every", "holdout", "method", "percentile")
 
 
 def digest_files() -> list[Path]:
@@ -32,35 +42,53 @@ def code_digest() -> str:
     return h.hexdigest()
 
 
+class CalibrationSettings(BaseModel):
+    """``model.calibration`` (README "INT8", docs/int8.md). Unknown keys are refused; a bad
+    value raises pydantic's ValidationError (a ValueError) naming the field."""
 
-@dataclass(frozen=True)
-class CalibrationSettings:
-    count: int = 300  # calibration frames
-    every: int = 0  # take every k-th decoded video frame; 0 = spread `count` over a file
-    holdout: int = 300  # frames after the calibration frames, kept aside to score INT8 vs FP32
-    # "entropy" is TensorRT's EntropyCalibrator2 (KL), the classic recipe's method, on
-    # histograms of the picture only (histogram.py; docs/int8.md has the figures). The first
-    # version counted the letterbox border too and collapsed (agreement 0.47).
-    method: str = "entropy"
-    percentile: float = 99.99
-    batch: int = 4
-    threads: int = 0  # ONNX Runtime intra-op threads; 0 = one per core
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"calibration method {self.method!r}: expected one of {METHODS}")
-        if self.count < 1 or self.holdout < 0 or self.batch < 1 or self.every < 0:
-            raise ValueError("calibration count and batch must be >= 1, holdout and every >= 0")
-        if not 50.0 < self.percentile <= 100.0:
-            raise ValueError("calibration percentile must be in (50, 100]")
+    # "demo" = the demo footage (its own calibration and held-out parts, docs/int8.md); else an
+    # image list file, a directory, a video or URL.
+    source: str = "demo"
+    count: int = Field(default=300, ge=1, le=100000)  # calibration frames
+    # Video sources: take every k-th decoded frame; 0 = spread `count` over the file.
+    every: int = Field(default=0, ge=0)
+    # Frames kept out of calibration to score INT8 against FP32 (mAP@0.5 agreement).
+    holdout: int = Field(default=300, ge=0)
+    # Clipping thresholds: entropy (default: TensorRT's EntropyCalibrator2, KL divergence, on
+    # the picture only; docs/int8.md), percentile, mse, max. The first entropy version counted
+    # the letterbox border too and collapsed (agreement 0.47).
+    method: Literal["percentile", "entropy", "mse", "max"] = "entropy"
+    percentile: float = Field(default=99.99, gt=50, le=100)
+    # The daemon refuses an INT8 model whose mAP@0.5 agreement with the FP32 model on the
+    # held-out frames is below this; 0 = no check (README "INT8").
+    min_agreement: float = Field(default=DEFAULT_MIN_AGREEMENT, ge=0, le=1)
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        from daemon.sources import urls
+
+        urls.register_url(v)  # a stream URL's password, before any message can echo it
+        return v
+
+    def keyed(self) -> dict[str, object]:
+        """The settings that decide the thresholds (not the source: the calibration set's own
+        hash covers it; not min_agreement: lowering the gate must not recalibrate)."""
+        return self.model_dump(include=set(_KEYED))
 
     def digest(self) -> str:
-        d = {k: v for k, v in asdict(self).items() if k not in ("batch", "threads")}
+        d = self.keyed()
         d["code"] = code_digest()
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
+def describe_invalid(e: ValidationError, prefix: str = "") -> str:
+    """One line per problem of a ValidationError: ``<prefix><field>: <message>``."""
+    return "; ".join(f"{prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+                     for err in e.errors())
+
 
 def calibration_key(model_sha: str, set_sha: str, settings: CalibrationSettings) -> str:
     return f"{model_sha}:{set_sha}:{settings.digest()}"
-
