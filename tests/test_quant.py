@@ -50,21 +50,53 @@ def test_uniform_keeps_the_whole_range() -> None:
 
 
 def test_rare_huge_outliers_are_clipped_to_a_few_sigma() -> None:
-    x = np.concatenate([RNG.normal(0, 1, 1_000_000), [60.0, -80.0, 100.0]])
+    x = np.concatenate([RNG.laplace(0, 1, 1_000_000), [60.0, -80.0, 100.0]])
     hist, m = _abs_hist(x)
     r = entropy_threshold(hist, m)
     assert m == 100.0
-    # 128 bins of 100/2048 is the smallest candidate (6.25); the bulk ends near 5 sigma
-    assert 4.0 < r.threshold < 0.2 * m
+    # 128 bins of 100/2048 is the smallest candidate (6.25); the bulk thins out near 14
+    assert 6.25 <= r.threshold < 0.2 * m
+
+
+def test_a_clip_point_never_lies_in_an_empty_stretch() -> None:
+    """NVIDIA's rule has no smoothing: a candidate whose last kept bin is empty while values
+    lie beyond it gets infinite divergence (the folded-in outliers would sit where Q has no
+    mass). A Gaussian bulk (empty beyond ~5 sigma, below the smallest candidate) with three
+    far outliers is therefore clipped at the first outlier, not inside the gap."""
+    x = np.concatenate([RNG.normal(0, 1, 1_000_000), [60.0, -80.0, 100.0]])
+    hist, m = _abs_hist(x)
+    r = entropy_threshold(hist, m)
+    assert 60.0 < r.threshold <= 60.0 + 2 * r.bin_width
 
 
 def test_kl_is_zero_where_quantization_loses_nothing() -> None:
-    # 128 equally filled bins: 128 levels represent them exactly at i = 128
+    # 128 equally filled bins: 128 levels represent them exactly at i = 128, and so does every
+    # larger candidate (each level's bins hold equal counts); among equals the largest wins
+    # (NVIDIA's rule), so the whole range is kept
     hist = np.zeros(2048)
     hist[:128] = 1000.0
     div = kl_divergences(hist)
     assert div[0] == pytest.approx(0.0, abs=1e-9)
-    assert entropy_threshold(hist, 2048.0).threshold == pytest.approx(128.5)
+    assert np.all(div == pytest.approx(0.0, abs=1e-9))
+    assert entropy_threshold(hist, 2048.0).threshold == pytest.approx(2048.0)
+
+
+def test_the_first_bin_is_discarded() -> None:
+    """NVIDIA's calibrator replaces the first bin's count by the second's: the spike of zeros
+    a (leaky) ReLU leaves must not decide the threshold. A tensor with 40% exact zeros gets the
+    threshold of the same values without them; keeping the spike (the MXNet / ONNX Runtime
+    variant) moves it."""
+    tail = np.abs(RNG.laplace(0, 1, 600_000))
+    spiky = np.concatenate([np.zeros(400_000), tail])
+    h_tail, m = _abs_hist(tail)
+    h_spiky = np.histogram(spiky, bins=2048, range=(0.0, m))[0]
+    assert h_spiky[0] > 100 * h_spiky[1]
+    t = entropy_threshold(h_tail, m).threshold
+    assert entropy_threshold(h_spiky, m).threshold == t
+    # what counting the spike does: the first level must hold it, so the search clips hard
+    kept = h_spiky.astype(np.float64)
+    kept[1] = kept[0]  # the spike survives the replacement when it is also in bin 1
+    assert entropy_threshold(kept, m).threshold < 0.8 * t
 
 
 def test_all_zero_tensor_gets_no_threshold() -> None:
@@ -90,44 +122,41 @@ def test_growing_histogram_matches_one_shot_histogram() -> None:
 
 
 def _kl_reference(hist: np.ndarray, levels: int) -> np.ndarray:
-    """KL(P||Q) of every candidate, written out loop by loop from the algorithm's description
-    (Migacz, GTC 2017; MXNet's _get_optimal_threshold), sharing no code with entropy.py."""
-    def smooth(d: list[float], eps: float = 1e-4) -> list[float] | None:
-        zeros = sum(1 for v in d if v == 0)
-        nonzeros = len(d) - zeros
-        if nonzeros == 0:
-            return None
-        eps1 = eps * zeros / nonzeros
-        return [eps if v == 0 else v - eps1 for v in d]
-
-    n = len(hist)
+    """KL(P||Q) of every candidate, written out loop by loop from NVIDIA's description of
+    TensorRT's entropy calibration (first bin discarded, groups at linspace(0, i, levels + 1),
+    no smoothing), sharing no code with entropy.py."""
+    bins = [float(v) for v in hist]
+    bins[0] = bins[1]
+    n = len(bins)
     out = []
     for i in range(levels, n + 1):
-        p = [float(v) for v in hist[:i]]
-        p[i - 1] += float(sum(hist[i:]))
-        merged = i // levels
+        p = bins[:i]
+        p[i - 1] += sum(bins[i:])
+        edges = [i * g / levels for g in range(levels + 1)]
+        group = []
+        for j in range(i):
+            g = 0
+            while g + 1 < len(edges) and edges[g + 1] <= j:
+                g += 1
+            group.append(g)
         q = [0.0] * i
-        for j in range(levels):
-            start = j * merged
-            stop = i if j == levels - 1 else start + merged
-            total = float(sum(hist[start:stop]))
-            nonzero = sum(1 for k in range(start, stop) if p[k] != 0)
-            for k in range(start, stop):
-                if p[k] != 0 and nonzero:
-                    q[k] = total / nonzero
-        ps, qs = smooth(p), smooth(q)
-        if ps is None or qs is None:
+        for g in range(levels):
+            members = [j for j in range(i) if group[j] == g and bins[j] != 0]
+            for j in members:
+                q[j] = sum(bins[k] for k in members) / len(members)
+        sp, sq = sum(p), sum(q)
+        if sp == 0 or sq == 0 or any(a > 0 and b == 0 for a, b in zip(p, q)):
             out.append(np.inf)
             continue
-        sp, sq = sum(ps), sum(qs)
-        out.append(sum((a / sp) * np.log((a / sp) / (b / sq)) for a, b in zip(ps, qs) if a > 0))
+        out.append(sum((a / sp) * np.log((a / sp) / (b / sq)) for a, b in zip(p, q) if a > 0))
     return np.array(out)
 
 
 def test_kl_divergences_match_a_brute_force_reference() -> None:
     rng = np.random.default_rng(11)
     hist = rng.integers(0, 1000, 300).astype(np.float64)
-    hist[rng.random(300) < 0.2] = 0  # empty bins exercise the smoothing
+    hist[rng.random(300) < 0.2] = 0  # empty bins: left out of Q's levels, infinite KL where
+    # the folded-in tail lands on one
     hist[250:] = rng.integers(0, 3, 50)  # a sparse tail of outliers
     ours = kl_divergences(hist, levels=64)
     ref = _kl_reference(hist, levels=64)
