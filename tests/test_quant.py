@@ -1075,3 +1075,35 @@ def test_footage_rendering_is_said_through_the_logger(tmp_path: Path, caplog: py
     assert {r.getMessage().split()[1] for r in rendered} == clips and clips
     assert all(r.levelno == logging.INFO and r.name == "daemon.quant.footage" for r in rendered)
     assert "rendering" not in capfd.readouterr().err
+
+
+def test_one_settings_model_for_the_config_and_the_calibration_code() -> None:
+    """model.calibration is CalibrationSettings itself (issue 11: one definition), and its key
+    holds only what decides the thresholds."""
+    from daemon.config import ModelConfig
+
+    cfg = ModelConfig(calibration={"method": "percentile", "count": 12, "min_agreement": 0.5})
+    assert type(cfg.calibration) is CalibrationSettings
+    assert cfg.calibration.method == "percentile" and cfg.calibration.count == 12
+    assert CalibrationSettings().keyed() == {"count": 300, "every": 0, "holdout": 300,
+                                             "method": "entropy", "percentile": 99.99}
+    # the gate and the source name stay out of the key: lowering the gate never recalibrates
+    assert (CalibrationSettings(min_agreement=0.5, source="x.mp4").digest()
+            == CalibrationSettings().digest())
+    with pytest.raises(ValueError, match="count"):
+        CalibrationSettings(count=0)
+    with pytest.raises(ValueError, match="batch"):  # how the work is run is not a setting
+        CalibrationSettings(batch=4)  # type: ignore[call-arg]
+
+
+def test_cli_names_each_bad_option(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "daemon", "calibrate", "--model", "m.onnx",
+                        "--out", str(tmp_path / "o.onnx"), "--count", "0", "--method", "kl"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "--count: Input should be greater than or equal to 1" in p.stderr
+    assert "--method: Input should be 'percentile', 'entropy', 'mse' or 'max'" in p.stderr
+    assert not list(tmp_path.iterdir())
