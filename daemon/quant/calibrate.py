@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -131,7 +131,7 @@ def calibrate(
     holdout_infos: list[LetterboxInfo] = []
     if cached is not None:
         stats = cached.stats
-        n_cal = int(cached.info.get("frames", 0))  # type: ignore[arg-type]
+        n_cal = _int(cached.info.get("frames"))
         log.info("calibration cache %s matches the model and calibration set: reused", cache_path)
     else:
         stats, n_cal, holdout_frames, holdout_infos = _collect(
@@ -163,15 +163,16 @@ def calibrate(
                                                 tensor_sqnr=tensor_sqnr)
     elif cached is not None:
         for t, v in variants.items():
-            prev = cached.info.get("quality", {}).get(t)  # type: ignore[union-attr]
+            quality = cached.info.get("quality")
+            prev = quality.get(t) if isinstance(quality, dict) else None
             if isinstance(prev, dict):
                 v.map50 = prev.get("map50")
                 v.map50_box_weighted = prev.get("map50_box_weighted")
                 v.head_sqnr_db = prev.get("head_sqnr_db", {})
                 v.worst_tensors_sqnr_db = [tuple(x) for x in prev.get("worst", [])]
-        scored = int(cached.info.get("frames_scored", 0))  # type: ignore[arg-type]
-        ref_count = int(cached.info.get("reference_boxes", 0))  # type: ignore[arg-type]
-        ref_classes = int(cached.info.get("reference_classes", 0))  # type: ignore[arg-type]
+        scored = _int(cached.info.get("frames_scored"))
+        ref_count = _int(cached.info.get("reference_boxes"))
+        ref_classes = _int(cached.info.get("reference_classes"))
     check_cancel(cancel)
 
     # Everything is built and checked in memory first; then the whole set is committed.
@@ -218,6 +219,11 @@ def calibrate(
     for w in warn:
         warnings.warn(w, stacklevel=2)
     return report
+
+
+def _int(value: object) -> int:
+    """A count read back from a cache sidecar (JSON): 0 when absent or not a number."""
+    return int(value) if isinstance(value, (int, float)) else 0
 
 
 def _check_names(proto: onnx.ModelProto, path: Path) -> None:
@@ -285,8 +291,8 @@ def _collect(
     check_cancel(cancel)
     if getattr(src, "split", None) is not None:
         # a source with its own disjoint calibration and held-out parts (the demo footage)
-        stream: Iterator[tuple[av.VideoFrame, str, bool | None]] = src.split_frames(
-            settings.count, settings.holdout)
+        stream: Generator[tuple[av.VideoFrame, str, bool | None], None, None] = (
+            src.split_frames(settings.count, settings.holdout))
     else:
         stream = ((f, getattr(src, "current", ""), None) for f in src.frames())
     with closing(stream) as frames:

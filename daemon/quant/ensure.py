@@ -138,7 +138,7 @@ def _gate(map50: float | None, scored: int, gate: float, target: str,
         log.warning("INT8 calibration: %s", note)
     if gate <= 0.0:
         return
-    if map50 < gate:
+    if map50 is not None and map50 < gate:
         other = "percentile" if settings.method == "entropy" else "entropy"
         raise AgreementTooLow(
             f"INT8 model ({target}) agrees with FP32 at mAP@0.5 {map50:.3f} (box-weighted) on "

@@ -9,7 +9,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +118,7 @@ class FrameSource:
                 for e in entries]
 
     def split_frames(self, count: int, holdout: int
-                     ) -> Iterator[tuple[av.VideoFrame, str, bool | None]]:
+                     ) -> Generator[tuple[av.VideoFrame, str, bool | None], None, None]:
         """(frame, source picture, for calibration?) of a split source: `count` frames spread
         over its calibration part, then `holdout` spread over its held-out part."""
         from daemon.quant.footage import segment_frames
