@@ -57,10 +57,12 @@ TRT_CACHE = ROOT / "bench" / "data" / "tensorrt-7.1.3-entropy-yolov3-tiny-416.ca
 
 CHILD = """
 import json, sys, time
-from daemon.quant.calibrate import calibrate, CalibrationSettings, FrameSource
+from daemon.quant.calibrate import calibrate
+from daemon.quant.settings import CalibrationSettings
+from daemon.quant.sources import FrameSource
 from daemon.quant.footage import Footage
 a = json.loads(sys.argv[1])
-s = CalibrationSettings(count=a["count"], holdout=0, threads=a["threads"], method=a["method"])
+s = CalibrationSettings(count=a["count"], holdout=0, method=a["method"])
 src = FrameSource("demo")
 part = src.split.calibration
 total = sum(x.frames for x in part)
@@ -69,7 +71,7 @@ if a["count"] > total:  # the calibration part, looped: a bigger set for the mem
 src.split = Footage(part, src.split.holdout)
 t = time.perf_counter()
 r = calibrate(a["model"], src, target="cpu", out=a["out"], other_out=a["other"],
-              cache=a["cache"], settings=s)
+              cache=a["cache"], settings=s, threads=a["threads"])
 print(json.dumps({"wall": time.perf_counter() - t, "report": json.loads(r.to_json())}))
 """
 
@@ -94,7 +96,7 @@ def calibrate_child(model: Path, count: int, threads: int, method: str, work: Pa
 
 
 def harness_frames() -> tuple[np.ndarray, list, list[str]]:
-    from daemon.quant.calibrate import FrameSource
+    from daemon.quant.sources import FrameSource
 
     src = FrameSource("demo")
     xs, infos, sources = [], [], []

@@ -56,7 +56,7 @@ from daemon.models import assets  # noqa: E402
 from daemon.models.info import ModelInfo  # noqa: E402
 from daemon.models.resolve import fp32_model  # noqa: E402
 from daemon.quant.agreement import iou_matrix, map_at_50  # noqa: E402
-from daemon.quant.calibrate import ensure_int8_model  # noqa: E402
+from daemon.quant.ensure import ensure_int8_model  # noqa: E402
 from daemon.vision.letterbox import (INTERPOLATION, _fill, letterbox_av, letterbox_params,  # noqa: E402
                                      letterbox_rgb)
 from daemon.vision.yolo import postprocess  # noqa: E402

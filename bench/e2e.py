@@ -261,7 +261,7 @@ def main() -> int:
     frames360 = decoded_frames(video, args.frames, (640, 360))
 
     from daemon.config import CalibrationConfig
-    from daemon.quant.calibrate import ensure_int8_model
+    from daemon.quant.ensure import ensure_int8_model
 
     int8_model = ensure_int8_model(model, CalibrationConfig(), target="cpu")  # cached after first
     rows: dict[str, list[float]] = {"bare_ort": [], "daemon": [], "opencv": [], "bare_ort_int8": [],

@@ -27,6 +27,7 @@ from daemon.analytics.config import AnalyticsConfig
 from daemon.errors import UsageError
 from daemon.publish.mqtt_config import MqttConfig
 from daemon.shard import ShardConfig
+from daemon.quant.settings import CalibrationSettings
 from daemon.yamlconf import load_yaml
 from daemon.sources.timeouts import timeout_problems
 
@@ -176,30 +177,8 @@ class StreamConfig(Strict):
         return (not self.is_file) or self.realtime
 
 
-class CalibrationConfig(Strict):
-    # "demo" = the demo footage (its own calibration and held-out parts, docs/int8.md); else an
-    # image list file, a directory, a video or URL.
-    source: str = "demo"
-    count: int = Field(default=300, ge=1, le=100000)
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        from daemon.sources import urls
-
-        urls.register_url(v)  # a stream URL's password, before any message can echo it
-        return v
-    # Video sources: take every k-th decoded frame; 0 = spread `count` over the file.
-    every: int = Field(default=0, ge=0)
-    # Frames kept out of calibration to score INT8 against FP32 (mAP@0.5 agreement).
-    holdout: int = Field(default=300, ge=0)
-    # Clipping thresholds: entropy (default: TensorRT's EntropyCalibrator2, KL divergence, on
-    # the picture only; docs/int8.md), percentile, mse, max.
-    method: Literal["percentile", "entropy", "mse", "max"] = "entropy"
-    percentile: float = Field(default=99.99, gt=50, le=100)
-    # The daemon refuses an INT8 model whose mAP@0.5 agreement with the FP32 model on the
-    # held-out frames is below this; 0 = no check (README "INT8").
-    min_agreement: float = Field(default=0.90, ge=0, le=1)
+# model.calibration: defined once, with the calibration code that reads it.
+CalibrationConfig = CalibrationSettings
 
 
 class ModelConfig(Strict):

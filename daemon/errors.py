@@ -9,7 +9,7 @@ Kinds and their exit statuses (:class:`ExitCode`):
 
 - invalid input, exit 2 (:class:`UsageError`): ``config.ConfigError``;
 - a model or an asset, exit 1: ``models.assets.AssetError``, ``models.info.ModelInfoError``,
-  ``models.darknet.DarknetError``, ``quant.calibrate.CalibrationError`` (``AgreementTooLow``),
+  ``models.darknet.DarknetError``, ``quant.errors.CalibrationError`` (``AgreementTooLow``),
   ``quant.cache.CacheFormatError`` / ``CacheMismatch``, ``prepare.DemoVideoUnavailable`` (a
   ``ConfigError`` by its lines, but the file is valid);
 - an inference backend, exit 1: ``backends.base.BackendError``, ``backends.cuda.CudaError``;

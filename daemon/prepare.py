@@ -45,7 +45,7 @@ def prepare_model(cfg: ModelConfig, target: str = "cpu", progress: bool = True,
     if cfg.precision != "int8":
         return path
     from daemon.models import assets
-    from daemon.quant.calibrate import ensure_int8_model
+    from daemon.quant.ensure import ensure_int8_model
 
     # Always in detectd's own cache (writable under systemd's CacheDirectory), never beside a
     # user's model file, which may sit on a read-only path.

@@ -77,7 +77,7 @@ def test_int8_shortfall_warning_said_once(tmp_path: Path, fp32_onnx: Path,
     a raw Python warning and the gate's warning."""
     from daemon.config import CalibrationConfig
     from daemon.models import assets
-    from daemon.quant.calibrate import ensure_int8_model
+    from daemon.quant.ensure import ensure_int8_model
 
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(str(p) for p in assets.fetch_photos(progress=False).values()))

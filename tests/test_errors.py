@@ -23,7 +23,7 @@ from daemon.publish.client import DecodeError
 from daemon.publish.curve import CurveError
 from daemon.publish.endpoint import EndpointInUse
 from daemon.quant.cache import CacheFormatError, CacheMismatch
-from daemon.quant.calibrate import AgreementTooLow, CalibrationCancelled, CalibrationError
+from daemon.quant.errors import AgreementTooLow, CalibrationCancelled, CalibrationError
 from daemon.sources.errors import SourceError
 from daemon.sources.pyav import PermanentError
 from daemon.sources.validate import UnsupportedFrame

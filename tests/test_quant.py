@@ -19,6 +19,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from daemon.quant import cache as cache_mod
 from daemon.quant import calibrate as cal
+from daemon.quant import ensure as ensure_mod
+from daemon.quant import settings as settings_mod
+from daemon.quant import thresholds
+from daemon.quant.errors import AgreementTooLow, CalibrationCancelled, CalibrationError
+from daemon.quant.report import shortfall_warnings
+from daemon.quant.settings import CalibrationSettings
+from daemon.quant.sources import FrameSource
 from daemon.quant import qdq
 from daemon.quant.entropy import entropy_threshold, kl_divergences
 from daemon.quant.histogram import ActivationCollector, TensorHistogram, TensorStats
@@ -43,21 +50,53 @@ def test_uniform_keeps_the_whole_range() -> None:
 
 
 def test_rare_huge_outliers_are_clipped_to_a_few_sigma() -> None:
-    x = np.concatenate([RNG.normal(0, 1, 1_000_000), [60.0, -80.0, 100.0]])
+    x = np.concatenate([RNG.laplace(0, 1, 1_000_000), [60.0, -80.0, 100.0]])
     hist, m = _abs_hist(x)
     r = entropy_threshold(hist, m)
     assert m == 100.0
-    # 128 bins of 100/2048 is the smallest candidate (6.25); the bulk ends near 5 sigma
-    assert 4.0 < r.threshold < 0.2 * m
+    # 128 bins of 100/2048 is the smallest candidate (6.25); the bulk thins out near 14
+    assert 6.25 <= r.threshold < 0.2 * m
+
+
+def test_a_clip_point_never_lies_in_an_empty_stretch() -> None:
+    """NVIDIA's rule has no smoothing: a candidate whose last kept bin is empty while values
+    lie beyond it gets infinite divergence (the folded-in outliers would sit where Q has no
+    mass). A Gaussian bulk (empty beyond ~5 sigma, below the smallest candidate) with three
+    far outliers is therefore clipped at the first outlier, not inside the gap."""
+    x = np.concatenate([RNG.normal(0, 1, 1_000_000), [60.0, -80.0, 100.0]])
+    hist, m = _abs_hist(x)
+    r = entropy_threshold(hist, m)
+    assert 60.0 < r.threshold <= 60.0 + 2 * r.bin_width
 
 
 def test_kl_is_zero_where_quantization_loses_nothing() -> None:
-    # 128 equally filled bins: 128 levels represent them exactly at i = 128
+    # 128 equally filled bins: 128 levels represent them exactly at i = 128, and so does every
+    # larger candidate (each level's bins hold equal counts); among equals the largest wins
+    # (NVIDIA's rule), so the whole range is kept
     hist = np.zeros(2048)
     hist[:128] = 1000.0
     div = kl_divergences(hist)
     assert div[0] == pytest.approx(0.0, abs=1e-9)
-    assert entropy_threshold(hist, 2048.0).threshold == pytest.approx(128.5)
+    assert np.all(div == pytest.approx(0.0, abs=1e-9))
+    assert entropy_threshold(hist, 2048.0).threshold == pytest.approx(2048.0)
+
+
+def test_the_first_bin_is_discarded() -> None:
+    """NVIDIA's calibrator replaces the first bin's count by the second's: the spike of zeros
+    a (leaky) ReLU leaves must not decide the threshold. A tensor with 40% exact zeros gets the
+    threshold of the same values without them; keeping the spike (the MXNet / ONNX Runtime
+    variant) moves it."""
+    tail = np.abs(RNG.laplace(0, 1, 600_000))
+    spiky = np.concatenate([np.zeros(400_000), tail])
+    h_tail, m = _abs_hist(tail)
+    h_spiky = np.histogram(spiky, bins=2048, range=(0.0, m))[0]
+    assert h_spiky[0] > 100 * h_spiky[1]
+    t = entropy_threshold(h_tail, m).threshold
+    assert entropy_threshold(h_spiky, m).threshold == t
+    # what counting the spike does: the first level must hold it, so the search clips hard
+    kept = h_spiky.astype(np.float64)
+    kept[1] = kept[0]  # the spike survives the replacement when it is also in bin 1
+    assert entropy_threshold(kept, m).threshold < 0.8 * t
 
 
 def test_all_zero_tensor_gets_no_threshold() -> None:
@@ -83,44 +122,41 @@ def test_growing_histogram_matches_one_shot_histogram() -> None:
 
 
 def _kl_reference(hist: np.ndarray, levels: int) -> np.ndarray:
-    """KL(P||Q) of every candidate, written out loop by loop from the algorithm's description
-    (Migacz, GTC 2017; MXNet's _get_optimal_threshold), sharing no code with entropy.py."""
-    def smooth(d: list[float], eps: float = 1e-4) -> list[float] | None:
-        zeros = sum(1 for v in d if v == 0)
-        nonzeros = len(d) - zeros
-        if nonzeros == 0:
-            return None
-        eps1 = eps * zeros / nonzeros
-        return [eps if v == 0 else v - eps1 for v in d]
-
-    n = len(hist)
+    """KL(P||Q) of every candidate, written out loop by loop from NVIDIA's description of
+    TensorRT's entropy calibration (first bin discarded, groups at linspace(0, i, levels + 1),
+    no smoothing), sharing no code with entropy.py."""
+    bins = [float(v) for v in hist]
+    bins[0] = bins[1]
+    n = len(bins)
     out = []
     for i in range(levels, n + 1):
-        p = [float(v) for v in hist[:i]]
-        p[i - 1] += float(sum(hist[i:]))
-        merged = i // levels
+        p = bins[:i]
+        p[i - 1] += sum(bins[i:])
+        edges = [i * g / levels for g in range(levels + 1)]
+        group = []
+        for j in range(i):
+            g = 0
+            while g + 1 < len(edges) and edges[g + 1] <= j:
+                g += 1
+            group.append(g)
         q = [0.0] * i
-        for j in range(levels):
-            start = j * merged
-            stop = i if j == levels - 1 else start + merged
-            total = float(sum(hist[start:stop]))
-            nonzero = sum(1 for k in range(start, stop) if p[k] != 0)
-            for k in range(start, stop):
-                if p[k] != 0 and nonzero:
-                    q[k] = total / nonzero
-        ps, qs = smooth(p), smooth(q)
-        if ps is None or qs is None:
+        for g in range(levels):
+            members = [j for j in range(i) if group[j] == g and bins[j] != 0]
+            for j in members:
+                q[j] = sum(bins[k] for k in members) / len(members)
+        sp, sq = sum(p), sum(q)
+        if sp == 0 or sq == 0 or any(a > 0 and b == 0 for a, b in zip(p, q)):
             out.append(np.inf)
             continue
-        sp, sq = sum(ps), sum(qs)
-        out.append(sum((a / sp) * np.log((a / sp) / (b / sq)) for a, b in zip(ps, qs) if a > 0))
+        out.append(sum((a / sp) * np.log((a / sp) / (b / sq)) for a, b in zip(p, q) if a > 0))
     return np.array(out)
 
 
 def test_kl_divergences_match_a_brute_force_reference() -> None:
     rng = np.random.default_rng(11)
     hist = rng.integers(0, 1000, 300).astype(np.float64)
-    hist[rng.random(300) < 0.2] = 0  # empty bins exercise the smoothing
+    hist[rng.random(300) < 0.2] = 0  # empty bins: left out of Q's levels, infinite KL where
+    # the folded-in tail lands on one
     hist[250:] = rng.integers(0, 3, 50)  # a sparse tail of outliers
     ours = kl_divergences(hist, levels=64)
     ref = _kl_reference(hist, levels=64)
@@ -129,7 +165,7 @@ def test_kl_divergences_match_a_brute_force_reference() -> None:
 
 
 class _FixedHistogram:
-    """What cal._threshold reads of a TensorHistogram: (counts over [0, amax], amax)."""
+    """What thresholds.threshold_for reads of a TensorHistogram: (counts over [0, amax], amax)."""
 
     def __init__(self, counts: np.ndarray, amax: float) -> None:
         self.counts, self.amax = np.asarray(counts, np.float64), amax
@@ -141,18 +177,18 @@ class _FixedHistogram:
 def test_max_threshold_is_the_largest_magnitude() -> None:
     counts = np.zeros(2048)
     counts[[0, 100, 2047]] = [50, 10, 1]
-    assert cal._threshold(_FixedHistogram(counts, 7.5), cal.CalibrationSettings(
+    assert thresholds.threshold_for(_FixedHistogram(counts, 7.5), CalibrationSettings(
         method="max")) == 7.5
 
 
 def test_percentile_threshold_is_the_upper_edge_of_the_percentile_bin() -> None:
     # uniform over 2048 unit bins: 99% of the mass lies below 2027.52, inside bin 2027
     h = _FixedHistogram(np.ones(2048), 2048.0)
-    t = cal._threshold(h, cal.CalibrationSettings(method="percentile", percentile=99.0))
+    t = thresholds.threshold_for(h, CalibrationSettings(method="percentile", percentile=99.0))
     assert t == 2028.0
-    t = cal._threshold(h, cal.CalibrationSettings(method="percentile", percentile=50.5))
+    t = thresholds.threshold_for(h, CalibrationSettings(method="percentile", percentile=50.5))
     assert t == 1035.0  # 0.505 * 2048 = 1034.24 -> bin 1034, upper edge 1035
-    assert cal._threshold(h, cal.CalibrationSettings(method="percentile",
+    assert thresholds.threshold_for(h, CalibrationSettings(method="percentile",
                                                      percentile=100.0)) == 2048.0
 
 
@@ -163,12 +199,12 @@ def test_mse_threshold_keeps_a_uniform_bulk_and_clips_a_lone_outlier() -> None:
     counts = np.zeros(2048)
     counts[:512] = 1000.0
     counts[2047] = 1.0
-    t = cal._threshold(_FixedHistogram(counts, 2048.0), cal.CalibrationSettings(method="mse"))
+    t = thresholds.threshold_for(_FixedHistogram(counts, 2048.0), CalibrationSettings(method="mse"))
     assert 480.0 <= t <= 512.0
     # and with nothing to clip, no threshold below the data's edge wins
     counts[2047] = 0.0
     counts[:] = 1000.0
-    t = cal._threshold(_FixedHistogram(counts, 2048.0), cal.CalibrationSettings(method="mse"))
+    t = thresholds.threshold_for(_FixedHistogram(counts, 2048.0), CalibrationSettings(method="mse"))
     assert t >= 0.97 * 2048
 
 
@@ -218,7 +254,7 @@ def tiny() -> tuple[onnx.ModelProto, dict[str, TensorStats], np.ndarray]:
     col = ActivationCollector(model, threads=1)
     for i in range(0, 16, 4):
         col.add_batch(frames[i:i + 4])
-    stats = cal.stats_from_histograms(col.histograms, cal.CalibrationSettings(method="entropy"))
+    stats = thresholds.stats_from_histograms(col.histograms, CalibrationSettings(method="entropy"))
     return model, stats, frames[16:]
 
 
@@ -412,7 +448,7 @@ def test_stale_part_files_of_dead_writers_are_removed(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory, fp32_onnx: Path, demo_video: Path):
     out = tmp_path_factory.mktemp("int8") / "yolo.int8.onnx"
-    settings = cal.CalibrationSettings(count=40, holdout=20, every=3)
+    settings = CalibrationSettings(count=40, holdout=20, every=3)
     report = cal.calibrate(fp32_onnx, str(demo_video), target="tensorrt", out=out,
                            settings=settings)
     return out, settings, report
@@ -463,22 +499,22 @@ def test_unchanged_model_and_set_reuse_the_cache(calibrated, fp32_onnx: Path,
     photos = assets.fetch_photos(progress=False)
     listing.write_text("\n".join(str(p) for p in photos.values()) + "\n")
     third = cal.calibrate(fp32_onnx, str(listing), target="cpu", out=tmp_path / "p.onnx",
-                          cache=first.cache, settings=cal.CalibrationSettings(count=2, holdout=0))
+                          cache=first.cache, settings=CalibrationSettings(count=2, holdout=0))
     assert not third.cache_reused and "another calibration set" in third.cache_note
 
 
 def test_bad_sources_are_reported(tmp_path: Path, fp32_onnx: Path) -> None:
     empty = tmp_path / "empty.txt"
     empty.write_text("\n# nothing\n")
-    with pytest.raises(cal.CalibrationError, match="empty"):
+    with pytest.raises(CalibrationError, match="empty"):
         cal.calibrate(fp32_onnx, str(empty), out=tmp_path / "a.onnx")
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not a jpeg at all")
     bad = tmp_path / "bad.txt"
     bad.write_text(f"{tmp_path / 'missing.jpg'}\n{junk}\n")
-    with pytest.raises(cal.CalibrationError, match=r"no usable frame \(1 not a readable file"):
+    with pytest.raises(CalibrationError, match=r"no usable frame \(1 not a readable file"):
         cal.calibrate(fp32_onnx, str(bad), out=tmp_path / "b.onnx")
-    with pytest.raises(cal.CalibrationError, match="no such file"):
+    with pytest.raises(CalibrationError, match="no such file"):
         cal.calibrate(fp32_onnx, str(tmp_path / "nowhere"), out=tmp_path / "c.onnx")
     assert not list(tmp_path.glob("*.onnx"))
 
@@ -488,7 +524,7 @@ def test_model_whose_input_does_not_match_is_refused(tmp_path: Path, demo_video:
     m.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1  # one channel
     path = tmp_path / "gray.onnx"
     onnx.save(m, str(path))
-    with pytest.raises(cal.CalibrationError, match=r"shape|input"):
+    with pytest.raises(CalibrationError, match=r"shape|input"):
         cal.calibrate(path, str(demo_video), out=tmp_path / "g.int8.onnx")
 
 
@@ -499,7 +535,7 @@ def test_interrupted_calibration_leaves_nothing(tmp_path: Path, fp32_onnx: Path,
 
     with pytest.raises(KeyboardInterrupt):
         cal.calibrate(fp32_onnx, str(demo_video), out=tmp_path / "i.onnx",
-                      settings=cal.CalibrationSettings(count=8, holdout=0), progress=interrupt)
+                      settings=CalibrationSettings(count=8, holdout=0), progress=interrupt)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -512,7 +548,7 @@ def test_ensure_int8_model_builds_once(tmp_path: Path, fp32_onnx: Path, demo_vid
         calls.append(a)
         return real(*a, **k)
 
-    monkeypatch.setattr(cal, "calibrate", counting)
+    monkeypatch.setattr(ensure_mod, "calibrate", counting)
 
     class Cfg:  # the shape of the config's model.calibration (+ optional settings)
         source = str(demo_video)
@@ -521,16 +557,16 @@ def test_ensure_int8_model_builds_once(tmp_path: Path, fp32_onnx: Path, demo_vid
         every = 20
         min_agreement = 0.0  # the gate has its own test
 
-    first = cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
+    first = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     assert first.is_file() and first.parent == tmp_path and len(calls) == 1
-    again = cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
+    again = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     assert again == first and len(calls) == 1
-    trt = cal.ensure_int8_model(fp32_onnx, Cfg(), "tensorrt", tmp_path)
+    trt = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "tensorrt", tmp_path)
     assert trt.is_file() and len(calls) == 1  # both variants came from the one calibration
     props = {p.key: p.value for p in onnx.load(str(trt)).metadata_props}
     assert props["detectd.quant_target"] == "tensorrt"
     Cfg.count = 9
-    other = cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
+    other = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     assert other != first and len(calls) == 2
 
 
@@ -558,7 +594,7 @@ def test_held_out_frames_follow_all_calibration_frames(available: int, cal_n: in
     model = _tiny_model()
     info = SimpleNamespace(width=32, height=32)
     seen: list[float] = []
-    settings = cal.CalibrationSettings(count=10, holdout=5, batch=4, method="max")
+    settings = CalibrationSettings(count=10, holdout=5, method="max")
     orig = ActivationCollector.add_batch
 
     def spy(self, batch, pictures=None):
@@ -573,7 +609,7 @@ def test_held_out_frames_follow_all_calibration_frames(available: int, cal_n: in
     assert n_cal == cal_n and levels == list(range(cal_n))  # the first `count`, all of them
     assert [round(float(x[0, 16, 16]) * 255 / 10) for x in held] == list(
         range(cal_n, cal_n + held_n))  # then the next ones, never calibrated
-    warn = cal._shortfall_warnings(n_cal, len(held), settings)
+    warn = shortfall_warnings(n_cal, len(held), settings)
     if available >= 15:
         assert warn == []
     elif held_n:
@@ -591,9 +627,9 @@ def test_cancel_after_the_first_batch_stops_between_batches() -> None:
         batches.append(done)
         stop.set()
 
-    with pytest.raises(cal.CalibrationCancelled, match="nothing was written"):
+    with pytest.raises(CalibrationCancelled, match="nothing was written"):
         cal._collect(_tiny_model(), SimpleNamespace(width=32, height=32), _ListSource(20),
-                     cal.CalibrationSettings(count=10, holdout=0, batch=4), progress, stop)
+                     CalibrationSettings(count=10, holdout=0), progress, stop)
     assert batches == [4]
 
 
@@ -621,16 +657,16 @@ def test_cancelled_daemon_calibration_leaves_nothing(tmp_path: Path, fp32_onnx: 
         batch = 4
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cal, "calibrate", stop_after_first_batch)
-        with pytest.raises(cal.CalibrationCancelled):
-            cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path, cancel=stop)
+        mp.setattr(ensure_mod, "calibrate", stop_after_first_batch)
+        with pytest.raises(CalibrationCancelled):
+            ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path, cancel=stop)
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.fixture(scope="module")
 def entropy_calibrated(tmp_path_factory, fp32_onnx: Path, demo_video: Path):
     work = tmp_path_factory.mktemp("entropy")
-    settings = cal.CalibrationSettings(count=16, holdout=12, every=8, method="entropy")
+    settings = CalibrationSettings(count=16, holdout=12, every=8, method="entropy")
     report = cal.calibrate(fp32_onnx, str(demo_video), target="cpu", out=work / "e.onnx",
                            settings=settings)
     return work, settings, report
@@ -664,7 +700,7 @@ def test_entropy_method_on_real_frames(entropy_calibrated) -> None:
 def clipped_calibrated(tmp_path_factory, fp32_onnx: Path, demo_video: Path):
     """A deliberately bad calibration (clipping at the median of |x|) for the gate tests."""
     work = tmp_path_factory.mktemp("clipped")
-    settings = cal.CalibrationSettings(count=16, holdout=12, every=8, method="percentile",
+    settings = CalibrationSettings(count=16, holdout=12, every=8, method="percentile",
                                        percentile=55.0)
     report = cal.calibrate(fp32_onnx, str(demo_video), target="cpu", out=work / "c.onnx",
                            settings=settings)
@@ -702,7 +738,7 @@ def test_agreement_gate_in_the_daemon_path(tmp_path: Path, fp32_onnx: Path,
         percentile = 55.0  # a bad calibration on purpose: clipped at the median
         min_agreement = 0.0
 
-    path = cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
+    path = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     import json
 
     sidecar = next(tmp_path.glob("*.calib.table.json"))
@@ -711,17 +747,17 @@ def test_agreement_gate_in_the_daemon_path(tmp_path: Path, fp32_onnx: Path,
     calls = []
     real = cal.calibrate
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cal, "calibrate", lambda *a, **k: calls.append(a) or real(*a, **k))
+        mp.setattr(ensure_mod, "calibrate", lambda *a, **k: calls.append(a) or real(*a, **k))
         # the hint names the other method, never the one in use
-        with pytest.raises(cal.AgreementTooLow, match=rf"{achieved:.3f}.*"
+        with pytest.raises(AgreementTooLow, match=rf"{achieved:.3f}.*"
                            r"model\.calibration\.min_agreement 0\.95 \(method percentile\); "
                            r"try model\.calibration\.method: entropy"):
-            cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path, min_agreement=0.95)
+            ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path, min_agreement=0.95)
         Cfg.min_agreement = 0.95  # the config key, read when no argument is given
-        with pytest.raises(cal.AgreementTooLow):
-            cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
+        with pytest.raises(AgreementTooLow):
+            ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     assert calls == []  # the gate read the cached result: no recalibration
-    assert cal.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path,
+    assert ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path,
                                  min_agreement=achieved) == path  # a gate at it passes
 
 
@@ -735,10 +771,10 @@ def test_directory_source_holds_out_its_last_files(tmp_path: Path, fp32_onnx: Pa
     for i, p in enumerate(photos):
         (d / f"{i:02d}{p.suffix}").write_bytes(p.read_bytes())
     (d / "99-notes.txt").write_text("not a picture")
-    src = cal.FrameSource(str(d))
+    src = FrameSource(str(d))
     assert [k for k, _ in src.items] == ["image"] * (len(photos) + 1)
     report = cal.calibrate(fp32_onnx, str(d), out=tmp_path / "d.onnx",
-                           settings=cal.CalibrationSettings(count=len(photos) - 1, holdout=1))
+                           settings=CalibrationSettings(count=len(photos) - 1, holdout=1))
     assert report.frames_calibrated == len(photos) - 1 and report.frames_scored == 1
     assert sum(report.skipped.values()) == 1  # the text file, skipped and counted
 
@@ -752,7 +788,7 @@ def test_fewer_frames_than_asked_warns_what_happened(tmp_path: Path, fp32_onnx: 
     with pytest.warns(UserWarning, match="fewer than the 5 calibration frames asked for: all 2 "
                       "were used.*none was left to hold out"):
         report = cal.calibrate(fp32_onnx, str(listing), out=tmp_path / "f.onnx",
-                               settings=cal.CalibrationSettings(count=5, holdout=3))
+                               settings=CalibrationSettings(count=5, holdout=3))
     assert report.frames_calibrated == 2 and report.frames_scored == 0
     assert report.variants["tensorrt"].map50 is None
 
@@ -760,8 +796,8 @@ def test_fewer_frames_than_asked_warns_what_happened(tmp_path: Path, fp32_onnx: 
 def test_video_file_and_stream_url_sources(tmp_path: Path, demo_video: Path) -> None:
     """A video given as a path, as a file:// URL and as an http:// stream URL (served on
     loopback): every k-th frame, and the URL itself is the set's identity."""
-    by_path = cal.FrameSource(str(demo_video), every=50)
-    by_file_url = cal.FrameSource(f"file://{demo_video}", every=50)
+    by_path = FrameSource(str(demo_video), every=50)
+    by_file_url = FrameSource(f"file://{demo_video}", every=50)
     assert len(list(by_path.frames())) == len(list(by_file_url.frames())) == 5
     assert by_path.set_hash() == by_file_url.set_hash()
 
@@ -781,12 +817,12 @@ def test_video_file_and_stream_url_sources(tmp_path: Path, demo_video: Path) -> 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/live.ts"
-        stream = cal.FrameSource(url, every=50)
+        stream = FrameSource(url, every=50)
         assert stream.items == [("video", url)]
         frames = list(stream.frames())
         assert len(frames) == 5 and not stream.report.skipped
         assert stream.set_hash() != by_path.set_hash()
-        dead = cal.FrameSource(f"http://127.0.0.1:{server.server_address[1]}/missing.mp4")
+        dead = FrameSource(f"http://127.0.0.1:{server.server_address[1]}/missing.mp4")
         assert list(dead.frames()) == [] and dead.report.skipped
     finally:
         server.shutdown()
@@ -852,7 +888,7 @@ def _thresholds(model: onnx.ModelProto, shapes: list[tuple[int, int]], method: s
             xs.append(x)
             rects.append(picture_rect(li))
         col.add_batch(np.stack(xs), rects if picture_only else None)
-    stats = cal.stats_from_histograms(col.histograms, cal.CalibrationSettings(method=method))
+    stats = thresholds.stats_from_histograms(col.histograms, CalibrationSettings(method=method))
     return {n: s.threshold for n, s in stats.items()}
 
 
@@ -996,28 +1032,28 @@ def test_demo_footage_calibrates_and_scores_on_disjoint_pictures() -> None:
             packets = sum(1 for p in c.demux(video=0) if p.size)
         assert packets >= seg.stop, seg
     assert codecs >= {"h264", "hevc", "mpeg4", "mjpeg", "vp9"}
-    settings = cal.CalibrationSettings()
+    settings = CalibrationSettings()
     assert settings.method == "entropy" and settings.count == 300 and settings.holdout == 300
-    assert cal._shortfall_warnings(300, 299, settings, split=True) == []
-    assert cal._shortfall_warnings(300, 299, settings)  # any other source: it says so
+    assert shortfall_warnings(300, 299, settings, split=True) == []
+    assert shortfall_warnings(300, 299, settings)  # any other source: it says so
 
 
 def test_the_cache_key_covers_the_calibration_algorithm(tmp_path: Path) -> None:
     """Every module that decides a threshold is hashed into the key, so a model calibrated
     before a fix (the border counted) is never reused after it."""
-    names = {p.name for p in cal.digest_files()}
+    names = {p.name for p in settings_mod.digest_files()}
     assert {"histogram.py", "entropy.py", "qdq.py", "calibrate.py", "footage.py",
             "letterbox.py"} <= names
-    base = cal.CalibrationSettings().digest()
-    assert base == cal.CalibrationSettings().digest()
-    assert base != cal.CalibrationSettings(method="percentile").digest()
-    real = cal.digest_files
+    base = CalibrationSettings().digest()
+    assert base == CalibrationSettings().digest()
+    assert base != CalibrationSettings(method="percentile").digest()
+    real = settings_mod.digest_files
     copy = tmp_path / "histogram.py"
     copy.write_text((Path(cal.__file__).parent / "histogram.py").read_text() + "\n# changed\n")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(cal, "digest_files", lambda: [copy if p.name == "histogram.py" else p
+        mp.setattr(settings_mod, "digest_files", lambda: [copy if p.name == "histogram.py" else p
                                                  for p in real()])
-        assert cal.CalibrationSettings().digest() != base
+        assert CalibrationSettings().digest() != base
 
 
 def test_footage_rendering_is_said_through_the_logger(tmp_path: Path, caplog: pytest.LogCaptureFixture,
@@ -1039,3 +1075,35 @@ def test_footage_rendering_is_said_through_the_logger(tmp_path: Path, caplog: py
     assert {r.getMessage().split()[1] for r in rendered} == clips and clips
     assert all(r.levelno == logging.INFO and r.name == "daemon.quant.footage" for r in rendered)
     assert "rendering" not in capfd.readouterr().err
+
+
+def test_one_settings_model_for_the_config_and_the_calibration_code() -> None:
+    """model.calibration is CalibrationSettings itself (issue 11: one definition), and its key
+    holds only what decides the thresholds."""
+    from daemon.config import ModelConfig
+
+    cfg = ModelConfig(calibration={"method": "percentile", "count": 12, "min_agreement": 0.5})
+    assert type(cfg.calibration) is CalibrationSettings
+    assert cfg.calibration.method == "percentile" and cfg.calibration.count == 12
+    assert CalibrationSettings().keyed() == {"count": 300, "every": 0, "holdout": 300,
+                                             "method": "entropy", "percentile": 99.99}
+    # the gate and the source name stay out of the key: lowering the gate never recalibrates
+    assert (CalibrationSettings(min_agreement=0.5, source="x.mp4").digest()
+            == CalibrationSettings().digest())
+    with pytest.raises(ValueError, match="count"):
+        CalibrationSettings(count=0)
+    with pytest.raises(ValueError, match="batch"):  # how the work is run is not a setting
+        CalibrationSettings(batch=4)  # type: ignore[call-arg]
+
+
+def test_cli_names_each_bad_option(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "daemon", "calibrate", "--model", "m.onnx",
+                        "--out", str(tmp_path / "o.onnx"), "--count", "0", "--method", "kl"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert "--count: Input should be greater than or equal to 1" in p.stderr
+    assert "--method: Input should be 'percentile', 'entropy', 'mse' or 'max'" in p.stderr
+    assert not list(tmp_path.iterdir())

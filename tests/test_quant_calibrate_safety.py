@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 
 from daemon.config import parse_config
-from daemon.quant.calibrate import FrameSource, _no_frames_message
+from daemon.quant.sources import FrameSource, no_frames_message
 from daemon.redact import redact_text
 from tests.harness import DaemonProcess, free_port
 from tests.support.secrets import SPECIALS, forms
@@ -35,7 +35,7 @@ BAYER_RULE = "a Bayer mosaic needs an even width and height"
 
 def _printed(src: FrameSource) -> list[str]:
     """Everything of a FrameSource that reaches a message, a log line or the JSON report."""
-    return [src.report.description, _no_frames_message(src), *src.report.skipped_examples,
+    return [src.report.description, no_frames_message(src), *src.report.skipped_examples,
             *src.report.skipped]
 
 
@@ -57,7 +57,7 @@ def test_refused_calibration_url_never_shows_its_credentials(char: str, where: s
         # words, not error numbers (ECONNREFUSED is 111; the port may contain "111" too)
         assert "Errno" not in text and not re.search(r"(?<![\d:])111(?!\d)", text), text
     if encoded:  # a raw "#", "/", "?"... may make FFmpeg reject the URL before connecting
-        assert "cannot open video (Connection refused)" in _no_frames_message(src)
+        assert "cannot open video (Connection refused)" in no_frames_message(src)
     assert "127.0.0.1" in src.report.description  # the host stays readable
 
 

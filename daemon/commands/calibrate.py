@@ -12,14 +12,12 @@ from daemon.errors import ExitCode, exit_code
 
 def run(args: argparse.Namespace) -> int:
     # Imported here so that `detectd --help` does not pay for onnx / onnxruntime.
-    from daemon.quant.calibrate import (
-        METHODS,
-        CalibrationError,
-        CalibrationSettings,
-        calibrate,
-        gated_agreement,
-        print_progress,
-    )
+    from daemon.quant.calibrate import calibrate
+    from daemon.quant.ensure import gated_agreement
+    from daemon.quant.errors import CalibrationError
+    from pydantic import ValidationError
+
+    from daemon.quant.settings import CalibrationSettings, describe_invalid
 
     from daemon.redact import redact_text
     from daemon.sources.urls import register_url
@@ -32,19 +30,22 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        settings = CalibrationSettings(count=args.count, every=args.every, holdout=args.holdout,
-                                       method=args.method, percentile=args.percentile,
-                                       threads=args.threads)
-    except ValueError as e:
-        say(f"detectd calibrate: {e} (methods: {', '.join(METHODS)})")
-        return ExitCode.USAGE  # the options
+        settings = CalibrationSettings(source=args.source, count=args.count, every=args.every,
+                                       holdout=args.holdout, method=args.method,
+                                       percentile=args.percentile)
+    except ValidationError as e:
+        say(f"detectd calibrate: {describe_invalid(e, prefix='--')}")
+        return ExitCode.USAGE
+    if args.threads < 0:
+        say(f"detectd calibrate: --threads {args.threads}: expected 0 (one per core) or more")
+        return ExitCode.USAGE
     gate = args.min_agreement
     if gate is not None and not 0.0 <= gate <= 1.0:
         say(f"detectd calibrate: --min-agreement {gate}: expected a number in [0, 1]")
         return ExitCode.USAGE
     try:
         report = calibrate(args.model, args.source, args.count, args.target, args.out,
-                           args.cache, settings=settings,
+                           args.cache, settings=settings, threads=args.threads,
                            progress=None if args.quiet else print_progress)
     except (CalibrationError, OSError) as e:  # OSError: e.g. an output directory that cannot be made
         say(f"\ndetectd calibrate: {e}")
@@ -72,6 +73,11 @@ def run(args: argparse.Namespace) -> int:
             "(the outputs are written; nothing uses them automatically)")
         return ExitCode.BELOW_GATE
     return 0
+
+
+def print_progress(done: int, total: int) -> None:
+    print(f"\rcalibrating: {min(done, total)}/{total} frames", end="", file=sys.stderr,
+          flush=True)
 
 
 def register(subparsers: Any) -> None:
