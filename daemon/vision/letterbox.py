@@ -7,6 +7,11 @@ slice of a batch buffer, so batching costs no extra copy). Only the border strip
 grey, never the whole buffer.
 
 Padding is 0.5, Darknet's own ``letterbox_image`` grey, so detections match Darknet/OpenCV.
+
+An INT8 model whose first operation quantizes the 0..1 image to uint8 with scale 1/255 can take
+the 8-bit pixels themselves (``daemon/backends/ov_graph.py``): pass a uint8 (3, H, W) buffer and
+the letterbox writes the pixels unconverted (a quarter of the bytes of float32, no multiply),
+padding with ``PAD_UINT8`` = 127, which is what that quantization makes of 0.5.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import numpy as np
 from av.video.reformatter import Interpolation, VideoReformatter
 
 PAD_VALUE = 0.5
+# QuantizeLinear(0.5, scale float32(1/255), zero point 0): 0.5 / 0.003921569 = 127.49999 -> 127.
+PAD_UINT8 = 127
 # Bilinear scaling; ACCURATE_RND + FULL_CHR_H_INT make libswscale's YUV->RGB exact BT.601 (within
 # 0.5 of a level; without them its fixed-point tables sit 0..2.75 levels low) and interpolate chroma
 # at full horizontal resolution. Same cost as plain BILINEAR here, and the GPU kernel
@@ -63,20 +70,25 @@ def letterbox_params(src_w: int, src_h: int, dst_w: int, dst_h: int) -> Letterbo
 def _fill(out: np.ndarray, info: LetterboxInfo, rgb: np.ndarray) -> None:
     """Pad around the image region and write the normalized pixels, in one pass each."""
     x0, y0, x1, y1 = info.pad_x, info.pad_y, info.pad_x + info.new_w, info.pad_y + info.new_h
+    pad = PAD_UINT8 if out.dtype == np.uint8 else PAD_VALUE
     # Only the border strips are padded: the image region is overwritten right after.
-    out[:, :y0, :] = PAD_VALUE
-    out[:, y1:, :] = PAD_VALUE
-    out[:, y0:y1, :x0] = PAD_VALUE
-    out[:, y0:y1, x1:] = PAD_VALUE
-    np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out[:, y0:y1, x0:x1],
-                casting="unsafe")
+    out[:, :y0, :] = pad
+    out[:, y1:, :] = pad
+    out[:, y0:y1, :x0] = pad
+    out[:, y0:y1, x1:] = pad
+    if out.dtype == np.uint8:
+        out[:, y0:y1, x0:x1] = rgb.transpose(2, 0, 1)
+    else:
+        np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out[:, y0:y1, x0:x1],
+                    casting="unsafe")
 
 
 def _out(out: np.ndarray | None, dst_w: int, dst_h: int) -> np.ndarray:
     if out is None:
         return np.empty((3, dst_h, dst_w), np.float32)
-    if out.shape != (3, dst_h, dst_w) or out.dtype != np.float32:
-        raise ValueError(f"letterbox output buffer must be float32 (3,{dst_h},{dst_w}), got {out.dtype} {out.shape}")
+    if out.shape != (3, dst_h, dst_w) or out.dtype not in (np.float32, np.uint8):
+        raise ValueError(f"letterbox output buffer must be float32 or uint8 (3,{dst_h},{dst_w}), "
+                         f"got {out.dtype} {out.shape}")
     return out
 
 
