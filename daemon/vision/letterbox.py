@@ -141,7 +141,7 @@ def letterbox_av(frame: Any, dst_w: int, dst_h: int, out: np.ndarray | None = No
         # values one level apart, so small sources keep the packed path (and their pixels).
         g = r.reformat(frame, width=info.new_w, height=info.new_h, format="gbrp",
                        interpolation=INTERPOLATION)
-        gp, bp, rp = (np.frombuffer(pl, np.uint8, count=pl.line_size * info.new_h)
+        gp, bp, rp = (np.frombuffer(memoryview(pl), np.uint8, count=pl.line_size * info.new_h)
                       .reshape(info.new_h, pl.line_size)[:, :info.new_w] for pl in g.planes)
         _fill_planes(buf, info, (rp, gp, bp))
     else:
