@@ -4,11 +4,15 @@ Machines here are shared and noisy: every section runs its candidates in interle
 and reports medians and ratios measured in the same run, never absolute speeds alone.
 
 1. bare engines: batch 1, 416x416, ``--threads`` threads, the demo video's frames letterboxed
-   beforehand; ms per inference call (no copies, no post-processing): ONNX Runtime FP32, INT8
+   beforehand; ms per inference call (no copies, no post-processing): ONNX Runtime FP32;
+   OpenVINO INT8 as the daemon runs it (the ``cpu`` model in OpenVINO's form,
+   daemon/backends/ov_graph.py, uint8 input; and the same with float input); ONNX Runtime INT8
    ``cpu`` variant, INT8 symmetric (``tensorrt``) variant; OpenVINO FP32, symmetric, ``cpu``
    variant (f32 inference precision, as the daemon's backend runs it), the ``cpu`` variant with
    OpenVINO's default bf16 precision on CPUs that have it, the symmetric variant with the route
    (concat) Q/DQ removed (the investigation, docs/openvino.md); OpenCV's Darknet importer.
+   Then CPU milliseconds per inference with one thread (process time), which a shared machine
+   disturbs far less than wall time.
 2. end to end on the same file (``realtime: false``): a real ``detectd run`` process with
    OpenVINO INT8 and with ONNX Runtime INT8 (today's daemon), frames/s counted by a ZeroMQ
    subscriber; OpenCV DNN end to end in-process (PyAV decode, blobFromImage, forward, [yolo]
