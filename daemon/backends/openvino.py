@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,24 @@ def openvino_unavailable_reason() -> str | None:
     if "CPU" not in devices:
         return f"OpenVINO offers no CPU device here (devices: {devices})"
     return None
+
+
+def _ignore(_: Any) -> None:
+    """The callback a closed backend's requests keep."""
+
+
+def _finished(ref: "weakref.ref[OpenVinoBackend]", slot: int) -> None:
+    """OpenVINO's callback, on its own thread, when request `slot`'s job is done: mark the
+    ticket ready, then wake the pipeline."""
+    backend = ref()
+    if backend is None:
+        return
+    seq = backend._busy.get(slot)
+    if seq is not None:
+        backend._done[slot] = seq
+    cb = backend._on_complete
+    if cb is not None:
+        cb()
 
 
 @dataclass(frozen=True)
@@ -167,8 +186,11 @@ class OpenVinoBackend:
         self._busy: dict[int, int] = {}  # slot -> seq of the ticket it runs
         self._done: dict[int, int] = {}  # slot -> seq of the last ticket whose job finished
         self._on_complete: Callable[[], None] | None = None
+        # The callback holds the backend weakly: no request -> callback -> backend -> request
+        # cycle for the garbage collector to tear down in an arbitrary order at exit.
+        ref = weakref.ref(self)
         for slot, req in enumerate(self.requests):
-            req.set_callback(self._finished, slot)
+            req.set_callback(lambda slot, ref=ref: _finished(ref, slot), slot)
         log.info("OpenVINO %s: %s (%s%s) compiled in %.2fs%s; hint %s, %d infer requests, "
                  "%s threads, max batch %d", ov.get_version(), self.path.name, precision,
                  f"; {self.derived}" if self.derived else "",
@@ -239,15 +261,6 @@ class OpenVinoBackend:
         return [req.get_tensor(p).data for p in self.output_ports]
 
     # -- completion ------------------------------------------------------------------------
-    def _finished(self, slot: int) -> None:
-        """OpenVINO's callback, on its own thread, when request `slot`'s job is done."""
-        seq = self._busy.get(slot)
-        if seq is not None:
-            self._done[slot] = seq
-        cb = self._on_complete
-        if cb is not None:
-            cb()
-
     def set_on_complete(self, callback: Callable[[], None] | None) -> None:
         """Call `callback()` (from OpenVINO's thread; it must only wake the pipeline, e.g.
         ``scheduler.wake()``) whenever a submitted job's outputs are ready. None removes it."""
@@ -267,6 +280,8 @@ class OpenVinoBackend:
     def close(self) -> None:
         for slot in list(self._busy):
             self.requests[slot].wait()
+        for req in self.requests:
+            req.set_callback(_ignore, None)
         self._busy.clear()
         self._on_complete = None
         self._tensors.clear()
