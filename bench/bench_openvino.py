@@ -4,11 +4,15 @@ Machines here are shared and noisy: every section runs its candidates in interle
 and reports medians and ratios measured in the same run, never absolute speeds alone.
 
 1. bare engines: batch 1, 416x416, ``--threads`` threads, the demo video's frames letterboxed
-   beforehand; ms per inference call (no copies, no post-processing): ONNX Runtime FP32, INT8
+   beforehand; ms per inference call (no copies, no post-processing): ONNX Runtime FP32;
+   OpenVINO INT8 as the daemon runs it (the ``cpu`` model in OpenVINO's form,
+   daemon/backends/ov_graph.py, uint8 input; and the same with float input); ONNX Runtime INT8
    ``cpu`` variant, INT8 symmetric (``tensorrt``) variant; OpenVINO FP32, symmetric, ``cpu``
    variant (f32 inference precision, as the daemon's backend runs it), the ``cpu`` variant with
    OpenVINO's default bf16 precision on CPUs that have it, the symmetric variant with the route
    (concat) Q/DQ removed (the investigation, docs/openvino.md); OpenCV's Darknet importer.
+   Then CPU milliseconds per inference with one thread (process time), which a shared machine
+   disturbs far less than wall time.
 2. end to end on the same file (``realtime: false``): a real ``detectd run`` process with
    OpenVINO INT8 and with ONNX Runtime INT8 (today's daemon), frames/s counted by a ZeroMQ
    subscriber; OpenCV DNN end to end in-process (PyAV decode, blobFromImage, forward, [yolo]
@@ -60,6 +64,7 @@ from daemon.quant.ensure import ensure_int8_model  # noqa: E402
 from daemon.vision.letterbox import (INTERPOLATION, _fill, letterbox_av, letterbox_params,  # noqa: E402
                                      letterbox_rgb)
 from daemon.vision.yolo import postprocess  # noqa: E402
+from daemon.backends.ov_graph import derive, quantize_pixels  # noqa: E402
 
 
 def load() -> float:
@@ -92,8 +97,14 @@ def ov_runner(path: Path | onnx.ModelProto, threads: int, precision: str = "f32"
     if precision:
         cfg["INFERENCE_PRECISION_HINT"] = precision
     req = core.compile_model(model, "CPU", cfg).create_infer_request()
+    uint8 = model.inputs[0].get_element_type() == ov.Type.u8
+    cache: dict[int, np.ndarray] = {}  # float frame -> its uint8 pixels, made once (not timed)
 
     def run(x: np.ndarray) -> Any:
+        if uint8 and x.dtype != np.uint8:
+            if id(x) not in cache:
+                cache[id(x)] = quantize_pixels(x)
+            x = cache[id(x)]
         req.set_input_tensor(ov.Tensor(x, shared_memory=True))
         req.infer()
         return [req.get_output_tensor(i).data for i in range(len(req.model_outputs))]
@@ -134,11 +145,18 @@ def without_route_qdq(path: Path) -> onnx.ModelProto:
     return m
 
 
+def ov_form(path: Path, uint8_input: bool = True) -> onnx.ModelProto:
+    """The graph the daemon's OpenVINO backend runs for precision int8 (daemon/backends/ov_graph.py)."""
+    return derive(onnx.load(str(path)), uint8_input=uint8_input).model
+
+
 def bench_bare(models: dict[str, Any], info: ModelInfo, frames: list[av.VideoFrame], a: Any,
                threads: int, rounds: int) -> dict[str, Any]:
     xs = [letterbox_av(f, info.width, info.height)[0][None].copy() for f in frames]
     engines: dict[str, Callable[[np.ndarray], Any]] = {
         "ort_fp32": ort_runner(models["fp32"], info, threads),
+        "ov_int8": ov_runner(ov_form(models["cpu"]), threads),
+        "ov_int8_f32_input": ov_runner(ov_form(models["cpu"], uint8_input=False), threads),
         "ort_int8_cpu": ort_runner(models["cpu"], info, threads),
         "ort_int8_sym": ort_runner(models["tensorrt"], info, threads),
         "ov_fp32": ov_runner(models["fp32"], threads),
@@ -162,7 +180,32 @@ def bench_bare(models: dict[str, Any], info: ModelInfo, frames: list[av.VideoFra
               + f" ms (load {loads[-1]:.1f})", flush=True)
     med = {k: float(np.median(v)) for k, v in ms.items()}
     return {"ms": med, "rounds_ms": ms, "vs_ort_fp32": {k: med["ort_fp32"] / v for k, v in med.items()},
-            "load": loads}
+            "load": loads, "cpu_ms_1_thread": bench_cpu_time(models, info, xs, rounds)}
+
+
+def bench_cpu_time(models: dict[str, Any], info: ModelInfo, xs: list[np.ndarray], rounds: int
+                   ) -> dict[str, Any]:
+    """CPU seconds per inference with ONE thread (process time, interleaved rounds): what each
+    engine costs the machine, far less sensitive than wall time to other processes sharing
+    the cores (they take time slices, not CPU seconds from us)."""
+    engines: dict[str, Callable[[np.ndarray], Any]] = {
+        "ort_fp32": ort_runner(models["fp32"], info, 1),
+        "ort_int8_cpu": ort_runner(models["cpu"], info, 1),
+        "ov_int8": ov_runner(ov_form(models["cpu"]), 1),
+        "ov_int8_cpu": ov_runner(models["cpu"], 1),
+        "ov_int8_sym": ov_runner(models["tensorrt"], 1),
+    }
+    ms: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(rounds):
+        for k, run in engines.items():
+            run(xs[0])
+            t0 = time.process_time()
+            for x in xs[:20]:
+                run(x)
+            ms[k].append(1000 * (time.process_time() - t0) / len(xs[:20]))
+    med = {k: float(np.median(v)) for k, v in ms.items()}
+    print("cpu ms/inference, 1 thread: " + ", ".join(f"{k} {v:.2f}" for k, v in med.items()), flush=True)
+    return {"ms": med, "rounds_ms": ms, "vs_ort_fp32": {k: med["ort_fp32"] / v for k, v in med.items()}}
 
 
 # -- 2./3. the daemon --------------------------------------------------------------------------
@@ -239,7 +282,7 @@ def bench_e2e(video: Path, a: Any, threads: int, rounds: int, models: dict[str, 
     """The daemon, OpenCV end to end and the bare engines they are judged against, interleaved
     in the same rounds (frames/s)."""
     xs = [letterbox_av(f, info.width, info.height)[0][None].copy() for f in frames]
-    bare = {"bare_ov_int8": ov_runner(models["cpu"], threads),
+    bare = {"bare_ov_int8": ov_runner(ov_form(models["cpu"]), threads),
             "bare_ort_int8": ort_runner(models["cpu"], info, threads),
             "bare_ort_fp32": ort_runner(models["fp32"], info, threads)}
 
@@ -345,6 +388,13 @@ def bench_agreement(models: dict[str, Any], info: ModelInfo, video: Path, thread
                    "openvino": ov_runner(models[variant], threads)}
         if variant == "cpu":
             engines["openvino_bf16"] = ov_runner(models[variant], threads, precision="")
+            # what the daemon runs: the derived graph, on OpenVINO and (as reference) ONNX Runtime
+            with tempfile.TemporaryDirectory() as tmp:
+                form = Path(tmp) / "ov-form.onnx"
+                onnx.save(ov_form(models[variant]), str(form))
+                s = __import__("onnxruntime").InferenceSession(str(form), providers=["CPUExecutionProvider"])
+            engines["onnxruntime_ov_form"] = lambda x: s.run(info.output_names, {info.input_name: quantize_pixels(x)})
+            engines["openvino_ov_form"] = ov_runner(ov_form(models[variant]), threads)
         dets = {}
         for name, run in engines.items():
             got = detect_all(run, info, inputs, 0.25)
@@ -355,6 +405,9 @@ def bench_agreement(models: dict[str, Any], info: ModelInfo, video: Path, thread
         for name in [k for k in dets if k != "onnxruntime"]:
             r, p, _ = recall_precision(dets["onnxruntime"], dets[name])
             out[f"{variant}/{name}_vs_onnxruntime"] = {"recall": r, "precision": p}
+        if "openvino_ov_form" in dets:
+            r, p, _ = recall_precision(dets["onnxruntime_ov_form"], dets["openvino_ov_form"])
+            out[f"{variant}/openvino_ov_form_vs_onnxruntime_ov_form"] = {"recall": r, "precision": p}
     return out
 
 
@@ -424,7 +477,9 @@ def main() -> int:
         doc = {**json.loads(prev.read_text()), **doc}
     if "bare" in sections:
         doc["bare"] = bench_bare(models, info, frames, a, args.threads, args.rounds)
-        pretty = {"ort_fp32": "ONNX Runtime FP32", "ort_int8_cpu": "ONNX Runtime INT8 (cpu variant)",
+        pretty = {"ort_fp32": "ONNX Runtime FP32",
+                  "ov_int8": "OpenVINO INT8 (as the daemon runs it)",
+                  "ov_int8_f32_input": "OpenVINO INT8, float input", "ort_int8_cpu": "ONNX Runtime INT8 (cpu variant)",
                   "ort_int8_sym": "ONNX Runtime INT8 symmetric", "ov_fp32": "OpenVINO FP32",
                   "ov_int8_sym": "OpenVINO INT8 symmetric", "ov_int8_cpu": "OpenVINO INT8 (cpu variant)",
                   "ov_int8_cpu_bf16": "OpenVINO INT8 cpu, bf16 default",

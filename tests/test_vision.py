@@ -128,3 +128,25 @@ def test_kept_scaler_gives_the_pixels_of_a_fresh_one(demo_video) -> None:
         want = np.empty_like(got)
         _fill(want, info, rgb)
         assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuvj420p", "nv12", "yuv422p", "yuv444p",
+                                     "yuv420p10le", "rgb24", "bgr24", "gray"])
+@pytest.mark.parametrize("size", [None, (1280, 720), (853, 481), (416, 300)])
+def test_planar_letterbox_gives_the_pixels_of_packed_rgb(demo_video, pix_fmt: str,
+                                                         size: tuple[int, int] | None) -> None:
+    """letterbox_av asks swscale for planar GBR (a third of packed rgb24's cost, and the planes
+    the CHW input wants): for every decoder format a source may hand over, the pixels are the
+    ones packed rgb24 gives, in the float and in the uint8 buffer."""
+    from daemon.vision.letterbox import INTERPOLATION, _fill
+
+    with av.open(str(demo_video)) as c:
+        vf = next(c.decode(video=0))
+        vf = vf.reformat(format=pix_fmt, **({"width": size[0], "height": size[1]} if size else {}))
+    for dtype in (np.float32, np.uint8):
+        got, info = letterbox_av(vf, 416, 416, out=np.empty((3, 416, 416), dtype))
+        rgb = vf.reformat(width=info.new_w, height=info.new_h, format="rgb24",
+                          interpolation=INTERPOLATION).to_ndarray()
+        want = np.empty_like(got)
+        _fill(want, info, rgb)
+        assert np.array_equal(got, want), (pix_fmt, dtype)

@@ -7,8 +7,18 @@ kernels (VNNI / AVX-512 / AVX2 / ARM dot-product). On the INT8 ``cpu`` variant i
 ONNX Runtime computes (tests/test_openvino.py checks the boxes) at about 3x ONNX Runtime's FP32
 speed (bench/bench_openvino.py, README "OpenVINO").
 
-Shapes: input float32 (N, 3, H, W), N <= ``max_batch``, RGB 0..1 letterboxed; outputs the raw
-YOLO heads, float32 (N, A*(5+C), h, w) in head order, exactly as the ONNX Runtime backend.
+Shapes: input (N, 3, H, W), N <= ``max_batch``, RGB letterboxed: float32 0..1, or for an INT8
+model uint8 0..255 (``input_dtype``; see below); outputs the raw YOLO heads, float32
+(N, A*(5+C), h, w) in head order, exactly as the ONNX Runtime backend.
+
+INT8: the ``cpu`` Q/DQ model is handed to OpenVINO in the form it runs fastest,
+``daemon/backends/ov_graph.py`` (the requantization between each convolution and its activation
+and the no-op pairs after pools left out, the image's own quantization replaced by uint8 input):
+about a tenth less CPU per inference, and the letterbox writes 8-bit pixels.
+
+Completion (the pipeline's interface for engines with work in flight): ``set_on_complete(cb)``
+has every infer request call ``cb()`` from OpenVINO's thread when its job finishes, and
+``ready(ticket)`` says, without blocking, whether a ticket's outputs can be collected.
 
 Two ways to run it, one shape as the GPU path (``daemon/backends/cuda.py``):
 
@@ -29,9 +39,11 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +68,24 @@ def openvino_unavailable_reason() -> str | None:
     if "CPU" not in devices:
         return f"OpenVINO offers no CPU device here (devices: {devices})"
     return None
+
+
+def _ignore(_: Any) -> None:
+    """The callback a closed backend's requests keep."""
+
+
+def _finished(ref: "weakref.ref[OpenVinoBackend]", slot: int) -> None:
+    """OpenVINO's callback, on its own thread, when request `slot`'s job is done: mark the
+    ticket ready, then wake the pipeline."""
+    backend = ref()
+    if backend is None:
+        return
+    seq = backend._busy.get(slot)
+    if seq is not None:
+        backend._done[slot] = seq
+    cb = backend._on_complete
+    if cb is not None:
+        cb()
 
 
 @dataclass(frozen=True)
@@ -92,8 +122,22 @@ class OpenVinoBackend:
         if cache_dir is not None:
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
             core.set_property({"CACHE_DIR": str(cache_dir)})
+        self.input_dtype: type[np.generic] = np.float32
+        self.derived = ""
         try:
-            model = core.read_model(str(path))
+            if precision == "int8":
+                import onnx
+
+                from daemon.backends.ov_graph import derive
+
+                d = derive(onnx.load(str(path)), uint8_input=True)
+                model = core.read_model(d.model.SerializeToString(), b"")
+                if d.uint8_input:
+                    self.input_dtype = np.uint8
+                self.derived = (f"{d.conv_act_pairs} conv->activation and {d.preserving_pairs} "
+                                f"pool/resize Q/DQ pairs folded, {'uint8' if d.uint8_input else 'float32'} input")
+            else:
+                model = core.read_model(str(path))
         except Exception as exc:
             raise BackendError(f"{path}: OpenVINO cannot read the model: {exc}") from exc
         inputs = [i.get_any_name() for i in model.inputs]
@@ -133,38 +177,52 @@ class OpenVinoBackend:
         self.requests = [self.compiled.create_infer_request() for _ in range(self.in_flight)]
         # One input buffer per request: a frame letterboxed for request k+1 never touches the
         # memory request k is still reading (OpenVINO shares it, no copy).
-        self.buffers = [np.empty((self.max_batch, c, h, w), np.float32) for _ in self.requests]
+        self.buffers = [np.empty((self.max_batch, c, h, w), self.input_dtype) for _ in self.requests]
+        # One shared-memory Tensor per (request, batch size), made once: no per-frame wrapper.
+        self._tensors: dict[tuple[int, int], Any] = {}
         self._sync = self.compiled.create_infer_request()
         self._next = 0
         self._seq = 0
         self._busy: dict[int, int] = {}  # slot -> seq of the ticket it runs
-        # Completion (backends/base.py CompletionSource): set by OpenVINO's callback thread
-        # before the pipeline is woken; inside the callback OpenVINO's wait_for(0) is still
-        # False, so ready() reads this flag, not the request.
-        self._done = [False] * self.in_flight
+        self._done: dict[int, int] = {}  # slot -> seq of the last ticket whose job finished
         self._on_complete: Callable[[], None] | None = None
-        log.info("OpenVINO %s: %s (%s) compiled in %.2fs%s; hint %s, %d infer requests, "
+        # The callback holds the backend weakly: no request -> callback -> backend -> request
+        # cycle for the garbage collector to tear down in an arbitrary order at exit.
+        ref = weakref.ref(self)
+        for slot, req in enumerate(self.requests):
+            req.set_callback(lambda slot, ref=ref: _finished(ref, slot), slot)
+        log.info("OpenVINO %s: %s (%s%s) compiled in %.2fs%s; hint %s, %d infer requests, "
                  "%s threads, max batch %d", ov.get_version(), self.path.name, precision,
+                 f"; {self.derived}" if self.derived else "",
                  self.compile_seconds, " (from the compiled-model cache)" if self.loaded_from_cache
                  else "", config["PERFORMANCE_HINT"], self.in_flight,
                  self.compiled.get_property("INFERENCE_NUM_THREADS") or "auto", self.max_batch)
 
     # -- synchronous -----------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
-        """(N, 3, H, W) float32 -> raw head outputs (copies), each (N, A*(5+C), h, w)."""
+        """(N, 3, H, W) float32 0..1 (or uint8 0..255 when ``input_dtype`` is uint8) -> raw
+        head outputs (copies), each (N, A*(5+C), h, w). Float input to a uint8-input model is
+        quantized as the model's own first QuantizeLinear would (``ov_graph.quantize_pixels``)."""
         import openvino as ov
 
         if batch.shape[0] > self.max_batch:
             raise BackendError(f"{self.path}: batch of {batch.shape[0]} exceeds model.max_batch "
                                f"{self.max_batch}")
-        x = np.ascontiguousarray(batch, np.float32)
+        if self.input_dtype == np.uint8 and batch.dtype != np.uint8:
+            from daemon.backends.ov_graph import quantize_pixels
+
+            x = quantize_pixels(batch)
+        else:
+            x = np.ascontiguousarray(batch, self.input_dtype)
         self._sync.set_input_tensor(ov.Tensor(x, shared_memory=True))
         self._sync.infer()
         return [self._sync.get_tensor(p).data.copy() for p in self.output_ports]
 
     # -- pipelined (submit / collect) ------------------------------------------------------
     def input_slot(self, n: int) -> np.ndarray:
-        """The (n, 3, H, W) float32 buffer the next ``submit(n)`` sends; fill it first.
+        """The (n, 3, H, W) buffer (``input_dtype``: float32 0..1, or uint8 pixels, which
+        ``vision.letterbox`` writes when given such a buffer) the next ``submit(n)`` sends; fill
+        it first.
         Raises BackendError when that request still runs an uncollected ticket."""
         if not 1 <= n <= self.max_batch:
             raise BackendError(f"batch of {n} outside 1..model.max_batch {self.max_batch}")
@@ -180,11 +238,15 @@ class OpenVinoBackend:
         if slot in self._busy:
             raise BackendError("every OpenVINO infer request is in flight: collect one first")
         req = self.requests[slot]
-        req.set_input_tensor(ov.Tensor(self.buffers[slot][:n], shared_memory=True))
-        self._done[slot] = False
-        req.start_async()
+        tensor = self._tensors.get((slot, n))
+        if tensor is None:
+            tensor = self._tensors[(slot, n)] = ov.Tensor(self.buffers[slot][:n], shared_memory=True)
+        req.set_input_tensor(tensor)
+        # Book the ticket before starting: the completion callback may run at once.
         self._seq += 1
+        self._done.pop(slot, None)
         self._busy[slot] = self._seq
+        req.start_async()
         self._next = (slot + 1) % len(self.requests)
         return OvTicket(slot, n, self._seq)
 
@@ -198,21 +260,18 @@ class OpenVinoBackend:
         del self._busy[ticket.slot]
         return [req.get_tensor(p).data for p in self.output_ports]
 
+    # -- completion ------------------------------------------------------------------------
     def set_on_complete(self, callback: Callable[[], None] | None) -> None:
-        """Call ``callback`` (from OpenVINO's thread) whenever a submitted request finishes."""
+        """Call `callback()` (from OpenVINO's thread; it must only wake the pipeline, e.g.
+        ``scheduler.wake()``) whenever a submitted job's outputs are ready. None removes it."""
         self._on_complete = callback
-        for slot, req in enumerate(self.requests):
-            req.set_callback(self._completed, slot)
-
-    def _completed(self, slot: int) -> None:
-        self._done[slot] = True
-        cb = self._on_complete
-        if cb is not None:
-            cb()
 
     def ready(self, ticket: OvTicket) -> bool:
-        """Non-blocking: ``collect(ticket)`` would return at once."""
-        return self._busy.get(ticket.slot) == ticket.seq and self._done[ticket.slot]
+        """True when ``collect(ticket)`` will not wait (its job finished); never blocks.
+        Raises BackendError for a ticket already collected."""
+        if self._busy.get(ticket.slot) != ticket.seq:
+            raise BackendError(f"OpenVINO ticket {ticket.seq} was already collected")
+        return self._done.get(ticket.slot) == ticket.seq
 
     @property
     def pending(self) -> int:
@@ -221,7 +280,11 @@ class OpenVinoBackend:
     def close(self) -> None:
         for slot in list(self._busy):
             self.requests[slot].wait()
+        for req in self.requests:
+            req.set_callback(_ignore, None)
         self._busy.clear()
+        self._on_complete = None
+        self._tensors.clear()
         self.requests = []
         self._sync = None
         self.compiled = None
