@@ -44,8 +44,10 @@ sysdeps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-# pytest exits 5 when it collected no test: a broken suite, not a pass.
+# pytest exits 5 when it collected no test: a broken suite, not a pass. mypy first: the package
+# is typed (disallow_untyped_defs, pyproject [tool.mypy]) and stays so.
 test: venv-test sysdeps
+	$(BIN)/python -m mypy daemon
 	$(BIN)/detectd fetch-model
 	@$(BIN)/python -m pytest -q -rs --durations=30 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
