@@ -5,7 +5,7 @@ ONNX models as they are, Q/DQ included: its low-precision transformations turn e
 QuantizeLinear/DequantizeLinear pair into a FakeQuantize and run the convolutions with int8
 kernels (VNNI / AVX-512 / AVX2 / ARM dot-product). On the INT8 ``cpu`` variant it computes what
 ONNX Runtime computes (tests/test_openvino.py checks the boxes) at about 3x ONNX Runtime's FP32
-speed (bench/bench_openvino.py, README "OpenVINO").
+speed (bench/bench_openvino.py, docs/openvino.md).
 
 Shapes: input (N, 3, H, W), N <= ``max_batch``, RGB letterboxed: float32 0..1, or for an INT8
 model uint8 0..255 (``input_dtype``; see below); outputs the raw YOLO heads, float32
