@@ -198,7 +198,7 @@ class CalibrationConfig(Strict):
     method: Literal["percentile", "entropy", "mse", "max"] = "entropy"
     percentile: float = Field(default=99.99, gt=50, le=100)
     # The daemon refuses an INT8 model whose mAP@0.5 agreement with the FP32 model on the
-    # held-out frames is below this; 0 = no check (README "INT8").
+    # held-out frames is below this; 0 = no check (docs/int8-overview.md).
     min_agreement: float = Field(default=0.90, ge=0, le=1)
 
 
