@@ -40,11 +40,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import DaemonProc, write_config  # noqa: E402  (the test suite's harness)
+from tests.harness import DaemonProcess  # noqa: E402  (the one daemon-process harness)
 from tests.mqtt_broker import Collector, Mosquitto  # noqa: E402
 
 
-def scrape_sum(d: DaemonProc, name: str) -> float:
+def scrape_sum(d: DaemonProcess, name: str) -> float:
     total = 0.0
     for line in d.scrape().splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
@@ -52,12 +52,14 @@ def scrape_sum(d: DaemonProc, name: str) -> float:
     return total
 
 
-def start(tmp: Path, name: str, video: Path, **sections: Any) -> DaemonProc:
-    path, cfg = write_config(tmp / f"{name}.yaml", [{"id": "cam1", "url": str(video), "loop": True}],
-                             **sections)
-    d = DaemonProc(path, cfg, subscribe=b"events/")
-    d.wait_ready(180)
-    return d
+def start(tmp: Path, name: str, video: Path, **sections: Any) -> DaemonProcess:
+    return DaemonProcess(tmp, [{"id": "cam1", "url": str(video), "loop": True}], name=name,
+                         subscribe=b"events/", **sections).start(180)
+
+
+def pid(d: DaemonProcess) -> int:
+    assert d.proc is not None, "started by start()"
+    return d.proc.pid
 
 
 def throughput_round(tmp: Path, kind: str, video: Path, broker: Mosquitto, warmup: float,
@@ -71,7 +73,7 @@ def throughput_round(tmp: Path, kind: str, video: Path, broker: Mosquitto, warmu
     d = start(tmp, f"{kind}-{i}", video, model={"backend": "onnxruntime", "threads": 2}, **mq)
     import psutil
 
-    proc = psutil.Process(d.proc.pid)
+    proc = psutil.Process(pid(d))
     try:
         time.sleep(warmup)
         n0, t0, c0 = scrape_sum(d, "detectd_frames_published_total"), time.monotonic(), proc.cpu_times()
@@ -173,7 +175,7 @@ def sink_cost(broker: Mosquitto, rounds: int, n: int) -> dict[str, Any]:
             "mqtt_extra_us_qos1": (med["qos1"] - med["zmq"]) * 1e6}
 
 
-def readyz(d: DaemonProc) -> int:
+def readyz(d: DaemonProcess) -> int:
     try:
         with urllib.request.urlopen(d.metrics_url + "/readyz", timeout=5) as r:
             return int(r.status)
@@ -213,7 +215,7 @@ def restart_case(tmp: Path, video: Path, name: str, buffer: int | None, kill: bo
                "sent_up_to_seq": top, "received_distinct": len(set(seqs)),
                "duplicates": len(seqs) - len(set(seqs)), "missed": top + 1 - len(set(seqs)),
                "counted_dropped": dropped, "counted_total": sum(dropped.values()),
-               "daemon_restarted": d.proc.poll() is not None}
+               "daemon_restarted": d.proc is not None and d.proc.poll() is not None}
     finally:
         d.close()
         col.close()

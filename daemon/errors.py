@@ -23,9 +23,9 @@ Kinds and their exit statuses (:class:`ExitCode`):
   asked for.
 
 :func:`exit_code` is the one mapping every command uses; the statuses themselves are
-:class:`ExitCode` (README "Exit status"). A new error kind: subclass :class:`DetectdError` (or
-:class:`UsageError` for bad input) in the module that raises it, set ``exit_code`` if it is not
-1, and add it to the list above.
+:class:`ExitCode` (README "Command line", docs/vocabulary.md). A new error kind: subclass
+:class:`DetectdError` (or :class:`UsageError` for bad input) in the module that raises it, set
+``exit_code`` if it is not 1, and add it to the list above.
 """
 
 from __future__ import annotations

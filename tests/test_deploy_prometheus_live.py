@@ -16,11 +16,7 @@ import json
 import math
 import shutil
 import subprocess
-import time
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -28,6 +24,7 @@ import yaml
 
 from tests.harness import OPS_DEFAULTS, ROOT, DaemonProcess, demo_stream, free_port, wait_for
 from tests.support.deploy import dashboard_queries
+from tests.support.prometheus import PromAPI, start_prometheus
 
 pytestmark = [
     pytest.mark.slow,
@@ -42,41 +39,11 @@ def substitute(expr: str) -> str:
             .replace("$stream", ".*"))
 
 
-class PromAPI:
-    def __init__(self, base: str) -> None:
-        self.base = base
-
-    def get(self, path: str, **params: Any) -> Any:
-        url = f"{self.base}{path}?{urllib.parse.urlencode(params, doseq=True)}"
-        with urllib.request.urlopen(url, timeout=15) as r:
-            body = json.load(r)
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        return list(self.get("/api/v1/query", query=expr)["result"])
-
-    def query_range(self, expr: str, seconds: int = 30) -> list[dict[str, Any]]:
-        end = time.time()
-        data = self.get("/api/v1/query_range", query=expr, start=end - seconds, end=end, step="1s")
-        return list(data["result"])
-
-
 @dataclass
 class Stack:
     daemon: DaemonProcess
     site: PromAPI  # scrapes the daemon with the shipped prometheus.yml job and alert rules
     fed: PromAPI  # a "global" Prometheus federating `site` with the shipped federation.yml job
-
-
-def start_prometheus(tmp: Path, name: str, cfg: dict[str, Any], port: int) -> subprocess.Popen[bytes]:
-    (tmp / f"{name}.yml").write_text(yaml.safe_dump(cfg))
-    with open(tmp / f"{name}.log", "wb") as log:
-        return subprocess.Popen(
-            ["prometheus", f"--config.file={tmp / f'{name}.yml'}", f"--storage.tsdb.path={tmp / name}-data",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1h"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
-        )
 
 
 @pytest.fixture(scope="module")

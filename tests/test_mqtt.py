@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from typing import Any, Iterator
 import jsonschema
 import pytest
 
+from tests.harness import ROOT, DaemonProcess, detectd_command
 from tests.mqtt_broker import Collector, Mosquitto, have_mosquitto
 
 pytestmark = pytest.mark.skipif(not have_mosquitto(), reason="needs mosquitto (.ci/apt-packages.txt)")
@@ -225,43 +227,25 @@ def test_wrong_credentials_name_the_key_never_the_password(run_daemon: Any, demo
 
 
 def test_credentials_from_the_credentials_directory(tmp_path: Path, demo_video: Path, brokers: Any,
-                                                    fp32_onnx: Path) -> None:
+                                                    fp32_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``$CREDENTIALS_DIRECTORY/mqtt-password`` as systemd and the Kubernetes manifests set it; a
     missing file is an exit 1 naming mqtt.password_file."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import DaemonProc, ROOT, write_config
-
     secret = "An0ther-s3cret"
     b = brokers(users={"detectd": secret})
     creds = tmp_path / "creds"
     creds.mkdir()
-    path, cfg = write_config(tmp_path / "d.yaml", [stream("cam1", demo_video)],
-                             mqtt={"host": "127.0.0.1", "port": b.port, "username": "detectd",
-                                   "password_file": "$CREDENTIALS_DIRECTORY/mqtt-password"})
-    env = dict(os.environ, CREDENTIALS_DIRECTORY=str(creds))
-    r = subprocess.run([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=120)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))  # inherited by both daemon processes
+    d = DaemonProcess(tmp_path, [stream("cam1", demo_video)], name="d",
+                      mqtt={"host": "127.0.0.1", "port": b.port, "username": "detectd",
+                            "password_file": "$CREDENTIALS_DIRECTORY/mqtt-password"})
+    r = subprocess.run([*detectd_command(), "run", "--config", str(d.config_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
     assert r.returncode == 1, r.stderr
     assert f"mqtt.password_file: file not found: {creds}/mqtt-password" in r.stderr, r.stderr
     (creds / "mqtt-password").write_text(secret + "\n")
-    old = os.environ.get("CREDENTIALS_DIRECTORY")
-    os.environ["CREDENTIALS_DIRECTORY"] = str(creds)
-    try:
-        d = DaemonProc(path, cfg)
-        try:
-            d.wait_ready()  # /readyz 200 needs the broker's CONNACK: the password was accepted
-            assert metric(d.scrape(), "detectd_mqtt_connected") == 1
-            assert secret not in d.log()
-        finally:
-            d.close()
-    finally:
-        if old is None:
-            os.environ.pop("CREDENTIALS_DIRECTORY")
-        else:
-            os.environ["CREDENTIALS_DIRECTORY"] = old
+    with d:  # ready (/readyz 200) needs the broker's CONNACK: the password was accepted
+        assert metric(d.scrape(), "detectd_mqtt_connected") == 1
+        assert secret not in d.log()
 
 
 def test_tls_with_the_brokers_ca(run_daemon: Any, demo_video: Path, brokers: Any, collectors: Any) -> None:

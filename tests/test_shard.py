@@ -16,8 +16,9 @@ import pytest
 import yaml
 
 from daemon.shard import ShardConfig, assignment, owner, parse_shard
-from tests.conftest import ROOT
+from tests.harness import ROOT, free_port
 from tests.mqtt_broker import Collector, Mosquitto, have_mosquitto
+from tests.support.prometheus import PromAPI, start_prometheus
 
 IDS = [f"cam-{i:04d}" for i in range(2000)]
 
@@ -88,9 +89,6 @@ def test_check_config_prints_what_a_shard_serves(tmp_path: Path, demo_video: Pat
 
 def _prometheus_sees_one_fleet(tmp_path: Path, ds: list[Any], ids: list[str]) -> None:
     """A real Prometheus scraping the instances: one shard each, every stream on one instance."""
-    from tests.conftest import free_port
-    from tests.test_prometheus_live import PromAPI, start_prometheus
-
     port = free_port()
     targets = [d.cfg["metrics"]["listen"] for d in ds]
     prom = start_prometheus(tmp_path, "prom", {"global": {"scrape_interval": "1s"}, "scrape_configs": [
@@ -162,8 +160,8 @@ def test_three_instances_serve_every_stream_once_then_four(run_daemon: Any, demo
         moved = {s for s in ids if owner(s, 3) != owner(s, 4)}
         assert moved == set(four[3])
         for i, d in enumerate(ds):
-            cfg = dict(d.cfg, shard={"index": i, "count": 4})
-            Path(d.stderr_path.with_suffix(".yaml")).write_text(yaml.safe_dump(cfg))
+            d.cfg["shard"] = {"index": i, "count": 4}
+            d.write_config()
             d.signal(signal.SIGHUP)
         ds.append(run_daemon(streams, wait=False, shard={"index": 3, "count": 4}, mqtt=mq,
                              model={"threads": 1}))
