@@ -43,7 +43,7 @@ def code_digest() -> str:
 
 
 class CalibrationSettings(BaseModel):
-    """``model.calibration`` (README "INT8", docs/int8.md). Unknown keys are refused; a bad
+    """``model.calibration`` (docs/int8-overview.md, docs/int8.md). Unknown keys are refused; a bad
     value raises pydantic's ValidationError (a ValueError) naming the field."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -62,7 +62,7 @@ class CalibrationSettings(BaseModel):
     method: Literal["percentile", "entropy", "mse", "max"] = "entropy"
     percentile: float = Field(default=99.99, gt=50, le=100)
     # The daemon refuses an INT8 model whose mAP@0.5 agreement with the FP32 model on the
-    # held-out frames is below this; 0 = no check (README "INT8").
+    # held-out frames is below this; 0 = no check (docs/int8-overview.md).
     min_agreement: float = Field(default=DEFAULT_MIN_AGREEMENT, ge=0, le=1)
 
     @field_validator("source")
