@@ -42,6 +42,7 @@ from daemon.reload import apply_plan, plan_reload, read_config
 from daemon.scheduler import Scheduler
 from daemon.sources import nvdec
 from daemon.sources.streams import Streams
+from daemon.stream_manager import StreamManager
 
 log = logging.getLogger("detectd")
 
@@ -65,6 +66,7 @@ class Daemon:
         self.sink = FanOut([])
         self.streams = Streams(self.scheduler, self.metrics, self.sink.post_event, self.stop_requested)
         self.pipeline: Pipeline | None = None
+        self.stream_manager: StreamManager | None = None
         self.http: MetricsServer | None = None
         self.notifier: Any = None  # daemon.systemd.Notifier under systemd
         self.preview_service: Any = None  # daemon.preview.service, when preview.enabled
@@ -104,6 +106,8 @@ class Daemon:
         self.metrics.build_info.labels(__version__, b.name, b.precision).set(1)
         self.pipeline = Pipeline(self.scheduler, self.detector, self.sink, self.metrics, self.streams, model_desc)
         self.start_preview()
+        self.stream_manager = StreamManager(self.metrics, self.sink, self.scheduler, self.streams,
+                                            self.pipeline, self.preview)
         for s in shard.owned_streams(self.cfg, self.metrics):  # this instance's shard only
             self.add_stream(s)
         self.streams.start_supervisor()
@@ -121,15 +125,9 @@ class Daemon:
             self.preview_service = PreviewService(self.cfg.preview, self.streams.status)
 
     def start_preview(self) -> None:
-        if self.preview_service is None:
-            return
-        assert self.pipeline is not None and self.http is not None
-        b, pipeline = self.pipeline.detector.backend, self.pipeline
-        self.preview_service.start(
-            {"model": pipeline.model_desc["name"], "backend": b.name, "precision": b.precision,
-             "version": __version__}, self.http, self.cfg.metrics.listen,
-            pipeline.hooks.append, lambda keep: setattr(pipeline, "keep_native", keep))
-        self.preview = self.preview_service.hub
+        if self.preview_service is not None:
+            assert self.pipeline is not None and self.http is not None
+            self.preview = self.preview_service.attach(self.pipeline, self.http, self.cfg.metrics.listen)
 
     def readiness(self) -> dict[str, Any]:
         """``/readyz`` checks (bools) plus the reasons: the ZeroMQ endpoint lost
@@ -146,39 +144,18 @@ class Daemon:
             checks["sinks_problem"] = sink_problem
         return checks
 
-    # -- streams (start-up and reload) --------------------------------------------------------
+    # -- streams (start-up and reload: daemon/stream_manager.py) --------------------------------
     def add_stream(self, s: StreamConfig) -> None:
-        self.metrics.init_stream(s.id)
-        self.sink.add_stream(s.id)  # a late subscriber can learn its state
-        self.scheduler.add_stream(s.id, size=s.queue_size, live=s.is_live, max_age=s.max_age_ms / 1000)
-        if self.preview is not None:
-            self.preview.add_stream(s.id)
-        self.set_analytics(s)
-        self.streams.start(s)
+        assert self.stream_manager is not None
+        self.stream_manager.add(s)
 
     def set_analytics(self, s: StreamConfig) -> None:
-        """Create, reconfigure (a reload: tracks kept) or end a stream's tracker/zones/lines."""
-        assert self.pipeline is not None
-        self.pipeline.set_analytics(s.id, s.analytics)
-        if self.preview is not None:
-            an = s.analytics
-            self.preview.set_geometry(s.id, an.zones if an else [], an.lines if an else [])
+        assert self.stream_manager is not None
+        self.stream_manager.set_analytics(s)
 
     def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None:
-        """Stop a stream without waiting for its thread (``Streams.retire``). ``forget_metrics``:
-        every series of the stream goes from /metrics (a removal, not a restart)."""
-        assert self.pipeline is not None
-        self.pipeline.flush()  # batches in flight publish (and count) before the removal
-        with self.streams.paused_supervision():  # the supervisor writes per-stream gauges
-            self.streams.retire(sid, forget_metrics=forget_metrics)
-            self.pipeline.set_analytics(sid, None)
-            dropped = self.scheduler.remove_stream(sid)
-            # Removed for good: subscribers hear it is stopped.
-            self.sink.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
-            if forget_metrics:
-                self.metrics.remove_stream(sid)
-            elif dropped:
-                self.metrics.frames_dropped.labels(sid, "shutdown").inc(dropped)
+        assert self.stream_manager is not None
+        self.stream_manager.remove(sid, forget_metrics=forget_metrics)
 
     def reload(self) -> bool:
         """SIGHUP: re-read the config file and apply what can change in place (``reload.py``).

@@ -17,7 +17,7 @@ import pytest
 
 from daemon.frames import Detections, Frame, FrameResult
 from daemon.preview import PreviewHub, PreviewServer, StreamStatus, request_handler
-from daemon.vocab import StreamState
+from daemon.vocab import DropReason, StreamState
 
 LABELS = ["person", "bicycle", "car"]
 
@@ -134,9 +134,15 @@ def test_a_sources_snapshot_says_what_its_metrics_say(tmp_path: Path, case: str)
         assert all(s == ("up", True, "up", 1.0) for s in seen), seen[:3]
     else:
         assert end.state == "error" and not seen
-    m.frames_dropped.labels("s", "stale").inc(2)
-    m.frames_dropped.labels("s", "zmq_hwm").inc()
-    assert src.status().drops == 3
+    # Drops: the snapshot's count and the exported series are counted by the one call.
+    before = src.status().drops
+    m.count_drop("s", DropReason.STALE, 2)
+    m.count_drop("s", DropReason.ZMQ_HWM)
+    exported = sum(m.registry.get_sample_value("detectd_frames_dropped_total", {"stream": "s", "reason": r}) or 0
+                   for r in DropReason)
+    assert src.status().drops == before + 3 == exported
+    m.remove_stream("s")
+    assert src.status().drops == 0  # a removed stream's count goes with its series
 
 
 def test_status_describes_the_frame_whose_picture_is_shown() -> None:
@@ -206,6 +212,38 @@ def test_routes(served: tuple[PreviewHub, PreviewServer]) -> None:
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(srv.url + bad)
         assert e.value.code == 404
+
+
+def test_a_removed_stream_leaves_the_page_and_frees_its_place() -> None:
+    """A stream removed for good (a reload dropped it, or moved it to another shard) loses its
+    tile, its open MJPEG responses end, a late frame of it brings nothing back, and its place
+    under max_streams takes a new stream."""
+    hub = PreviewHub(max_streams=2)
+    with PreviewServer(hub, "127.0.0.1", 0, fps=20) as srv:
+        hub.add_stream("a")
+        hub.add_stream("b")
+        hub.set_geometry("a", [], [])
+        hub.offer(_result("a"), LABELS)
+        viewer = urllib.request.urlopen(srv.url + "stream/a.mjpg", timeout=10)
+        assert b"X-Frame-Seq: 1" in viewer.read1(1 << 16) + viewer.read1(1 << 16)
+        hub.remove_stream("a")
+        viewer.read()  # the response ends (a socket timeout here would fail the test)
+        assert hub.streams() == ["b"] and "a" not in hub.geometry
+        hub.offer(_result("a", 1), LABELS)  # a frame still in flight when it was removed
+        assert hub.streams() == ["b"] and hub.rejected == 0
+        st = json.loads(urllib.request.urlopen(srv.url + "status.json").read())
+        assert [x["id"] for x in st["streams"]] == ["b"]
+        page = urllib.request.urlopen(srv.url).read().decode()
+        assert 'id="tile-a"' not in page and 'id="tile-b"' in page
+        hub.add_stream("c")  # the freed place
+        assert hub.streams() == ["b", "c"] and hub.rejected == 0
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(srv.url + "stream/a.jpg")
+        assert e.value.code == 404
+        hub.remove_stream("c")
+        hub.add_stream("a")  # back in the configuration: a tile again, from scratch
+        hub.offer(_result("a", 2), LABELS)
+        assert hub.streams() == ["b", "a"] and hub.frame_seq("a") == 1
 
 
 def test_stalled_viewer_never_slows_the_pipeline(served: tuple[PreviewHub, PreviewServer]) -> None:

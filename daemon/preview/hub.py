@@ -124,6 +124,8 @@ class PreviewHub:
         self._clock = clock
         self._slots: dict[str, _Slot] = {}
         self._create_lock = threading.Lock()
+        # Streams removed by the daemon: a frame of theirs still in flight gets no new tile.
+        self._removed: set[str] = set()
         self._viewers = 0
         self._last_view = -1e18
         self._viewers_lock = threading.Lock()
@@ -181,13 +183,33 @@ class PreviewHub:
 
     def add_stream(self, stream: str) -> None:
         """Give ``stream`` a tile before its first frame (the page then says 'waiting')."""
+        with self._create_lock:
+            self._removed.discard(stream)
         if stream not in self._slots:
             self._slot(stream)
+
+    def remove_stream(self, stream: str) -> None:
+        """Take ``stream``'s tile off the page for good (removed from the configuration, or
+        moved to another shard): its slot, figures and geometry go, its place under
+        ``max_streams`` is free again, and open MJPEG responses for it end. A frame of it still
+        in flight that is offered afterwards is ignored; :meth:`add_stream` brings it back."""
+        with self._create_lock:
+            self._removed.add(stream)
+            if stream in self._slots:
+                # A new dict, as in _slot: readers iterating the old one never see it change.
+                self._slots = {k: v for k, v in self._slots.items() if k != stream}
+        self.geometry = {k: v for k, v in self.geometry.items() if k != stream}
+
+    def has_stream(self, stream: str) -> bool:
+        """``stream`` has a tile now."""
+        return stream in self._slots
 
     def _slot(self, stream: str) -> _Slot | None:
         with self._create_lock:
             slot = self._slots.get(stream)
             if slot is None:
+                if stream in self._removed:
+                    return None
                 if len(self._slots) >= self.max_streams:
                     self.rejected += 1
                     return None

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from daemon import __version__
 from daemon.preview.hub import PreviewHub, StatusSource
 from daemon.preview.server import PreviewServer, request_handler
 from daemon.preview.web import PreviewApp
+
+if TYPE_CHECKING:  # the daemon's loop; the preview package never imports it at run time
+    from daemon.pipeline import Pipeline
 
 log = logging.getLogger("detectd")
 
@@ -56,6 +60,15 @@ class PreviewService:
             self.server.start()  # bound in __init__
         add_hook(hub.offer)
         set_keep_native(lambda: bool(hub.watching))  # the page draws on the pixels
+
+    def attach(self, pipeline: Pipeline, http: Any, metrics_listen: str) -> PreviewHub:
+        """:meth:`start` fed by the daemon's ``pipeline`` (its result hooks, its model shown in
+        the page header); the hub."""
+        b = pipeline.detector.backend
+        self.start({"model": pipeline.model_desc["name"], "backend": b.name, "precision": b.precision,
+                    "version": __version__}, http, metrics_listen,
+                   pipeline.hooks.append, lambda keep: setattr(pipeline, "keep_native", keep))
+        return self.hub
 
     def close(self) -> None:
         """Stop serving: the own port closes, open MJPEG responses on the metrics listener end."""

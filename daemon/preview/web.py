@@ -118,7 +118,7 @@ class PreviewApp:
             period = 1.0 / self.fps
             sent = -1
             opened = time.monotonic()
-            while not self.stop.is_set():
+            while not self.stop.is_set() and self.hub.has_stream(stream):  # removed: the response ends
                 t0 = time.monotonic()
                 if self.hub.frame_seq(stream) != sent:
                     # Frames handled before this viewer came have no pixels: wait for one that
