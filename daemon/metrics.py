@@ -39,6 +39,9 @@ DROP_REASONS = tuple(DropReason)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
+        # Frames dropped per stream, all reasons (count_drop): the status snapshots' figure.
+        self._drops: dict[str, int] = {}
+        self._drops_lock = threading.Lock()
         self.frames_decoded = Counter("detectd_frames_decoded_total",
                                       "Frames decoded, per stream.", ["stream"], registry=r)
         self.frames_published = Counter("detectd_frames_published_total",
@@ -154,6 +157,8 @@ class Metrics:
         metric with a ``stream`` label goes, whatever its other labels (detections by label,
         drops by reason, states...), and with it its ``_created``/``_bucket``/``_sum`` samples.
         Sums over streams then count only the streams that exist."""
+        with self._drops_lock:
+            self._drops.pop(stream, None)
         for metric in vars(self).values():
             if isinstance(metric, MetricWrapperBase):
                 try:
@@ -161,15 +166,19 @@ class Metrics:
                 except ValueError:  # a metric without a "stream" label
                     pass
 
+    def count_drop(self, stream: str, reason: DropReason, n: int = 1) -> None:
+        """Count ``n`` dropped frames of ``stream``: ``detectd_frames_dropped_total{stream,reason}``
+        and the stream's own running total (:meth:`dropped`). Every drop goes through here, so
+        the two always agree."""
+        self.frames_dropped.labels(stream, reason).inc(n)
+        with self._drops_lock:
+            self._drops[stream] = self._drops.get(stream, 0) + n
+
     def dropped(self, stream: str) -> int:
-        """Frames of ``stream`` dropped so far, every reason summed
-        (``detectd_frames_dropped_total``): for status displays, read on their thread."""
-        total = 0.0
-        for family in self.frames_dropped.collect():
-            for s in family.samples:
-                if s.name.endswith("_total") and s.labels.get("stream") == stream:
-                    total += s.value
-        return int(total)
+        """Frames of ``stream`` dropped so far, every reason summed (what :meth:`count_drop`
+        counted; 0 after :meth:`remove_stream`). A dict lookup, not a walk of the registry: the
+        stream's status snapshot (the preview page) reads it on its own thread."""
+        return self._drops.get(stream, 0)
 
     def set_last_error(self, stream: str, kind: ErrorKind | str, at: float) -> None:
         """Count a connection failure and make ``kind`` the stream's last error."""

@@ -33,6 +33,7 @@ from daemon.config import Config
 from daemon.detector import Detected, Detector, Job
 from daemon.frames import Frame, FrameResult
 from daemon.metrics import Metrics
+from daemon.vocab import DropReason
 from daemon.publish.sink import Sink
 from daemon.scheduler import Scheduler
 from daemon.sources.streams import Streams
@@ -129,7 +130,7 @@ class Pipeline:
             self.collect_one()
         job = self.detector.submit(batch, release=not self.keep_native())
         for frame, exc in job.rejected:
-            self.metrics.frames_dropped.labels(frame.stream, "unsupported_frame").inc()
+            self.metrics.count_drop(frame.stream, DropReason.UNSUPPORTED_FRAME)
             log.error("stream %s: frame %d not converted: %s", frame.stream, frame.index, exc)
         m = self.metrics.stage["preprocess"]
         for s in job.preprocess_s:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from daemon.frames import Frame
 from daemon.metrics import Metrics
+from daemon.vocab import DropReason
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Scheduler:
             if q.live:
                 while len(q.frames) >= q.size:
                     q.frames.popleft()
-                    self.metrics.frames_dropped.labels(frame.stream, "superseded").inc()
+                    self.metrics.count_drop(frame.stream, DropReason.SUPERSEDED)
             else:
                 while len(q.frames) >= q.size:
                     if self.closed or (stop is not None and stop.is_set()) or self.queues.get(frame.stream) is not q:
@@ -108,11 +109,11 @@ class Scheduler:
             # Live: only the newest frame is worth inferring; older ones are superseded.
             while q.live and len(q.frames) > 1:
                 q.frames.popleft()
-                self.metrics.frames_dropped.labels(sid, "superseded").inc()
+                self.metrics.count_drop(sid, DropReason.SUPERSEDED)
             while q.frames:
                 f = q.frames.popleft()
                 if q.live and now - f.t_decoded > q.max_age:
-                    self.metrics.frames_dropped.labels(sid, "stale").inc()
+                    self.metrics.count_drop(sid, DropReason.STALE)
                     continue
                 batch.append(f)
                 # The next take starts after this stream: with more streams than max_batch,

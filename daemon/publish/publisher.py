@@ -39,7 +39,7 @@ from daemon.frames import FrameResult
 from daemon.metrics import Metrics
 from daemon.publish import schema, state
 from daemon.publish.endpoint import IpcClaim
-from daemon.vocab import EventKind, Topic
+from daemon.vocab import DropReason, EventKind, Topic
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Publisher:
         # seq advances even when the message is dropped, so subscribers see the gap.
         self.seq[stream] += 1
         if not self._send(schema.topic(Topic.DETECTIONS, stream), schema.encode(payload)):
-            self.metrics.frames_dropped.labels(stream, "zmq_hwm").inc()
+            self.metrics.count_drop(stream, DropReason.ZMQ_HWM)
             return False
         self.metrics.frames_published.labels(stream).inc()
         return True

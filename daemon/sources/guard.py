@@ -15,6 +15,7 @@ from typing import Any
 
 from daemon.config import StreamConfig
 from daemon.metrics import Metrics
+from daemon.vocab import DropReason
 from daemon.sources.damage import DamageTracker
 from daemon.sources.validate import UnsupportedFrame, check_frame
 
@@ -72,7 +73,7 @@ class FrameGuard:
         sid = self.cfg.id
         self.metrics.frames_damaged.labels(sid).inc()
         if self.cfg.damage == "skip":
-            self.metrics.frames_dropped.labels(sid, "damaged").inc()
+            self.metrics.count_drop(sid, DropReason.DAMAGED)
             return True, False
         return True, True
 

@@ -328,7 +328,7 @@ class StreamSource:
         if self.retired:
             return
         sid = self.cfg.id
-        self.metrics.frames_dropped.labels(sid, DropReason.UNSUPPORTED_FRAME).inc()
+        self.metrics.count_drop(sid, DropReason.UNSUPPORTED_FRAME)
         detail = {"pix_fmt": exc.pix_fmt, "width": exc.width, "height": exc.height}
         if self.cfg.is_file:
             self.metrics.set_last_error(sid, ErrorKind.UNSUPPORTED, time.time())
@@ -430,7 +430,7 @@ class StreamSource:
                     except (av.error.InvalidDataError, av.error.UndefinedError) as exc:
                         # Bad bytes: count, and resume demuxing past them.
                         errors += 1
-                        self.metrics.frames_dropped.labels(sid, DropReason.CORRUPT).inc()
+                        self.metrics.count_drop(sid, DropReason.CORRUPT)
                         guard.loss("the demuxer skipped damaged data")
                         if errors > MAX_CONSECUTIVE_DEMUX_ERRORS:
                             if not self.cfg.is_file:
@@ -445,7 +445,7 @@ class StreamSource:
                     try:
                         frames = packet.decode()
                     except (av.error.InvalidDataError, av.error.UndefinedError, ValueError) as exc:
-                        self.metrics.frames_dropped.labels(sid, DropReason.CORRUPT).inc()
+                        self.metrics.count_drop(sid, DropReason.CORRUPT)
                         words = describe_error(exc)
                         guard.loss("the decoder rejected a packet")
                         decoder.packet_failed(exc)  # NVDEC refusing the stream: raises NvdecFallback
