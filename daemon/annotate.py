@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
@@ -25,6 +24,7 @@ from typing import IO, Any, cast
 import av
 from av.video.stream import VideoStream
 
+from daemon import atomic
 from daemon.analytics.config import AnalyticsConfig
 from daemon.config import ModelConfig
 from daemon.detector import Detector
@@ -107,10 +107,12 @@ def annotate(
 
         tracking = StreamAnalytics("annotate", analytics, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
     frames = 0
     try:
-        with av.open(input_path) as inp:
+        # The one atomic writer (daemon/atomic.py): a temporary file beside ``out`` keeping its
+        # suffix, fsynced and renamed over ``out`` only when the whole video is written; removed
+        # on any error (Ctrl-C included), so no partial file is ever left behind.
+        with atomic.replacing(out, suffix=out.suffix) as tmp, av.open(input_path) as inp:
             ist = pick_video_stream(inp)  # as ffmpeg: not cover art, the largest decodable one
             if ist is None:
                 raise ValueError(f"{input_path}: {no_video_reason(inp)}")
@@ -185,10 +187,6 @@ def annotate(
                         if json_out is not None:
                             json_out.write(json.dumps({"frame": frames, "analytics": [
                                 {k: v for k, v in ev.items() if k != "captured_at"}]}) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     finally:
         if detector is None:
             det.close()
@@ -197,7 +195,7 @@ def annotate(
 
 
 def _format_for(out: Path) -> str | None:
-    # The temporary name keeps the suffix, but say the format explicitly anyway: ".partial.mp4"
+    # The temporary name keeps the suffix, but say the format explicitly anyway: ".x.part.mp4"
     # must never be guessed as something else.
     return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "webm",
             ".avi": "avi", ".nut": "nut"}.get(out.suffix.lower())  # fmt: skip

@@ -221,7 +221,7 @@ def test_default_mp4_decodes_with_same_size_and_count_and_odd_sizes(tmp_path: Pa
                 grown[np.clip(ys + dy, 0, a.shape[0] - 1), np.clip(xs + dx, 0, a.shape[1] - 1)] = True
         far_diffs.append(np.abs(a.astype(int) - b.astype(int))[~grown].mean())
     assert max(far_diffs) < 4.0, far_diffs
-    assert not (tmp_path / ".annotated.partial.mp4").exists()
+    assert not list(tmp_path.glob(".annotated.mp4.*")), "the temporary file stayed behind"
 
     # An odd frame size, which 4:2:0 H.264 cannot hold: same size out (4:4:4).
     odd = _make_clip(tmp_path / "odd.mkv", 10, "ffv1", "yuv420p", crop=(321, 203))
@@ -242,4 +242,5 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     r = subprocess.run([*cmd, "annotate", str(junk), "--out", str(tmp_path / "o.mp4")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "junk.mp4" in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "o.mp4").exists() and not (tmp_path / ".o.partial.mp4").exists()
+    # Neither the output nor the atomic writer's temporary file (.o.mp4.<pid>.<random>.part.mp4).
+    assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4.*"))

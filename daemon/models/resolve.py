@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from daemon.config import ModelConfig
 from daemon.digest import sha256_file
+
+if TYPE_CHECKING:  # only its type: models/ does not import the config (and all it pulls in)
+    from daemon.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

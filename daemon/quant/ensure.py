@@ -45,7 +45,7 @@ def ensure_int8_model(
     0 turns the gate off) raises AgreementTooLow when the model's mAP@0.5 agreement with FP32
     on the held-out frames is below it; the models stay cached, so lowering the gate does not
     recalibrate. When no frame could be held out the agreement is unknown: logged, not fatal."""
-    from daemon.models.assets import sha256_file
+    from daemon.digest import sha256_file
 
     fp32 = Path(fp32_path)
     cs = calibration_settings
