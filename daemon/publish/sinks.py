@@ -1,7 +1,9 @@
 """Every sink the config asks for, behind one :class:`~daemon.publish.sink.FanOut`.
 
-The daemon's only wiring: ``self.sinks = build_sinks(cfg, metrics, publisher)``, then the pipeline
-publishes through ``self.sinks`` and ``/readyz`` reports ``self.sinks.problem()``. A new transport
+The daemon's only wiring (``Daemon.start``): the ZeroMQ publisher joins the daemon's
+:class:`FanOut` first, then the others ``build_sinks(cfg, metrics, publisher)`` returns
+(``.sinks[1:]``) are added to it; the pipeline publishes through that FanOut and ``/readyz``
+reports its ``problem()``. A new transport
 (Redis Streams, NATS, Kafka; docs/scaling.md) is one module with a :class:`Sink` class, one
 optional config section and one ``if`` here.
 """
