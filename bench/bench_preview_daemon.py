@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,29 +21,19 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import yaml
-import zmq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemon.models.assets import fetch_demo_video  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.harness import DaemonProcess, free_port  # noqa: E402  (the one daemon-process harness)
 
 
 def one_run(video: Path, mode: str, frames: int) -> tuple[float, int]:
-    """(frames/s, JPEGs the viewer received)."""
-    ep, prev = f"tcp://127.0.0.1:{free_port()}", free_port()
-    cfg = {"streams": [{"id": "cam", "url": str(video), "loop": True}],
-           "model": {"backend": "onnxruntime", "threads": 2, "precision": "fp32"},
-           "publish": {"endpoint": ep}, "metrics": {"listen": f"127.0.0.1:{free_port()}"},
-           "preview": {"enabled": mode != "disabled", "listen": f"127.0.0.1:{prev}", "fps": 5},
-           "logging": {"status_interval": 0, "level": "warning"}}
+    """(frames/s, JPEGs the viewer received). The daemon runs under ``tests.harness.DaemonProcess``
+    (the one daemon-process harness): launched, not awaited, as before -- the first 20 messages
+    (model warm-up) are left out of the rate either way."""
+    prev = free_port()
     jpegs = [0]
     stop = threading.Event()
 
@@ -63,30 +51,26 @@ def one_run(video: Path, mode: str, frames: int) -> tuple[float, int]:
                 time.sleep(0.2)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "p.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        ctx = zmq.Context()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.SUBSCRIBE, b"detections/")
-        sub.connect(ep)
-        proc = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(path)], cwd=ROOT)
+        d = DaemonProcess(Path(tmp), [{"id": "cam", "url": str(video), "loop": True}], subscribe=b"detections/",
+                          model={"backend": "onnxruntime", "threads": 2, "precision": "fp32"},
+                          preview={"enabled": mode != "disabled", "listen": f"127.0.0.1:{prev}", "fps": 5},
+                          logging={"status_interval": 0, "level": "warning"})
+        assert d.sub is not None and d.proc is None
+        d.launch()
         t = threading.Thread(target=viewer, daemon=True)
         if mode == "viewer":
             t.start()
         times: list[float] = []
         try:
             while len(times) < frames + 20:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"daemon exited {proc.returncode}")
-                if sub.poll(200):
-                    sub.recv_multipart()
+                if d.proc is not None and d.proc.poll() is not None:
+                    raise RuntimeError(f"daemon exited {d.proc.returncode}: {d.log()[-2000:]}")
+                if d.sub.poll(200):
+                    d.sub.recv_multipart()
                     times.append(time.perf_counter())
         finally:
             stop.set()
-            proc.terminate()
-            proc.wait(30)
-            sub.close(0)
-            ctx.term()
+            d.close()  # SIGTERM, wait (then SIGKILL), close the SUB socket
     return frames / (times[-1] - times[19]), jpegs[0]
 
 
