@@ -22,6 +22,9 @@ media it FAILS (exit 2) rather than fall back to synthetic frames.
 (d) Throughput of GPU preprocessing + transfer at 720p and 1080p, 2 slots, 2 tickets in flight,
     batch 1 and 4: the YUV path (planes -> pinned -> H2D -> kernel) and the RGB path, with the
     bytes copied per frame, and the CPU letterbox (one thread) for comparison.
+(e) NVDEC (issue 15): letterbox from decoder surfaces vs the CPU, 1/4/8 streams, completion-to-
+    publish latency (docs/gpu.md), and ``daemon_loop``: the daemon's own Streams / Scheduler /
+    Detector / Pipeline / Publisher with a STAND-IN engine backend (bench/gpu_daemon_loop.py).
 
 Writes gpu_check.json and gpu_check.txt to --out (default $OUT, else ./out). Exit 0 when every
 check passes, 1 when one fails, 2 without real frames, 3 when no GPU/cuda-python.
