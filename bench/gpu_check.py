@@ -22,6 +22,9 @@ media it FAILS (exit 2) rather than fall back to synthetic frames.
 (d) Throughput of GPU preprocessing + transfer at 720p and 1080p, 2 slots, 2 tickets in flight,
     batch 1 and 4: the YUV path (planes -> pinned -> H2D -> kernel) and the RGB path, with the
     bytes copied per frame, and the CPU letterbox (one thread) for comparison.
+(e) NVDEC (issue 15): letterbox from decoder surfaces vs the CPU, 1/4/8 streams, completion-to-
+    publish latency (docs/gpu.md), and ``daemon_loop``: the daemon's own Streams / Scheduler /
+    Detector / Pipeline / Publisher with a STAND-IN engine backend (bench/gpu_daemon_loop.py).
 
 Writes gpu_check.json and gpu_check.txt to --out (default $OUT, else ./out). Exit 0 when every
 check passes, 1 when one fails, 2 without real frames, 3 when no GPU/cuda-python.
@@ -746,6 +749,15 @@ def completion_latency(dev: CudaDevice, kernels: dict[str, Any], path: Path,
     return out
 
 
+def _daemon_loop(dev: CudaDevice, kernels: dict[str, Any], clip: Path, seconds: float) -> dict[str, Any]:
+    """The daemon's own Detector/Pipeline loop with a stand-in engine (bench/gpu_daemon_loop.py),
+    imported here: it needs the daemon's whole import chain (onnx, pydantic, pyzmq), the other
+    steps do not."""
+    from gpu_daemon_loop import daemon_loop
+
+    return daemon_loop(dev, kernels, clip, seconds)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--media", type=Path, default=None, help="folder with bikes.mp4, bus.jpg, zidane.jpg")
@@ -792,6 +804,7 @@ def main() -> int:
         ("nvdec_letterbox", lambda: check_nvdec_letterbox(dev, clips)),
         ("streams", lambda: throughput_streams(dev, kernels, clips, seconds=args.seconds)),
         ("completion_latency", lambda: completion_latency(dev, kernels, clips["h264"])),
+        ("daemon_loop", lambda: _daemon_loop(dev, kernels, clips["h264"], args.seconds)),
         ("letterbox", lambda: check_letterbox(dev, frames)),
         ("attribution", lambda: check_attribution(dev, kernels, frames)),
         ("overlap_1080p", lambda: check_overlap(dev, kernels, frames["bikes0_reenc_1920x1080"])),
@@ -818,6 +831,7 @@ def main() -> int:
               "nvdec_planes_bit_exact": get("nvdec_letterbox", "pass_planes_bit_exact"),
               "streams_8x_h264_2000fps_1.5cores": get("streams"),
               "completion_to_publish_p99_2ms": get("completion_latency"),
+              "daemon_loop_runs": get("daemon_loop"),
               "letterbox_gpu_equals_cpu_within_1_255": get("letterbox", "pass_gpu_equals_cpu_within_1_255"),
               "letterbox_kernel_equals_twin": get("letterbox", "pass_kernel_equals_twin"),
               "attribution": get("attribution"),
@@ -839,6 +853,12 @@ def main() -> int:
         if isinstance(v, dict) and "completion_to_publish_ms_p99" in v:
             lines.append(f"completion->publish at {k}: p50 {v['completion_to_publish_ms_p50']:.3f} ms, p99 "
                          f"{v['completion_to_publish_ms_p99']:.3f} ms, {v['cpu_cores']:.3f} cores")
+    for r in report.get("daemon_loop", {}).get("rows", []):
+        lines.append(f"daemon loop {r['streams']} x h264{' realtime' if r['realtime'] else ''}: " + (
+            f"ERROR {r['error']}" if "error" in r else
+            f"{r['fps']:7.0f} frames/s, {r['cpu_cores']:.2f} cores, completion->publish p50 "
+            f"{r['completion_to_publish_ms_p50']:.3f} ms, p99 {r['completion_to_publish_ms_p99']:.3f} ms "
+            f"({r['latency_samples']} frames); {r['frames_read_on_device']}/{r['frames_submitted']} frames read on the device"))
     for r in report.get("letterbox", {}).get("rows", []):
         lines.append(f"letterbox {r['frame']:28s} [{r['path']}] vs letterbox_av max {r['max_abs_vs_cpu_x255']:.3f}/255, "
                      f"{100 * r['share_over_1_255_vs_cpu']:.2f}% > 1/255; vs twin {r['max_abs_vs_twin_x255']:.4f}/255; "

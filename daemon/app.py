@@ -100,7 +100,7 @@ class Daemon:
             # The stop event reaches first-start calibration and engine builds: SIGTERM abandons
             # them cleanly (nothing half-written is cached) instead of waiting for SIGKILL.
             self.detector = Detector.open(self.cfg.model, cancel=self.stop_requested)
-        nvdec.set_gpu_backend(self.detector.backend.name == "tensorrt")  # decode: auto -> NVDEC (docs/gpu.md)
+        nvdec.set_gpu_backend(self.detector.device_frames)  # decode: auto -> NVDEC (docs/gpu.md)
         b = self.detector.backend
         model_desc = {"name": self.detector.info.path.stem, "precision": b.precision, "backend": b.name}
         self.metrics.build_info.labels(__version__, b.name, b.precision).set(1)

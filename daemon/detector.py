@@ -97,7 +97,9 @@ class Detector:
 
     ``mode`` is ``sync``, ``slots`` (host letterbox into the backend's request buffers) or
     ``frames`` (frames to the device as decoded); ``in_flight`` how many jobs may be pending
-    (1 for ``sync``: collect right after submit)."""
+    (1 for ``sync``: collect right after submit). ``device_frames``: the backend takes decoded
+    frames that live on the GPU (NVDEC surfaces) as they are -- a backend capability, the class
+    attribute ``device_frames = True`` (TensorRT); ``decode: auto`` picks NVDEC for it."""
 
     def __init__(self, backend: Backend, info: ModelInfo, model_cfg: ModelConfig,
                  path: Path | None = None) -> None:
@@ -115,6 +117,7 @@ class Detector:
             self._frames, self.mode, self.in_flight = backend, "frames", 2
         else:
             self.mode, self.in_flight = "sync", 1
+        self.device_frames = self._frames is not None and bool(getattr(backend, "device_frames", False))
         self.completion: CompletionSource | None = (
             backend if self.mode != "sync" and isinstance(backend, CompletionSource) else None)
         self._buf = np.empty((max(1, model_cfg.max_batch), 3, info.height, info.width), np.float32)
@@ -136,17 +139,14 @@ class Detector:
         from daemon.prepare import prepare_model
 
         t0 = time.perf_counter()
-        # Under auto, a GPU backend that fails to start falls back to the CPU (start_backend).
+        # Under auto, a GPU backend that fails at any step up to and including its warm-up (the
+        # only warm-up: READY waits for it) is closed and replaced by the CPU (start_backend).
         backend, path, info = start_backend(
             model_cfg.backend, model_cfg,
             lambda target: model_path if model_path is not None else prepare_model(
                 model_cfg, target=target, progress=progress, cancel=cancel),
-            ModelInfo.from_onnx, cancel=cancel, report=report)
-        try:
-            warmup(backend, info.width, info.height)  # the only warm-up: READY waits for it
-        except BaseException:
-            backend.close()
-            raise
+            ModelInfo.from_onnx, cancel=cancel, report=report,
+            warm=lambda b, i: warmup(b, i.width, i.height))
         log.info("model %s (%s, %s) loaded and warm in %.2fs: input %dx%d, %d classes",
                  path.name, backend.name, backend.precision, time.perf_counter() - t0,
                  info.width, info.height, len(info.labels))

@@ -27,9 +27,11 @@ from daemon.backends.base import BackendError
 class TensorRTDouble(types.ModuleType):
     """TEST DOUBLE of the ``tensorrt`` module (not TensorRT): version, enums, and a builder chain
     that records what it was asked. ``accept_timing_cache``/``has_timing_cache`` script what
-    ``IBuilderConfig.set_timing_cache`` returns and whether ``get_timing_cache`` gives None."""
+    ``IBuilderConfig.set_timing_cache`` returns and whether ``get_timing_cache`` gives None;
+    ``build_fails``: ``build_serialized_network`` returns None, as TensorRT does on a failed build."""
 
-    def __init__(self, version: str, accept_timing_cache: bool = True, has_timing_cache: bool = True) -> None:
+    def __init__(self, version: str, accept_timing_cache: bool = True, has_timing_cache: bool = True,
+                 build_fails: bool = False) -> None:
         super().__init__("tensorrt")
         self.__version__ = version
         self.calls: list[str] = []
@@ -109,7 +111,7 @@ class TensorRTDouble(types.ModuleType):
 
             def build_serialized_network(self, network: Any, config: Any) -> bytes:
                 double.calls.append("build_serialized_network")
-                return b"plan"
+                return None if build_fails else b"plan"
 
         class OnnxParser:
             num_errors = 0
@@ -123,6 +125,10 @@ class TensorRTDouble(types.ModuleType):
         class Runtime:
             def __init__(self, logger: Any) -> None:
                 double.calls.append("Runtime")
+
+            def deserialize_cuda_engine(self, plan: bytes) -> Any:
+                double.calls.append("deserialize_cuda_engine")
+                return None
 
         for name, obj in dict(locals()).items():
             if isinstance(obj, type):
@@ -233,6 +239,143 @@ def test_auto_falls_back_to_the_cpu_when_the_gpu_backend_fails_to_start(
     with pytest.raises(BackendError, match="needs a CUDA GPU"):
         start_backend("tensorrt", ModelConfig(backend="tensorrt", precision="fp32"), resolve,
                       ModelInfo.from_onnx, choose=lambda req: ("tensorrt", "set by model.backend"))
+
+
+class _TensorRTBackendDouble:
+    """TEST DOUBLE of a started TensorRT backend (no GPU here) whose first inference fails the
+    way a GPU can at warm-up (a kernel launch error, out of memory); it records ``close``."""
+
+    name, precision, max_batch = "tensorrt", "fp32", 1
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def infer(self, batch: np.ndarray) -> list[np.ndarray]:
+        raise RuntimeError("TEST DOUBLE: cuLaunchKernel failed: CUDA_ERROR_LAUNCH_FAILED")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_gpu_backend_failing_its_warm_up_falls_back_under_auto_and_is_an_error_when_asked_for(
+        monkeypatch: pytest.MonkeyPatch, fp32_onnx: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Through ``Detector.open`` (the daemon's start-up): ``auto`` picks TensorRT (as on a GPU
+    machine), the engine loads, the warm-up fails: the GPU backend is closed and the CPU backend
+    serves, with a WARNING naming the step and the cause. ``model.backend: tensorrt``: an error."""
+    import daemon.backends as backends
+    import daemon.backends.tensorrt as tensorrt
+    from daemon.config import ModelConfig
+    from daemon.detector import Detector
+
+    started: list[_TensorRTBackendDouble] = []
+
+    def create(*args: Any, **kw: Any) -> _TensorRTBackendDouble:
+        started.append(_TensorRTBackendDouble())
+        return started[-1]
+
+    monkeypatch.setattr(tensorrt, "create_tensorrt_backend", create)
+    monkeypatch.setattr(backends, "choose_backend", lambda req: ("tensorrt", "test: as on a GPU machine"))
+    with caplog.at_level(logging.WARNING, logger="daemon.backends"):
+        det = Detector.open(ModelConfig(backend="auto", precision="fp32", threads=1), model_path=fp32_onnx,
+                            progress=False)
+    try:
+        assert det.backend.name in ("onnxruntime", "openvino") and not det.device_frames
+        assert det.backend.infer(np.full((1, 3, det.info.height, det.info.width), 0.5, np.float32))
+    finally:
+        det.backend.close()
+    assert len(started) == 1 and started[0].closed
+    assert "tensorrt failed to warm up" in caplog.text and "CUDA_ERROR_LAUNCH_FAILED" in caplog.text
+    with pytest.raises(BackendError, match="model.backend: tensorrt could not warm up.*CUDA_ERROR_LAUNCH_FAILED"):
+        Detector.open(ModelConfig(backend="tensorrt", precision="fp32"), model_path=fp32_onnx, progress=False)
+    assert len(started) == 2 and started[1].closed
+
+
+def test_decode_auto_follows_the_backends_device_frames_capability(fp32_onnx: Path) -> None:
+    """``Detector.device_frames`` (what the daemon hands ``nvdec.set_gpu_backend``) comes from the
+    backend's ``device_frames`` attribute on a frame-pipelined backend, not from its name."""
+    from daemon.config import ModelConfig
+    from daemon.detector import Detector
+    from daemon.models.info import ModelInfo
+
+    class FrameBackend(_TensorRTBackendDouble):
+        """TEST DOUBLE of a frame-pipelined GPU backend (the ``FramePipelinedBackend`` calls)."""
+
+        name = "some-gpu"
+
+        def __init__(self, device_frames: bool) -> None:
+            super().__init__()
+            self.device_frames = device_frames
+
+        def submit_yuv(self, frames: Any, infos: Any = None, tags: Any = None) -> Any:
+            return 0
+
+        def collect(self, ticket: Any) -> list[np.ndarray]:
+            return []
+
+    info = ModelInfo.from_onnx(fp32_onnx)
+    assert Detector(FrameBackend(True), info, ModelConfig()).device_frames
+    assert not Detector(FrameBackend(False), info, ModelConfig()).device_frames
+    assert not Detector(_TensorRTBackendDouble(), info, ModelConfig()).device_frames  # sync, named tensorrt
+
+
+class _CudaDeviceDouble:
+    """TEST DOUBLE of ``CudaDevice`` (no GPU here): identity for the engine key, ``close``
+    (the release of the retained primary context) recorded."""
+
+    name, compute_capability = "TEST DOUBLE GPU", "9.0"
+
+    def __init__(self, ordinal: int = 0) -> None:
+        self.released = 0
+
+    def close(self) -> None:
+        self.released += 1
+
+
+class _GpuLetterboxDouble:
+    """TEST DOUBLE of ``GpuLetterbox`` (NVRTC and a GPU are absent here): ``close`` recorded."""
+
+    made: list["_GpuLetterboxDouble"] = []
+
+    def __init__(self, device: Any) -> None:
+        self.device, self.closed = device, False
+        self.made.append(self)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("how", ["build fails", "cancelled"])
+def test_a_failed_or_cancelled_engine_build_releases_the_letterbox_and_the_context(
+        trt_double: Any, monkeypatch: pytest.MonkeyPatch, fp32_onnx: Path, tmp_path: Path, how: str) -> None:
+    """``create_tensorrt_backend`` compiles the kernel (letterbox) before the engine build; when
+    the build then fails or is cancelled, the letterbox's device tables and the retained primary
+    context are released, and nothing is cached."""
+    import daemon.backends.cuda as cuda
+    import daemon.vision.gpu_letterbox as gpu_letterbox
+    from daemon.backends.tensorrt import BuildCancelled, create_tensorrt_backend
+    from daemon.config import ModelConfig
+    from daemon.models.info import ModelInfo
+
+    double = trt_double("10.13.0", build_fails=how == "build fails")
+    monkeypatch.setattr(cuda, "cuda_unavailable_reason", lambda: None)
+    monkeypatch.setattr(cuda, "CudaDevice", _CudaDeviceDouble)
+    monkeypatch.setattr(gpu_letterbox, "GpuLetterbox", _GpuLetterboxDouble)
+    monkeypatch.setattr(_GpuLetterboxDouble, "made", [])
+    cancel = threading.Event()
+    cfg = ModelConfig(backend="tensorrt", precision="fp32", cache_dir=str(tmp_path))
+    if how == "cancelled":
+        cancel.set()
+        with pytest.raises(BuildCancelled):
+            create_tensorrt_backend(fp32_onnx, ModelInfo.from_onnx(fp32_onnx), cfg, cancel=cancel)
+        assert "build_serialized_network" not in double.calls
+    else:
+        with pytest.raises(BackendError, match="could not build an engine"):
+            create_tensorrt_backend(fp32_onnx, ModelInfo.from_onnx(fp32_onnx), cfg, cancel=cancel,
+                                    report=lambda line: None)
+        assert "build_serialized_network" in double.calls
+    (lb,) = _GpuLetterboxDouble.made
+    assert lb.closed and lb.device.released == 1
+    assert not list(tmp_path.rglob("*.plan")) and not list(tmp_path.rglob("*.engine"))
 
 
 # --- the engine build's checks ----------------------------------------------------------------

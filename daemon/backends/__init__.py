@@ -82,39 +82,78 @@ def create_backend(name: str, model_path: Any, info: Any, model_cfg: Any, cancel
 
 def start_backend(requested: str, model_cfg: Any, resolve: Any, info_of: Any, cancel: Any = None,
                   choose: Any = None, report: Callable[[str], None] | None = None,
+                  warm: Callable[[Backend, Any], None] | None = None,
                   ) -> tuple[Backend, Any, Any]:
-    """Choose, prepare and create the backend for ``model.backend = requested``:
+    """Choose, prepare, create and warm the backend for ``model.backend = requested``:
     ``(backend, model path, model info)``.
 
     ``resolve(target)`` gives the ONNX model for an INT8 variant (``int8_variant``),
-    ``info_of(path)`` its ``ModelInfo``. Under ``auto`` a GPU backend that fails to start -- for
-    any reason: no NVRTC, an engine that does not build, a context that cannot be created, out
-    of GPU memory -- is logged (WARNING, with the cause) and replaced by the CPU backend ``auto``
-    picks without the GPU; a build cancelled by a stop request is not a failure and propagates.
-    Asked for explicitly, the failure is raised as a :class:`BackendError` naming
-    ``model.backend`` and the cause. ``choose``: the selection function (tests inject one); ``report``: as for
-    :func:`create_backend`.
+    ``info_of(path)`` its ``ModelInfo``, ``warm(backend, info)`` runs the warm-up (the first
+    inference: on a GPU it is where a context or kernel first runs). Under ``auto`` a GPU backend
+    that fails at any of these steps -- preparing its model variant, no NVRTC, an engine that
+    does not build, a context that cannot be created, out of GPU memory, a warm-up that fails --
+    is closed, logged (WARNING, with the cause) and replaced by the CPU backend ``auto`` picks
+    without the GPU; a stop request (``Cancelled``: a build or calibration abandoned) is not a
+    failure and propagates. Asked for explicitly, a failure to create or warm the backend is
+    raised as a :class:`BackendError` naming ``model.backend`` and the cause (errors preparing
+    the model -- ``CalibrationError``, ``AssetError`` -- keep their own type). ``choose``: the
+    selection function (tests inject one); ``report``: as for :func:`create_backend`.
     """
-    name, _why = (choose or choose_backend)(requested)
-    path = resolve(int8_variant(name))
-    info = info_of(path)
-    try:
-        return create_backend(name, path, info, model_cfg, cancel=cancel, report=report), path, info
-    except Exception as exc:
-        from daemon.backends.tensorrt import BuildCancelled
+    from daemon.errors import Cancelled
 
-        if isinstance(exc, BuildCancelled):
+    name, _why = (choose or choose_backend)(requested)
+    stage = "prepare"  # resolve/info_of; an exception from a later step carries its own
+    try:
+        return _start(name, model_cfg, resolve, info_of, cancel, report, warm)
+    except Exception as exc:
+        stage = getattr(exc, _STAGE, stage)
+        if isinstance(exc, Cancelled):
             raise
         if requested != "auto" or name != "tensorrt":
-            if isinstance(exc, BackendError):
+            if isinstance(exc, BackendError) or stage == "prepare":
                 raise
-            raise BackendError(f"model.backend: {name} could not start: {type(exc).__name__}: {exc}") from exc
+            raise BackendError(f"model.backend: {name} could not {stage}: {type(exc).__name__}: {exc}") from exc
         from daemon.backends.select import select_backend
 
         why = f"{type(exc).__name__}: {exc}"
         sel = select_backend("auto", gpu_probe=lambda: f"the TensorRT backend failed to start ({why})",
                              log_choice=False)
-        log.warning("inference backend: tensorrt failed to start (%s); falling back to %s", why, sel.backend)
-        path = resolve(int8_variant(sel.backend))
-        info = info_of(path)
-        return create_backend(sel.backend, path, info, model_cfg, cancel=cancel, report=report), path, info
+        log.warning("inference backend: tensorrt failed to %s (%s); falling back to %s", stage, why, sel.backend)
+        try:
+            return _start(sel.backend, model_cfg, resolve, info_of, cancel, report, warm)
+        except Exception as exc2:
+            stage2 = getattr(exc2, _STAGE, "prepare")
+            if stage2 == "prepare" or isinstance(exc2, BackendError):
+                raise
+            raise BackendError(f"model.backend: auto: the fallback {sel.backend} could not {stage2}: "
+                               f"{type(exc2).__name__}: {exc2}") from exc2
+
+
+_STAGE = "detectd_start_stage"  # the attribute naming the step an exception of _start came from
+
+
+def _start(name: str, model_cfg: Any, resolve: Any, info_of: Any, cancel: Any,
+           report: Callable[[str], None] | None,
+           warm: Callable[[Backend, Any], None] | None) -> tuple[Backend, Any, Any]:
+    """One attempt of :func:`start_backend`; an exception raised after preparation carries the
+    step it failed in (attribute ``_STAGE``: ``start``, ``warm up``), and a backend created
+    before the failure is closed (a GPU backend holds device memory and a context)."""
+    path = resolve(int8_variant(name))
+    info = info_of(path)
+    try:
+        backend = create_backend(name, path, info, model_cfg, cancel=cancel, report=report)
+    except Exception as exc:
+        setattr(exc, _STAGE, "start")
+        raise
+    try:
+        if warm is not None:
+            warm(backend, info)
+    except BaseException as exc:
+        try:
+            backend.close()
+        except Exception:  # the warm-up's error is the one to report
+            log.debug("closing %s after a failed warm-up", name, exc_info=True)
+        if isinstance(exc, Exception):
+            setattr(exc, _STAGE, "warm up")
+        raise
+    return backend, path, info

@@ -277,6 +277,15 @@ class CudaDevice:
     def compute_capability(self) -> str:
         return f"{self.cc[0]}.{self.cc[1]}"
 
+    def close(self) -> None:
+        """Release the primary context retained in ``__init__`` (``cuDevicePrimaryCtxRelease``),
+        once; call it after everything allocated in the context is freed. The context itself
+        lives on while another user (PyAV's NVDEC decoder, another ``CudaDevice``) retains it."""
+        if self._released:
+            return
+        self._released = True
+        check(self.driver.cuDevicePrimaryCtxRelease(self.device), "cuDevicePrimaryCtxRelease")
+
     def make_current(self) -> None:
         check(self.driver.cuCtxSetCurrent(self.context), "cuCtxSetCurrent")
 

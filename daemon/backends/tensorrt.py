@@ -437,6 +437,9 @@ class TensorRTBackend:
     """``Backend`` + ``infer_frames``; ``submit_frames``/``collect`` for callers that pipeline."""
 
     name = "tensorrt"
+    # Reads decoder surfaces where they are: NVDEC frames (format "cuda") go to submit_yuv as
+    # they are, so ``decode: auto`` picks NVDEC for it (Detector.device_frames).
+    device_frames = True
 
     def __init__(self, engine: Any, precision: str, max_batch: int, width: int, height: int,
                  input_name: str, output_names: Sequence[str], device: Any, num_slots: int = 2,
@@ -521,12 +524,14 @@ class TensorRTBackend:
         return results
 
     def close(self) -> None:
-        """Contexts and buffers first (GpuPipeline.close), then the engine, then the runtime."""
+        """Contexts and buffers first (GpuPipeline.close), then the engine, then the runtime,
+        then the retained primary context (``CudaDevice.close``)."""
         self.pipeline.close()
         self.engine = None
         for attr in ("_runtime", "_logger"):
             if hasattr(self, attr):
                 setattr(self, attr, None)
+        self.pipeline.device.close()
 
 
 def _split(outputs: list[np.ndarray], n: int) -> list[list[np.ndarray]]:
@@ -553,10 +558,32 @@ def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_s
         raise BackendError(f"model.backend: tensorrt needs a CUDA GPU: {why}")
     try:
         device = CudaDevice(int(os.environ.get("DETECTD_CUDA_DEVICE", "0")))
-        # The kernel before the engine: without NVRTC this fails now, not after a minutes-long build.
-        letterbox = GpuLetterbox(device)
     except CudaError as exc:
         raise BackendError(f"model.backend: tensorrt cannot start the GPU pipeline: {exc}") from exc
+    letterbox: Any = None
+    try:
+        try:
+            # The kernel before the engine: without NVRTC this fails now, not after a minutes-long build.
+            letterbox = GpuLetterbox(device)
+        except CudaError as exc:
+            raise BackendError(f"model.backend: tensorrt cannot start the GPU pipeline: {exc}") from exc
+        backend = _load_engine(trt, device, letterbox, model_path, info, model_cfg, num_slots, report, cancel)
+    except BaseException:
+        # A failed or cancelled load/build: the kernel tables and the retained primary context
+        # are released here (on success the backend owns them and close() releases them).
+        if letterbox is not None:
+            letterbox.close()
+        device.close()
+        raise
+    # No warm-up here: daemon.detector.Detector.open warms every backend once (READY waits).
+    return backend
+
+
+def _load_engine(trt: Any, device: Any, letterbox: Any, model_path: Any, info: Any, model_cfg: Any,
+                 num_slots: int, report: Callable[[str], None],
+                 cancel: threading.Event | None) -> TensorRTBackend:
+    """The engine from the cache (or built) and the backend around it; the caller releases
+    ``letterbox`` and ``device`` when this raises."""
     onnx_path = Path(model_path)
     max_batch = int(getattr(model_cfg, "max_batch", 1))
     precision = str(getattr(model_cfg, "precision", "fp32"))
@@ -576,13 +603,8 @@ def create_tensorrt_backend(model_path: Any, info: Any, model_cfg: Any, *, num_s
         runtime.deserialize_cuda_engine,
     )
     report(f"TensorRT engine {'built' if loaded.built else 'loaded'}: {loaded.plan_path}")
-    try:
-        backend = TensorRTBackend(loaded.engine, precision, max_batch, info.width, info.height,
-                                  info.input_name, info.output_names, device, num_slots, letterbox)
-    except BaseException:
-        letterbox.close()
-        raise
+    backend = TensorRTBackend(loaded.engine, precision, max_batch, info.width, info.height,
+                              info.input_name, info.output_names, device, num_slots, letterbox)
     backend._runtime = runtime  # type: ignore[attr-defined]  # outlives the engine
     backend._logger = logger  # type: ignore[attr-defined]
-    # No warm-up here: daemon.detector.Detector.open warms every backend once (READY waits).
     return backend
