@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from daemon.analytics.config import AnalyticsConfig
 from daemon.errors import UsageError
@@ -48,6 +48,8 @@ class Strict(BaseModel):
 class StreamConfig(Strict):
     id: str
     url: str
+    # `url` as the config wrote it, before a relative path was made absolute (for hints only)
+    _written_url: str | None = PrivateAttr(default=None)
     # Files: start over at the end instead of ending the stream.
     loop: bool = False
     # Files: pace at the file's own frame rate, like a camera. Live sources are always real time.
@@ -237,8 +239,10 @@ class PublishConfig(Strict):
 
 def _host_port(v: str) -> str:
     host, sep, port = v.rpartition(":")
-    if not sep or not port.isdigit() or not (0 <= int(port) <= 65535):
+    if not sep or not port.isdigit():
         raise ValueError(f"{v!r} must be host:port")
+    if not 0 <= int(port) <= 65535:  # 0 stays valid: the OS picks a free port (tests use it)
+        raise ValueError(f"{v!r}: port {port} is out of range 1..65535 (0: any free port)")
     return v
 
 
@@ -327,9 +331,48 @@ def format_validation_error(err: ValidationError) -> list[str]:
             path, _, msg = msg[1:].partition(": ")
             loc = path
         elif e.get("type") == "extra_forbidden":
-            msg = "unknown key"
+            msg = "unknown key" + _did_you_mean(tuple(e.get("loc", ())))
         problems.append(f"{loc}: {msg}")
     return problems
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field's type (``X``, ``X | None``, ``list[X]``), if any."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """``"; did you mean 'loop'?"`` for an unknown key close to a field of the section it is in
+    (difflib's ratio >= 0.6, its default), else ``""``. ``loc`` is pydantic's error location."""
+    import difflib
+
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue  # a list index: the element has the list's model
+        field = model.model_fields.get(str(part))
+        model = _model_in(field.annotation) if field is not None else None
+    if model is None or not loc:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _missing_stream_file(i: int, stream_id: Any, url: str, path: Path | str) -> str:
+    """The problem line for a stream file that is not there; a URL missing its ``://``
+    (``htp//host/x.mp4``, ``rtsp:/cam``) reads as a relative file name, so it gets a hint."""
+    line = f"streams[{i}].url: stream {stream_id!r}: file not found: {path}"
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*//|^(rtsps?|https?|rtmp|srt|udp|tcp):(?!//)", url):
+        line += " (a URL needs scheme://host/..., e.g. rtsp://, http://)"
+    return line
 
 
 def parse_config(data: Any, base_dir: Path | None = None) -> Config:
@@ -357,7 +400,7 @@ def _raw_file_problems(data: dict[str, Any], base: Path | None) -> list[str]:
         if base is not None and not p.is_absolute():
             p = base / p
         if not p.is_file():
-            problems.append(f"streams[{i}].url: stream {s.get('id')!r}: file not found: {p}")
+            problems.append(_missing_stream_file(i, s.get("id"), url, p))
     return problems
 
 
@@ -374,6 +417,9 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     # demo:// stays as written: validation never fetches; daemon.prepare resolves it at start.
     streams = [s.model_copy(update={"url": fix(s.url) or s.url})
                if s.is_local and not s.url.startswith(("file:", DEMO_SCHEME)) else s for s in cfg.streams]
+    for resolved, written in zip(streams, cfg.streams):
+        if resolved is not written:
+            resolved._written_url = written.url
     m = cfg.model
     model = m.model_copy(update={"onnx": fix(m.onnx), "cfg": fix(m.cfg), "weights": fix(m.weights),
                                  "names": fix(m.names), "cache_dir": fix(m.cache_dir) if m.cache_dir else m.cache_dir})
@@ -413,7 +459,7 @@ def check_config(cfg: Config) -> list[str]:
         if s.is_local and not s.url.startswith(DEMO_SCHEME):  # demo: daemon.prepare
             path = s.url[5:] if s.url.startswith("file:") else s.url
             if not Path(path).is_file():
-                problems.append(f"streams[{i}].url: stream {s.id!r}: file not found: {path}")
+                problems.append(_missing_stream_file(i, s.id, s._written_url or s.url, path))
     tracked = [i for i, s in enumerate(cfg.streams) if s.analytics is not None and s.analytics.tracker is not None]
     if tracked:
         import importlib.util

@@ -94,7 +94,7 @@ def test_check_config_never_fetches(tmp_path: Path) -> None:
     r = detectd("check-config", "--config", str(path), env=env)
     assert r.returncode == 0, r
     assert "note: streams[0].url: stream 'demo': the demo video is not in the cache" in r.stdout, r.stdout
-    assert "ok (1 streams)" in r.stdout
+    assert "ok (1 stream)" in r.stdout
     assert not cache.exists() or not any(cache.rglob("*")), list(cache.rglob("*"))
 
 
@@ -110,6 +110,16 @@ def test_check_config_never_fetches(tmp_path: Path) -> None:
     ("streams:\n  - {id: a, url: x.mp4}\nmetrics: {listen: nowhere}\n", "metrics.listen:"),
     ("streams:\n  - {id: a, url: /nonexistent/video.mp4}\n", "streams[0].url: stream 'a': file not found"),
     ("streams: []\n", "streams:"),
+    # a near miss of a key names the key meant, in whichever section it is
+    ("streams:\n  - {id: a, url: x.mp4, loops: true}\n",
+     "streams[0].loops: unknown key; did you mean 'loop'?"),
+    ("streams:\n  - {id: a, url: x.mp4}\nmodel: {precison: int8}\n",
+     "model.precison: unknown key; did you mean 'precision'?"),
+    ("streams:\n  - {id: a, url: x.mp4}\nmetrics: {listen: '127.0.0.1:99999'}\n",
+     "metrics.listen: '127.0.0.1:99999': port 99999 is out of range 1..65535"),
+    # a URL that lost its '://' reads as a relative file name: the line says what it looks like
+    ("streams:\n  - {id: a, url: 'htp//example.com/video.mp4'}\n",
+     "file not found: {dir}/htp/example.com/video.mp4 (a URL needs scheme://host/..."),
 ])
 def test_check_config_names_the_problem(tmp_path: Path, text: str | None, expected: str) -> None:
     path = tmp_path / "c.yaml"
@@ -117,8 +127,32 @@ def test_check_config_names_the_problem(tmp_path: Path, text: str | None, expect
         path.write_text(text)
     r = check_config(path)
     assert r.returncode == 2, r
-    assert expected in r.stderr, r.stderr
+    assert expected.replace("{dir}", str(tmp_path.resolve())) in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_unknown_key_far_from_every_key_gets_no_guess(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("streams:\n  - {id: a, url: x.mp4, colour: red}\n")
+    r = check_config(path)
+    assert "streams[0].colour: unknown key\n" in r.stderr, r.stderr
+
+
+def test_check_config_defaults_to_config_yaml_here(tmp_path: Path, demo_video: Path) -> None:
+    """Without --config, check-config reads ./config.yaml (the checkout's demo config); with
+    none there it says so (exit 2) instead of argparse's bare 'required'."""
+    (tmp_path / "config.yaml").write_text(f"streams:\n  - {{id: a, url: {demo_video}}}\n")
+    r = subprocess.run([sys.executable, "-m", "daemon", "check-config", "--shard", "0/2"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("config.yaml: ok (1 stream)\n"), r.stdout
+    (tmp_path / "config.yaml").unlink()
+    r = subprocess.run([sys.executable, "-m", "daemon", "check-config"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 2, r
+    assert "no --config given and no config.yaml in the current directory" in r.stderr
 
 
 def test_check_config_ok(tmp_path: Path, demo_video: Path) -> None:

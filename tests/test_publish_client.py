@@ -160,6 +160,27 @@ def test_subscribe_command_prints_json_lines(captured: tuple[DaemonProcess, list
         assert not errors
 
 
+def test_subscribe_to_a_stream_nobody_publishes_says_which_streams_there_are(
+        captured: tuple[DaemonProcess, list[tuple[bytes, bytes]]]) -> None:
+    """A mistyped --stream used to print nothing, forever: after HINT_AFTER_S one stderr line
+    names the endpoint and the streams it does publish; stdout stays clean, and it keeps
+    waiting (here until --timeout)."""
+    from daemon.commands.subscribe import HINT_AFTER_S
+
+    d, _ = captured
+    proc = subprocess.run(
+        [*detectd_command(), "subscribe", "--endpoint", d.endpoint, "--stream", "nosuch",
+         "--timeout", str(HINT_AFTER_S + 4)],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 1 and proc.stdout == "", proc
+    hint = [ln for ln in proc.stderr.splitlines() if "no message yet" in ln]
+    assert len(hint) == 1, proc.stderr
+    assert hint[0].startswith(f"detectd subscribe: no message yet for stream 'nosuch' on "
+                              f"{d.endpoint} after {HINT_AFTER_S:.0f} s; streams seen: "), hint
+    assert {"cam1", "cam10"} <= set(hint[0].split("streams seen: ")[1].split(", ")), hint
+
+
 def test_subscribe_command_times_out_with_status_1() -> None:
     proc = subprocess.run(
         [*detectd_command(), "subscribe", "--endpoint", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.5"],

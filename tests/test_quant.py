@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import logging
 import os
 import re
 import struct
@@ -540,7 +541,8 @@ def test_interrupted_calibration_leaves_nothing(tmp_path: Path, fp32_onnx: Path,
 
 
 def test_ensure_int8_model_builds_once(tmp_path: Path, fp32_onnx: Path, demo_video: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                       monkeypatch: pytest.MonkeyPatch,
+                                       caplog: pytest.LogCaptureFixture) -> None:
     calls = []
     real = cal.calibrate
 
@@ -557,10 +559,34 @@ def test_ensure_int8_model_builds_once(tmp_path: Path, fp32_onnx: Path, demo_vid
         every = 20
         min_agreement = 0.0  # the gate has its own test
 
-    first = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
+    with caplog.at_level(logging.DEBUG, logger="detectd.calibrate"):
+        first = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     assert first.is_file() and first.parent == tmp_path and len(calls) == 1
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    # the held-out check says how far it got (FP32 + 2 variants x 4 frames = 12 frame runs)
+    checks = [m for _, m in said if m.startswith("checking INT8 against FP32")]
+    assert checks and checks[-1].endswith("100% (12/12 frame runs: FP32, INT8 cpu, INT8 tensorrt)")
+    # built for the CPU: the TensorRT table's and model's lines are for --log-level debug only
+    trt = [(lvl, m) for lvl, m in said if "TensorRT cache header" in m or m.startswith("tensorrt ")]
+    assert len(trt) == 2 and {lvl for lvl, _ in trt} == {logging.DEBUG}, said
+    assert any(lvl == logging.INFO and m.startswith("cpu ") for lvl, m in said), said
+    caplog.clear()
     again = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path)
     assert again == first and len(calls) == 1
+    assert not [m for m in caplog.messages if "gate" in m]  # min_agreement 0: no gate to pass
+    # a pass is said, on a cached start too, with the number the gate compared
+    import json
+
+    sidecar = next(tmp_path.glob("*.calib.table.json"))
+    achieved = json.loads(sidecar.read_text())["quality"]["cpu"]["map50_box_weighted"]
+    assert achieved > 0.05, achieved
+    gate = round(achieved - 0.005, 2)
+    with caplog.at_level(logging.INFO, logger="detectd.calibrate"):
+        assert ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path,
+                                            min_agreement=gate) == first
+    assert (f"INT8 gate passed: box-weighted mAP@0.5 {achieved:.3f} >= "
+            f"model.calibration.min_agreement {gate:.2f} (cpu model vs FP32, 4 held-out "
+            "frames)") in caplog.messages, caplog.messages
     trt = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "tensorrt", tmp_path)
     assert trt.is_file() and len(calls) == 1  # both variants came from the one calibration
     props = {p.key: p.value for p in onnx.load(str(trt)).metadata_props}

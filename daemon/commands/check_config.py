@@ -1,4 +1,4 @@
-"""``detectd check-config --config PATH``: exit 0 when valid, else exit 2 with one line per
+"""``detectd check-config [--config PATH]`` (default ``config.yaml`` here): exit 0 when valid, else exit 2 with one line per
 problem, ``key.path: message``.
 
 Besides the config's types, it checks the files the daemon will open: stream files, model files
@@ -13,13 +13,23 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from daemon.config import ConfigError, check_config, load_config
 from daemon.errors import ExitCode, exit_code
 
 
+DEFAULT_CONFIG = "config.yaml"  # in the current directory: the checkout's demo config
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.config is None:  # check-config only: `run` always names its config
+        if not Path(DEFAULT_CONFIG).is_file():
+            print(f"detectd check-config: no --config given and no {DEFAULT_CONFIG} in the current "
+                  "directory", file=sys.stderr)
+            return ExitCode.USAGE
+        args.config = DEFAULT_CONFIG
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -41,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {line}")
     if problems:
         return ExitCode.USAGE
-    print(f"{args.config}: ok ({len(cfg.streams)} streams)")
+    n = len(cfg.streams)
+    print(f"{args.config}: ok ({n} stream{'' if n == 1 else 's'})")
     if args.shard is not None or cfg.shard.count > 1:
         from daemon.shard import set_override, shard_report
 
@@ -54,7 +65,9 @@ def register(subparsers: Any) -> None:
     from daemon.shard import shard_arg
 
     p = subparsers.add_parser("check-config", help="validate a config file", description=__doc__)
-    p.add_argument("--config", "-c", required=True, help="path of the YAML config")
+    p.add_argument("--config", "-c", default=None,
+                   help=f"path of the YAML config (default: {DEFAULT_CONFIG} in the current "
+                        "directory, when there is one)")
     p.add_argument("--shard", type=shard_arg, default=None, metavar="I/N",
                    help="print the streams shard I of N serves (without it, with shard.count > 1 "
                         "in the config: every shard's streams)")

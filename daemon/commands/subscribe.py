@@ -3,7 +3,8 @@
 The line is the message payload (compact JSON, the contract's fields), so it pipes into ``jq``.
 Lost messages (``seq`` gaps) and malformed messages are reported on stderr, never mixed into
 stdout. Exit 0 on Ctrl-C, on a closed pipe (``| head``) or after ``--count`` messages; exit 1 when
-``--timeout`` passes without a message.
+``--timeout`` passes without a message. When nothing has arrived after a few seconds, one hint
+line on stderr says so, with the streams the endpoint does publish (a mistyped ``--stream``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from typing import Any
 
 from daemon.config import PublishConfig
@@ -22,6 +24,11 @@ from daemon.publish.curve import CurveError, load_public_key, load_secret_key
 
 log = logging.getLogger("daemon.subscribe")
 DEFAULT_ENDPOINT = PublishConfig().endpoint  # one source of truth: the config's default
+# Seconds without any message before the hint line: the demo publishes 25 messages a second and
+# every new subscriber gets a state snapshot at once, so silence this long means a wrong address
+# or stream id rather than a quiet one.
+HINT_AFTER_S = 5.0
+PROBE_S = 1.5  # how long the hint listens to every stream to list those the endpoint has
 
 
 def register(subparsers: Any) -> None:
@@ -68,11 +75,22 @@ def run(args: argparse.Namespace) -> int:
     n = 0
     try:
         with Subscriber(endpoints, args.stream, args.kind or KINDS, curve=curve) as sub:
+            hint_at: float | None = time.monotonic() + HINT_AFTER_S
+            deadline = None if args.timeout is None else time.monotonic() + args.timeout
             while True:
-                msg = sub.recv(args.timeout)
+                waits = [t - time.monotonic() for t in (deadline, hint_at) if t is not None]
+                msg = sub.recv(max(0.0, min(waits)) if waits else None)
                 if msg is None:
-                    log.error("no message for %.1f s from %s", args.timeout, ", ".join(endpoints))
-                    return ExitCode.FAILURE
+                    if deadline is not None and time.monotonic() >= deadline:
+                        log.error("no message for %.1f s from %s", args.timeout,
+                                  ", ".join(endpoints))
+                        return ExitCode.FAILURE
+                    hint_at = None  # once
+                    print(_hint(endpoints, args.stream, curve), file=sys.stderr, flush=True)
+                    continue
+                hint_at = None
+                if args.timeout is not None:
+                    deadline = time.monotonic() + args.timeout
                 out.write(json.dumps(msg.raw, separators=(",", ":")) + "\n")
                 out.flush()
                 n += 1
@@ -90,6 +108,25 @@ def run(args: argparse.Namespace) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _hint(endpoints: list[str], streams: list[str] | None,
+          curve: tuple[str, str] | None) -> str:
+    """The line for a subscriber that has heard nothing for HINT_AFTER_S: the streams the
+    endpoints publish, from PROBE_S of listening to all of them (each new subscriber gets every
+    stream's state at once, so a live daemon shows up even with no detections)."""
+    seen: set[str] = set()
+    with Subscriber(endpoints, None, KINDS, curve=curve) as probe:
+        until = time.monotonic() + PROBE_S
+        while (left := until - time.monotonic()) > 0:
+            msg = probe.recv(left)
+            if msg is not None:
+                seen.add(msg.stream)
+    where = ", ".join(endpoints)
+    what = f" for stream {', '.join(repr(s) for s in streams)}" if streams else ""
+    found = (f"streams seen: {', '.join(sorted(seen))}" if seen else
+             "no stream seen there either: is a daemon publishing on it (its publish.endpoint)?")
+    return f"detectd subscribe: no message yet{what} on {where} after {HINT_AFTER_S:.0f} s; {found}"
 
 
 def _interrupt(signum: int, frame: Any) -> None:

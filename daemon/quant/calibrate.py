@@ -66,6 +66,7 @@ def calibrate(
     progress: Callable[[int, int], None] | None = None,
     cancel: threading.Event | None = None,
     tensor_sqnr: bool = True,
+    check_progress: Callable[[int, int], None] | None = None,
     batch: int = DEFAULT_BATCH,
     threads: int = 0,
 ) -> CalibrationReport:
@@ -77,7 +78,9 @@ def calibrate(
     is written. `tensor_sqnr` False skips the per-tensor SQNR pass over the held-out frames
     (a diagnostic; the daemon's first start does without it). `batch` frames are run at a
     time by ONNX Runtime with `threads` intra-op threads (0 = one per core): how the work is
-    run, not what it computes, so neither is part of the key. Every failure is a
+    run, not what it computes, so neither is part of the key. `progress(done, total)` reports
+    calibration frames; `check_progress(done, total)` the held-out scoring after it (frame runs
+    through FP32 and both INT8 variants, see scoring.score_variants). Every failure is a
     CalibrationError whose message names the input; a `batch` below 1 is a ValueError."""
     from daemon.models.info import ModelInfo, ModelInfoError
 
@@ -160,7 +163,8 @@ def calibrate(
     if cached is None and holdout_frames is not None and len(holdout_frames):
         scored, ref_count, ref_classes = score_variants(proto, info, stats, blobs, holdout_frames,
                                                 holdout_infos, variants, batch, threads, cancel,
-                                                tensor_sqnr=tensor_sqnr)
+                                                tensor_sqnr=tensor_sqnr,
+                                                progress=check_progress)
     elif cached is not None:
         for t, v in variants.items():
             quality = cached.info.get("quality")

@@ -16,7 +16,7 @@ class VariantReport:
     target: str
     path: str
     size_bytes: int
-    map50: float | None = None  # class-averaged agreement (the gate)
+    map50: float | None = None  # class-averaged agreement (the gate uses box-weighted)
     map50_box_weighted: float | None = None
     head_sqnr_db: dict[str, float] = field(default_factory=dict)
     worst_tensors_sqnr_db: list[tuple[str, float]] = field(default_factory=list)
@@ -51,37 +51,47 @@ class CalibrationReport:
     def summary(self, with_warnings: bool = True) -> str:
         """Human-readable lines; ``with_warnings=False`` leaves out the ``warning:`` lines (for
         a caller that logs them at WARNING itself)."""
-        lines = [f"model {self.model}  source {self.source}  method {self.method}"]
+        return "\n".join(line for _, line in self.summary_lines(with_warnings))
+
+    def summary_lines(self, with_warnings: bool = True) -> list[tuple[str | None, str]]:
+        """summary()'s lines, each with the target it is about ("cpu", "tensorrt") or None for
+        both: the daemon logs the other target's lines at DEBUG (TensorRT on a CPU machine)."""
+        lines: list[tuple[str | None, str]] = []
+        add = lines.append
+        add((None, f"model {self.model}  source {self.source}  method {self.method}"))
         if self.cache_reused:
-            lines.append(f"calibration cache reused: {self.cache}")
+            add((None, f"calibration cache reused: {self.cache}"))
         else:
-            lines.append(f"calibrated on {self.frames_calibrated} frames in "
-                         f"{self.calibration_seconds:.1f} s (peak RSS "
-                         f"{self.peak_rss_bytes / 2**20:.0f} MiB); cache {self.cache}")
+            add((None, f"calibrated on {self.frames_calibrated} frames in "
+                       f"{self.calibration_seconds:.1f} s (peak RSS "
+                       f"{self.peak_rss_bytes / 2**20:.0f} MiB); cache {self.cache}"))
         if self.cache_header:
-            lines.append(f"TensorRT cache header {self.cache_header} (thresholds by method "
-                         f"{self.method}; only --method entropy writes EntropyCalibration2)")
+            add(("tensorrt", f"TensorRT cache header {self.cache_header} (thresholds by "
+                             f"method {self.method}; only --method entropy writes "
+                             "EntropyCalibration2)"))
             if self.cache_note:
-                lines.append(f"  ({self.cache_note})")
+                add((None, f"  ({self.cache_note})"))
         if self.skipped:
             parts = ", ".join(f"{n} {r}" for r, n in self.skipped.items())
-            lines.append(f"skipped inputs: {parts}")
+            add((None, f"skipped inputs: {parts}"))
         for w in self.warnings if with_warnings else ():
-            lines.append(f"warning: {w}")
+            add((None, f"warning: {w}"))
         for v in self.variants.values():
             ratio = v.size_bytes / self.fp32_size_bytes if self.fp32_size_bytes else math.nan
-            lines.append(f"{v.target:9s} {v.path}  {v.size_bytes / 1e6:.1f} MB ({ratio:.2f}x FP32)")
+            add((v.target, f"{v.target:9s} {v.path}  {v.size_bytes / 1e6:.1f} MB "
+                           f"({ratio:.2f}x FP32)"))
             if v.map50 is not None:
                 heads = ", ".join(f"{k} {db:.1f} dB" for k, db in v.head_sqnr_db.items())
                 bw = "n/a" if v.map50_box_weighted is None else f"{v.map50_box_weighted:.3f}"
-                lines.append(f"          agreement with FP32 on {self.frames_scored} held-out "
-                             f"frames ({self.reference_detections} FP32 boxes, "
-                             f"{self.reference_classes} classes): mAP@0.5 {v.map50:.3f} "
-                             f"class-averaged, {bw} box-weighted; head SQNR {heads}")
+                add((v.target, f"          agreement with FP32 on {self.frames_scored} held-out "
+                               f"frames ({self.reference_detections} FP32 boxes, "
+                               f"{self.reference_classes} classes): mAP@0.5 {bw} box-weighted "
+                               f"(the number model.calibration.min_agreement gates), "
+                               f"{v.map50:.3f} class-averaged; head SQNR {heads}"))
             if v.worst_tensors_sqnr_db:
                 worst = ", ".join(f"{n} {db:.1f} dB" for n, db in v.worst_tensors_sqnr_db)
-                lines.append(f"          lowest tensor SQNR: {worst}")
-        return "\n".join(lines)
+                add((v.target, f"          lowest tensor SQNR: {worst}"))
+        return lines
 
 
 def peak_rss_bytes() -> int:

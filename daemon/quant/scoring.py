@@ -4,6 +4,7 @@ and the tensors whose own quantization loses the most."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,11 +29,16 @@ def session(model: bytes | str, threads: int) -> ort.InferenceSession:
 
 def run_batches(sess: ort.InferenceSession, input_name: str, frames: np.ndarray,
                  batch: int, outputs: list[str] | None = None,
-                 cancel: threading.Event | None = None) -> list[np.ndarray]:
+                 cancel: threading.Event | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    """`sess`'s outputs over `frames` (N x C x H x W float32), `batch` frames a run, concatenated
+    along N; `on_batch(n)` is told how many frames each run took (progress)."""
     parts = []
     for i in range(0, len(frames), batch):
         check_cancel(cancel)  # hundreds of held-out frames: a stop must not wait for all
         parts.append(sess.run(outputs, {input_name: frames[i:i + batch]}))
+        if on_batch is not None:
+            on_batch(len(frames[i:i + batch]))
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
@@ -42,22 +48,34 @@ def score_variants(
     frames: np.ndarray, infos: list[LetterboxInfo], variants: dict[str, VariantReport],
     batch: int, threads: int, cancel: threading.Event | None = None, conf: float = 0.25,
     nms: float = 0.45, pred_conf: float = 0.05, tensor_sqnr: bool = True,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[int, int, int]:
     """mAP@0.5 of each INT8 variant against FP32 on held-out frames, SQNR of the heads, and
     the tensors whose own quantization (FP32 activations quantized with the chosen scales)
-    loses the most."""
+    loses the most. `progress(done, total)` is called after each batch, counting frame runs:
+    every held-out frame goes through FP32 and each variant, so total = frames x (1 + variants)
+    (the optional per-tensor SQNR pass is not counted)."""
     from daemon.vision.yolo import postprocess
+
+    total = len(frames) * (1 + len(blobs))
+    done = 0
+
+    def tick(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
 
     heads = [h.name for h in info.heads]
     fp32 = session(proto.SerializeToString(), threads)
-    ref_out = run_batches(fp32, info.input_name, frames, batch, heads, cancel)
+    ref_out = run_batches(fp32, info.input_name, frames, batch, heads, cancel, tick)
     reference = postprocess(ref_out, infos, info.heads, conf, nms)
     del fp32
     classes = len({int(c) for d in reference for c in d.class_ids})
     for t, blob in blobs.items():
         check_cancel(cancel)
         sess = session(blob, threads)
-        out = run_batches(sess, info.input_name, frames, batch, heads, cancel)
+        out = run_batches(sess, info.input_name, frames, batch, heads, cancel, tick)
         predicted = postprocess(out, infos, info.heads, pred_conf, nms)
         v = variants[t]
         agreement = map_at_50(reference, predicted)

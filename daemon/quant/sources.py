@@ -65,6 +65,8 @@ class FrameSource:
         register_url(spec)
         self.report = SourceReport(description=redact_url(spec))
         self.split: Footage | None = None  # a source with its own held-out part
+        # frames a split source has in each part (model.calibration.count/.holdout pick from them)
+        self.split_frames_available: tuple[int, int] | None = None
         self.current = ""  # the item being read (the source of each held-out frame)
         self.held_sources: list[str] = []  # filled by calibration: the source of each
         if spec == "demo":
@@ -76,6 +78,7 @@ class FrameSource:
                           + self.split.holdout]
             n_cal = sum(s.frames for s in self.split.calibration)
             n_hold = sum(s.frames for s in self.split.holdout)
+            self.split_frames_available = (n_cal, n_hold)
             self.report.description = (f"demo footage ({n_cal} calibration frames, "
                                        f"{n_hold} held-out frames of other pictures)")
         elif _is_url(spec):
