@@ -67,7 +67,8 @@ class Drain:
         ``SETTLE_S`` to hand over their last frame (a read blocked on the network must not hold
         the exit to the full deadline); or at the deadline."""
         if queued == 0 and in_flight == 0 and (sources_ended or now - self.started > SETTLE_S):
-            log.info("drained: %d frames in flight published", frames_total - self.frames_before)
+            n = frames_total - self.frames_before
+            log.info("drained: %d frame%s in flight published", n, "" if n == 1 else "s")
             return True
         if now >= self.deadline:
             log.warning("drain deadline reached: %d frames published, %d not published",
@@ -219,8 +220,9 @@ class Pipeline:
             if drain is None and host.stop_requested.is_set():
                 now = time.monotonic()
                 drain = Drain(now, now + host.cfg.shutdown.drain_timeout, self.frames_total)
-                log.info("stopping: draining %d queued frames (deadline %.1fs)",
-                         self.scheduler.pending(), host.cfg.shutdown.drain_timeout)
+                queued = self.scheduler.pending()
+                log.info("stopping: draining %d queued frame%s (deadline %.1fs)", queued,
+                         "" if queued == 1 else "s", host.cfg.shutdown.drain_timeout)
                 host.begin_drain()
             elif drain is None and host.reload_requested.is_set():
                 host.reload_requested.clear()
