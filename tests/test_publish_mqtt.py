@@ -229,7 +229,8 @@ def test_wrong_credentials_name_the_key_never_the_password(run_daemon: Any, demo
 def test_credentials_from_the_credentials_directory(tmp_path: Path, demo_video: Path, brokers: Any,
                                                     fp32_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``$CREDENTIALS_DIRECTORY/mqtt-password`` as systemd and the Kubernetes manifests set it; a
-    missing file is an exit 1 naming mqtt.password_file."""
+    missing file is an exit 2 (a config problem, ``UsageError``) naming mqtt.password_file, from
+    ``detectd run`` and ``detectd check-config`` alike."""
     secret = "An0ther-s3cret"
     b = brokers(users={"detectd": secret})
     creds = tmp_path / "creds"
@@ -240,8 +241,12 @@ def test_credentials_from_the_credentials_directory(tmp_path: Path, demo_video: 
                             "password_file": "$CREDENTIALS_DIRECTORY/mqtt-password"})
     r = subprocess.run([*detectd_command(), "run", "--config", str(d.config_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr
     assert f"mqtt.password_file: file not found: {creds}/mqtt-password" in r.stderr, r.stderr
+    c = subprocess.run([*detectd_command(), "check-config", "--config", str(d.config_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert c.returncode == 2, c.stderr
+    assert f"mqtt.password_file: file not found: {creds}/mqtt-password" in c.stderr, c.stderr
     (creds / "mqtt-password").write_text(secret + "\n")
     with d:  # ready (/readyz 200) needs the broker's CONNACK: the password was accepted
         assert metric(d.scrape(), "detectd_mqtt_connected") == 1

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from daemon.errors import UsageError
+
 __all__ = ["MqttConfig", "MqttTlsConfig", "MqttCredentialError", "read_password", "check_files",
            "expand_path", "default_client_id"]
 
@@ -114,8 +116,11 @@ class MqttConfig(_Strict):
         return self.port if self.port is not None else (8883 if self.tls is not None else 1883)
 
 
-class MqttCredentialError(OSError):
-    """A credential or certificate file is missing or unreadable; the message names the key."""
+class MqttCredentialError(UsageError, OSError):
+    """A credential or certificate file is missing or unreadable; the message names the key.
+
+    A :class:`daemon.errors.UsageError` (exit 2: the config names a file that cannot be used);
+    still an ``OSError`` for callers that catch file errors."""
 
 
 def expand_path(value: str) -> Path:
