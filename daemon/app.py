@@ -134,12 +134,14 @@ class Daemon:
     def readiness(self) -> dict[str, Any]:
         """``/readyz`` checks (bools) plus the reasons: the ZeroMQ endpoint lost
         (``publisher_problem``), a sink that cannot deliver now (``sinks_problem``, e.g. the MQTT
-        broker away)."""
+        broker away). ``sinks_ok`` is False only for a sink required for readiness (the MQTT sink
+        with ``mqtt.required_for_ready: true``): a broker outage must not make every instance
+        unready (docs/mqtt.md)."""
         lost = self.publisher.endpoint_problem() if self.publisher is not None else None
         sink_problem = self.sink.problem()
         checks: dict[str, Any] = {"model_loaded": self.detector is not None and self.ready,
                                   "publisher_bound": self.publisher is not None and lost is None,
-                                  "sinks_ok": sink_problem is None}
+                                  "sinks_ok": self.sink.problem(required_only=True) is None}
         if lost is not None:
             checks["publisher_problem"] = lost
         if sink_problem is not None:

@@ -114,6 +114,7 @@ class MqttSink:
         self.m = MqttMetrics.of(metrics)
         self.prefix = cfg.topic_prefix
         self.client_id = client_id
+        self.required_for_ready = cfg.required_for_ready  # FanOut.problem(required_only=True)
         self.where = f"{cfg.host}:{cfg.broker_port}"
         self.availability_topic = f"{self.prefix}/availability/{client_id}"
         password = read_password(cfg)

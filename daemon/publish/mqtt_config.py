@@ -76,6 +76,10 @@ class MqttConfig(_Strict):
     reconnect_max: float = Field(default=30.0, gt=0)
     # Frames without detections are not sent on MQTT (state and events still are).
     skip_empty: bool = False
+    # true: /readyz fails (503) while the broker cannot be reached. Default false: the outage is
+    # reported in /readyz's sinks_problem and detectd_mqtt_connected, the instance stays ready
+    # (ZeroMQ consumers and Kubernetes Services are not affected by a broker outage).
+    required_for_ready: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -43,7 +43,9 @@ class Sink(Protocol):
         """Send queued events from the publishing thread; returns how many were sent."""
 
     def problem(self) -> str | None:
-        """Why this sink cannot deliver now (``/readyz``), or None when it can."""
+        """Why this sink cannot deliver now (``/readyz``), or None when it can. A sink may set
+        ``required_for_ready = False`` (read with ``getattr``, default True): its problem is then
+        reported in ``/readyz`` but does not make the instance unready (docs/mqtt.md)."""
 
     def close(self) -> None:
         """Say goodbye (last states, last will) and release the transport."""
@@ -89,8 +91,11 @@ class FanOut:
     def flush_events(self) -> int:
         return sum(int(r or 0) for r in self._each("flush_events"))
 
-    def problem(self) -> str | None:
-        problems = [p for p in self._each("problem") if p]
+    def problem(self, required_only: bool = False) -> str | None:
+        """Every sink's problem joined with ``; ``, or None. ``required_only``: only the sinks
+        whose ``required_for_ready`` is True (the default): what fails ``/readyz``."""
+        problems = [p for s, p in zip(self.sinks, self._each("problem"))
+                    if p and (not required_only or getattr(s, "required_for_ready", True))]
         return "; ".join(problems) if problems else None
 
     def close(self) -> None:
