@@ -42,6 +42,7 @@ from daemon.reload import apply_plan, plan_reload, read_config
 from daemon.scheduler import Scheduler
 from daemon.sources import nvdec
 from daemon.sources.streams import Streams
+from daemon.vocab import StopReason
 
 log = logging.getLogger("detectd")
 
@@ -166,9 +167,12 @@ class Daemon:
             an = s.analytics
             self.preview.set_geometry(s.id, an.zones if an else [], an.lines if an else [])
 
-    def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None:
+    def remove_stream(self, sid: str, *, forget_metrics: bool = True,
+                      reason: str = StopReason.REMOVED) -> None:
         """Stop a stream without waiting for its thread (``Streams.retire``). ``forget_metrics``:
-        every series of the stream goes from /metrics (a removal, not a restart)."""
+        every series of the stream goes from /metrics (a removal, not a restart). ``reason``:
+        its last state's (``StopReason.MOVED``: another shard serves it now; MQTT keeps the
+        retained state for the new owner)."""
         assert self.pipeline is not None
         self.pipeline.flush()  # batches in flight publish (and count) before the removal
         with self.streams.paused_supervision():  # the supervisor writes per-stream gauges
@@ -176,7 +180,7 @@ class Daemon:
             self.pipeline.set_analytics(sid, None)
             dropped = self.scheduler.remove_stream(sid)
             # Removed for good: subscribers hear it is stopped.
-            self.sink.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
+            self.sink.remove_stream(sid, reason if forget_metrics else None)
             if forget_metrics:
                 self.metrics.remove_stream(sid)
             elif dropped:

@@ -126,6 +126,9 @@ def test_topics_payloads_and_retained_state(run_daemon: Any, demo_video: Path, b
     assert set(retained) == {"dtest/state/cam1", "dtest/state/cam2", "dtest/availability/det-a"}
     assert retained["dtest/availability/det-a"] == "online"
     assert retained["dtest/state/cam1"]["state"] == "up" and retained["dtest/state/cam1"]["event"] == "state"
+    # Who sent it: the instance (its client id) and its shard (additive schema v1 fields).
+    assert retained["dtest/state/cam1"]["instance"] == "det-a"
+    assert retained["dtest/state/cam1"]["shard"] == {"index": 0, "count": 1}
 
     # A clean stop: every retained state says stopped, availability offline.
     d.signal(signal.SIGTERM)
@@ -137,6 +140,64 @@ def test_topics_payloads_and_retained_state(run_daemon: Any, demo_video: Path, b
     assert final["dtest/availability/det-a"] == b"offline"
     assert json.loads(final["dtest/state/cam1"])["state"] == "stopped"
     assert json.loads(final["dtest/state/cam1"])["reason"] == "detectd stopped"
+
+
+def _retained_state(port: int, collectors: Any, sid: str) -> Any:
+    """What a client that connects now gets on ``detectd/state/<sid>`` (the retained value)."""
+    late = collectors(port, [f"detectd/state/{sid}"])
+    assert late.wait_for(lambda ms: any(r for _t, _p, r in ms), 10), "no retained state"
+    with late.lock:
+        return json.loads(next(p for _t, p, r in late.messages if r))
+
+
+def test_a_stream_taken_over_keeps_its_new_owners_state(run_daemon: Any, demo_video: Path, brokers: Any,
+                                                        collectors: Any) -> None:
+    """The Kubernetes order of a rescale: the new owner of a stream starts first, the old one
+    stops after (its pod rolls). The old one's goodbye must not leave ``stopped`` on the
+    stream's retained state; a ``stopped`` from another instance that arrives late anyway (its
+    goodbye crossed the new owner's ``up``) makes the owner publish its state again."""
+    b = brokers()
+    old = run_daemon([stream("cam1", demo_video)],
+                     mqtt={"host": "127.0.0.1", "port": b.port, "client_id": "det-old"})
+    col = collectors(b.port, ["detectd/state/cam1"])
+    assert col.wait_for(lambda ms: any(json.loads(p).get("instance") == "det-old" and
+                                       json.loads(p)["state"] == "up" for _t, p, _r in ms), 60)
+    new = run_daemon([stream("cam1", demo_video)],
+                     mqtt={"host": "127.0.0.1", "port": b.port, "client_id": "det-new"})
+    assert col.wait_for(lambda ms: any(json.loads(p).get("instance") == "det-new" and
+                                       json.loads(p)["state"] == "up" for _t, p, _r in ms), 60), new.log()
+    old.signal(signal.SIGTERM)
+    assert old.proc.wait(30) == 0
+    time.sleep(0.5)  # a late goodbye, if any, and the owner's answer to it
+    st = _retained_state(b.port, collectors, "cam1")
+    assert (st["instance"], st["state"]) == ("det-new", "up"), st
+    avail = collectors(b.port, ["detectd/availability/+"])
+    assert avail.wait_for(lambda ms: {(t, p) for t, p, _r in ms} >= {
+        ("detectd/availability/det-old", b"offline"), ("detectd/availability/det-new", b"online")}, 10)
+
+    # Another instance's stopped lands after the owner's up (a goodbye that crossed it): the
+    # owner sees it on its state subscription and writes its own state again.
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    stale = {**st, "instance": "det-gone", "state": "stopped", "reason": "detectd stopped"}
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="stale-goodbye")
+    c.connect("127.0.0.1", b.port)
+    c.loop_start()
+    c.publish("detectd/state/cam1", json.dumps(stale), qos=1, retain=True).wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = _retained_state(b.port, collectors, "cam1")
+        if st["instance"] == "det-new":
+            break
+        time.sleep(0.2)
+    assert (st["instance"], st["state"]) == ("det-new", "up"), st
+    new.signal(signal.SIGTERM)  # the owner's own goodbye still says stopped
+    assert new.proc.wait(30) == 0
+    st = _retained_state(b.port, collectors, "cam1")
+    assert (st["instance"], st["state"], st["reason"]) == ("det-new", "stopped", "detectd stopped"), st
 
 
 def test_sigkill_shows_offline_through_the_last_will(run_daemon: Any, demo_video: Path, brokers: Any,

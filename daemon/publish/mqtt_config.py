@@ -52,7 +52,7 @@ class MqttConfig(_Strict):
     host: str
     # null: 8883 with tls, else 1883 (IANA).
     port: int | None = Field(default=None, ge=1, le=65535)
-    # Unique per broker; null: detectd-<hostname>, plus -<index>of<count> when sharded.
+    # Unique per broker; null: detectd-<hostname>-<shard index> (not the count: stable on rescale).
     client_id: str | None = None
     # Topics: <prefix>/detections/<stream>, events/<stream>, analytics/<stream>,
     # state/<stream> (retained), availability/<client_id> (retained, last will).
@@ -189,7 +189,9 @@ def read_password(cfg: MqttConfig) -> str | None:
     return password
 
 
-def default_client_id(index: int = 0, count: int = 1) -> str:
-    """``detectd-<hostname>`` (a pod's name in a StatefulSet), ``-<index>of<count>`` when sharded."""
+def default_client_id(index: int = 0) -> str:
+    """``detectd-<hostname>-<index>`` (``index``: the shard index, 0 unsharded). Independent of
+    the shard count, so a rescale keeps every instance's client id and availability topic (a
+    StatefulSet pod keeps its name and its ordinal; two instances on one host differ by index)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
-    return f"detectd-{host}" + (f"-{index}of{count}" if count > 1 else "")
+    return f"detectd-{host}-{index}"
