@@ -46,6 +46,7 @@ import random
 import ssl
 import threading
 import time
+import weakref
 from collections import defaultdict, deque
 from typing import Any
 
@@ -54,6 +55,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from prometheus_client import Counter, Gauge
 
 from daemon.frames import FrameResult
+from daemon.metrics import Metrics
 from daemon.publish import schema, state
 from daemon.publish.mqtt_config import MqttConfig, expand_path, read_password
 from daemon.redact import redact_text
@@ -92,11 +94,17 @@ class MqttMetrics:
             self.attempts.labels(result)
 
     @classmethod
-    def of(cls, metrics: Any) -> "MqttMetrics":
-        m = getattr(metrics, "mqtt", None)
+    def of(cls, metrics: Metrics) -> "MqttMetrics":
+        """The series of ``metrics``' registry, created on first use (a registry refuses a name
+        twice; a sink rebuilt on the same :class:`Metrics` shares them)."""
+        m = _MQTT_METRICS.get(metrics)
         if m is None:
-            m = metrics.mqtt = cls(metrics.registry)
-        return m  # type: ignore[no-any-return]
+            m = _MQTT_METRICS[metrics] = cls(metrics.registry)
+        return m
+
+
+# Metrics -> its MQTT series; typed, and gone with the Metrics (tests build many).
+_MQTT_METRICS: "weakref.WeakKeyDictionary[Metrics, MqttMetrics]" = weakref.WeakKeyDictionary()
 
 
 class MqttSink:
@@ -109,7 +117,7 @@ class MqttSink:
     sink connects in the background and :meth:`problem` says why it is not connected.
     """
 
-    def __init__(self, cfg: MqttConfig, metrics: Any, *, client_id: str, shard: tuple[int, int] = (0, 1),
+    def __init__(self, cfg: MqttConfig, metrics: Metrics, *, client_id: str, shard: tuple[int, int] = (0, 1),
                  event_queue_size: int = 1024) -> None:
         self.cfg = cfg
         self.m = MqttMetrics.of(metrics)

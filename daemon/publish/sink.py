@@ -54,7 +54,12 @@ class Sink(Protocol):
 class FanOut:
     """Feeds every sink in order; one failing sink never stops the others.
 
-    ``publish_result`` returns True when at least one sink took the message. A sink method that
+    ``publish_result`` and ``publish_analytics`` return the **first** sink's answer: the first
+    sink is the ZeroMQ publisher, whose "published" is the contract's (what
+    ``detectd_frames_published_total``, the latency and the detection counts of the pipeline
+    count). Another sink buffering a frame that ZeroMQ dropped at its high-water mark does not
+    make it published; the other sinks count their own deliveries and drops (e.g.
+    ``detectd_mqtt_messages_*``). A sink method that
     raises is logged with the sink's class name and counted by the sink's own metrics where it
     has them; the exception does not reach the pipeline (a broken broker connection must not take
     down ZeroMQ consumers or the daemon).
@@ -80,10 +85,14 @@ class FanOut:
         self._each("remove_stream", stream, reason)
 
     def publish_result(self, result: FrameResult, labels: list[str], model: dict[str, str]) -> bool:
-        return any(bool(r) for r in self._each("publish_result", result, labels, model))
+        """Every sink gets the frame; True when the first (ZeroMQ) published it."""
+        answers = self._each("publish_result", result, labels, model)
+        return bool(answers[0]) if answers else False
 
     def publish_analytics(self, stream: str, event: dict[str, Any]) -> bool:
-        return any(bool(r) for r in self._each("publish_analytics", stream, event))
+        """Every sink gets the event; True when the first (ZeroMQ) published it."""
+        answers = self._each("publish_analytics", stream, event)
+        return bool(answers[0]) if answers else False
 
     def post_event(self, stream: str, event: str, reason: str | None = None, **extra: Any) -> None:
         self._each("post_event", stream, event, reason, **extra)
