@@ -19,7 +19,9 @@ topic                                 QoS          retain   payload
 ====================================  ===========  =======  ================================
 
 Per-message topics are never retained (a broker full of retained detections runs out of
-memory). ``seq`` is per stream and per topic kind, as on ZeroMQ; on ``state/<stream>`` it is the
+memory). State payloads carry ``instance`` (the client id) and ``shard``; the sink subscribes to
+``P/state/+`` to know who wrote each retained state last, so that a stream that moved to
+another shard keeps its new owner's state (docs/mqtt.md, "Topics"). ``seq`` is per stream and per topic kind, as on ZeroMQ; on ``state/<stream>`` it is the
 ``seq`` the next event on ``events/<stream>`` will carry.
 
 Threads: the pipeline thread calls every :class:`~daemon.publish.sink.Sink` method except
