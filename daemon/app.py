@@ -43,6 +43,7 @@ from daemon.scheduler import Scheduler
 from daemon.sources import nvdec
 from daemon.sources.streams import Streams
 from daemon.stream_manager import StreamManager
+from daemon.vocab import StopReason
 
 log = logging.getLogger("detectd")
 
@@ -132,12 +133,14 @@ class Daemon:
     def readiness(self) -> dict[str, Any]:
         """``/readyz`` checks (bools) plus the reasons: the ZeroMQ endpoint lost
         (``publisher_problem``), a sink that cannot deliver now (``sinks_problem``, e.g. the MQTT
-        broker away)."""
+        broker away). ``sinks_ok`` is False only for a sink required for readiness (the MQTT sink
+        with ``mqtt.required_for_ready: true``): a broker outage must not make every instance
+        unready (docs/mqtt.md)."""
         lost = self.publisher.endpoint_problem() if self.publisher is not None else None
         sink_problem = self.sink.problem()
         checks: dict[str, Any] = {"model_loaded": self.detector is not None and self.ready,
                                   "publisher_bound": self.publisher is not None and lost is None,
-                                  "sinks_ok": sink_problem is None}
+                                  "sinks_ok": self.sink.problem(required_only=True) is None}
         if lost is not None:
             checks["publisher_problem"] = lost
         if sink_problem is not None:
@@ -153,9 +156,12 @@ class Daemon:
         assert self.stream_manager is not None
         self.stream_manager.set_analytics(s)
 
-    def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None:
+    def remove_stream(self, sid: str, *, forget_metrics: bool = True,
+                      reason: str = StopReason.REMOVED) -> None:
+        """``reason``: the last state's (``StopReason.MOVED``: another shard serves it now, and
+        MQTT keeps the retained state for the new owner)."""
         assert self.stream_manager is not None
-        self.stream_manager.remove(sid, forget_metrics=forget_metrics)
+        self.stream_manager.remove(sid, forget_metrics=forget_metrics, reason=reason)
 
     def reload(self) -> bool:
         """SIGHUP: re-read the config file and apply what can change in place (``reload.py``).

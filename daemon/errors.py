@@ -7,7 +7,8 @@ as ``OSError``...), so re-parenting changed no ``except`` clause's meaning.
 
 Kinds and their exit statuses (:class:`ExitCode`):
 
-- invalid input, exit 2 (:class:`UsageError`): ``config.ConfigError``;
+- invalid input, exit 2 (:class:`UsageError`): ``config.ConfigError``,
+  ``publish.mqtt_config.MqttCredentialError`` (``mqtt.password_file`` missing or unreadable);
 - a model or an asset, exit 1: ``models.assets.AssetError``, ``models.info.ModelInfoError``,
   ``models.darknet.DarknetError``, ``quant.errors.CalibrationError`` (``AgreementTooLow``),
   ``quant.cache.CacheFormatError`` / ``CacheMismatch``, ``prepare.DemoVideoUnavailable`` (a

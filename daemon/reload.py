@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 from daemon import shard
 from daemon.config import Config, ConfigError, StreamConfig, check_config, load_config
+from daemon.vocab import StopReason
+
+if TYPE_CHECKING:
+    from daemon.metrics import Metrics
 
 log = logging.getLogger("detectd")
 
@@ -46,6 +50,9 @@ class ReloadPlan:
     retuned: list[str]  # only analytics changed: applied in place, tracks kept
     unchanged: list[str]
     restart_needed: list[str]  # RESTART_SECTIONS that changed (not applied)
+    # Of ``removed``: still in the config, another shard serves them now (shard.count changed).
+    # Their last state is not "removed"; on MQTT the new owner writes the retained state.
+    moved: list[str] = field(default_factory=list)
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
@@ -64,7 +71,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
                  and want[sid].model_copy(update={"analytics": was[sid].analytics}) != was[sid]]
     retuned = [sid for sid in want if sid in was and sid not in restarted and want[sid] != was[sid]]
     unchanged = [sid for sid in want if sid in was and want[sid] == was[sid]]
-    return ReloadPlan(new, added, removed, restarted, retuned, unchanged, keep)
+    in_config = {s.id for s in new.streams}
+    moved = [sid for sid in removed if sid in in_config]
+    return ReloadPlan(new, added, removed, restarted, retuned, unchanged, keep, moved)
 
 
 def read_config(path: str | os.PathLike[str]) -> Config:
@@ -83,10 +92,12 @@ class StreamHost(Protocol):
     """What :func:`apply_plan` needs from the daemon."""
 
     cfg: Config
+    metrics: "Metrics"
 
     def add_stream(self, s: StreamConfig) -> None: ...
 
-    def remove_stream(self, sid: str, *, forget_metrics: bool = True) -> None: ...
+    def remove_stream(self, sid: str, *, forget_metrics: bool = True,
+                      reason: str = StopReason.REMOVED) -> None: ...
 
     def set_analytics(self, s: StreamConfig) -> None: ...
 
@@ -97,9 +108,9 @@ def apply_plan(host: StreamHost, plan: ReloadPlan) -> None:
         keep = ", ".join(plan.restart_needed)
         log.warning("reload: %s changed: that needs a restart (systemctl restart detectd); "
                     "running on with the old %s settings", keep, keep)
-    want = {s.id: s for s in shard.owned_streams(plan.config, getattr(host, "metrics", None))}
+    want = {s.id: s for s in shard.owned_streams(plan.config, host.metrics)}
     for sid in plan.removed:
-        host.remove_stream(sid)
+        host.remove_stream(sid, reason=StopReason.MOVED if sid in plan.moved else StopReason.REMOVED)
     for sid in plan.restarted:
         host.remove_stream(sid, forget_metrics=False)
     host.cfg = plan.config
@@ -110,5 +121,7 @@ def apply_plan(host: StreamHost, plan: ReloadPlan) -> None:
     logging.getLogger().setLevel(plan.config.logging.level.upper())
     log.info("reload: streams added %s, removed %s, restarted %s, %d unchanged",
              plan.added or "none", plan.removed or "none", plan.restarted or "none", len(plan.unchanged))
+    if plan.moved:
+        log.info("reload: of the removed, moved to another shard %s (its new owner reports them)", plan.moved)
     if plan.retuned:
         log.info("reload: analytics changed %s (zones and lines applied in place, tracks kept)", plan.retuned)

@@ -19,6 +19,7 @@ Metrics (registered on the daemon's registry by :func:`owned_streams` when given
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from daemon.config import Config
+    from daemon.metrics import Metrics
 
 __all__ = ["ShardConfig", "parse_shard", "weight", "owner", "owned_streams", "set_override",
            "current", "assignment"]
@@ -107,11 +109,16 @@ def current(cfg: "Config") -> ShardConfig:
 T = TypeVar("T")
 
 
-def _export(metrics: Any, shard: ShardConfig, n: int) -> None:
-    gauges = getattr(metrics, "shard_gauges", None)  # registered once per Metrics
+# Metrics -> (detectd_shard_info, detectd_shard_streams), registered once per registry; typed,
+# and gone with the Metrics.
+_GAUGES: "weakref.WeakKeyDictionary[Metrics, tuple[Gauge, Gauge]]" = weakref.WeakKeyDictionary()
+
+
+def _export(metrics: "Metrics", shard: ShardConfig, n: int) -> None:
+    gauges = _GAUGES.get(metrics)
     if gauges is None:
         registry: CollectorRegistry = metrics.registry
-        gauges = metrics.shard_gauges = (
+        gauges = _GAUGES[metrics] = (
             Gauge("detectd_shard_info", "1 for this instance's shard: index of count (rendezvous "
                   "hashing on the stream id, docs/scaling.md).", ["index", "count"], registry=registry),
             Gauge("detectd_shard_streams", "Streams of the config that this shard serves.",
@@ -122,7 +129,7 @@ def _export(metrics: Any, shard: ShardConfig, n: int) -> None:
     streams.set(n)
 
 
-def owned_streams(cfg: "Config", metrics: Any = None) -> list[Any]:
+def owned_streams(cfg: "Config", metrics: "Metrics | None" = None) -> list[Any]:
     """The config's streams that this instance serves (all of them with ``count: 1``), in config
     order. With ``metrics`` (a :class:`daemon.metrics.Metrics`), the shard gauges are updated."""
     shard = current(cfg)

@@ -16,7 +16,7 @@ from daemon.pipeline import Pipeline
 from daemon.publish.sink import FanOut
 from daemon.scheduler import Scheduler
 from daemon.sources.streams import Streams
-from daemon.vocab import DropReason
+from daemon.vocab import DropReason, StopReason
 
 __all__ = ["StreamManager"]
 
@@ -46,16 +46,18 @@ class StreamManager:
             an = s.analytics
             self.preview.set_geometry(s.id, an.zones if an else [], an.lines if an else [])
 
-    def remove(self, sid: str, *, forget_metrics: bool = True) -> None:
+    def remove(self, sid: str, *, forget_metrics: bool = True,
+               reason: str = StopReason.REMOVED) -> None:
         """Stop a stream without waiting for its thread (``Streams.retire``). ``forget_metrics``:
         removed for good (not a restart): every series of the stream goes from /metrics, its
-        preview tile from the page, and subscribers hear it is stopped."""
+        preview tile from the page, and subscribers hear it is stopped, with ``reason``
+        (``StopReason.MOVED`` when another shard serves it now)."""
         self.pipeline.flush()  # batches in flight publish (and count) before the removal
         with self.streams.paused_supervision():  # the supervisor writes per-stream gauges
             self.streams.retire(sid, forget_metrics=forget_metrics)
             self.pipeline.set_analytics(sid, None)
             dropped = self.scheduler.remove_stream(sid)
-            self.sink.remove_stream(sid, "removed from the configuration" if forget_metrics else None)
+            self.sink.remove_stream(sid, reason if forget_metrics else None)
             if forget_metrics:
                 self.metrics.remove_stream(sid)
                 if self.preview is not None:

@@ -19,6 +19,8 @@ set                  derived here
                      (``publish/schemas/analytics.v1.json``)
 :class:`Topic`       the first part of every ZeroMQ topic (``<topic>/<stream>/``)
 :class:`DropReason`  the ``reason`` label of ``detectd_frames_dropped_total``
+:class:`MqttDropReason`  the ``reason`` label of ``detectd_mqtt_messages_dropped_total``
+:class:`StopReason`  the ``reason`` of a stream's last ``stopped`` state
 ===================  ==========================================================================
 
 The JSON schemas are files (they are shipped for subscribers in other languages);
@@ -33,7 +35,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["StreamState", "ErrorKind", "EventKind", "AnalyticsEvent", "Topic", "DropReason"]
+__all__ = ["StreamState", "ErrorKind", "EventKind", "AnalyticsEvent", "Topic", "DropReason",
+           "MqttDropReason", "StopReason"]
 
 
 class StreamState(StrEnum):
@@ -106,3 +109,19 @@ class DropReason(StrEnum):
     SHUTDOWN = "shutdown"
     UNSUPPORTED_FRAME = "unsupported_frame"
     DAMAGED = "damaged"
+
+
+class MqttDropReason(StrEnum):
+    """Why an MQTT message did not reach the broker (``daemon/publish/mqtt.py``, docs/mqtt.md)."""
+
+    BUFFER_FULL = "buffer_full"  # the buffer was at mqtt.buffer (broker away or too slow)
+    CONNECTION_LOST = "connection_lost"  # QoS 0, handed to the client, unwritten when it dropped
+    SHUTDOWN = "shutdown"  # still buffered or unacknowledged when the daemon stopped
+
+
+class StopReason(StrEnum):
+    """The ``reason`` of a stream's last state ``stopped`` (events ``state`` messages)."""
+
+    REMOVED = "removed from the configuration"  # a reload removed it
+    MOVED = "moved to another shard"  # a reload changed shard.count: another instance serves it
+    SHUTDOWN = "detectd stopped"  # the daemon stops

@@ -117,3 +117,39 @@ def test_every_docs_page_is_linked_from_the_readme() -> None:
     readme = {urlsplit(t).path for t in links(ROOT / "README.md")}
     missing = [p.name for p in (ROOT / "docs").glob("*.md") if f"docs/{p.name}" not in readme]
     assert missing == []
+
+
+# A doc named in a comment of a deploy/ manifest ("docs/scaling.md#kubernetes"): relative to the
+# repository root, checked like a link.
+_DOC_REF = re.compile(r"\b(docs/[\w./-]+\.md(?:#[\w-]+)?)")
+MANIFESTS = sorted((ROOT / "deploy").rglob("*.yaml"))
+
+
+def doc_refs_broken(manifest: Path) -> list[str]:
+    """The ``docs/...md[#anchor]`` references in ``manifest``'s comments that do not resolve."""
+    problems = []
+    for line in manifest.read_text().splitlines():
+        if "#" not in line:
+            continue
+        comment = line[line.index("#"):] if not line.lstrip().startswith("#") else line
+        for ref in _DOC_REF.findall(comment):
+            path, _, fragment = ref.partition("#")
+            target = ROOT / path
+            if not target.exists():
+                problems.append(f"{ref}: no such file")
+            elif fragment and fragment not in anchors(target):
+                problems.append(f"{ref}: no heading {fragment!r} in {target.name}")
+    return problems
+
+
+def test_the_manifest_checker_sees_a_broken_reference(tmp_path: Path) -> None:
+    m = tmp_path / "x.yaml"
+    m.write_text("# see docs/nowhere.md\nkind: Service  # docs/scaling.md#no-such-part\n"
+                 "# docs/scaling.md#kubernetes\n")
+    assert doc_refs_broken(m) == ["docs/nowhere.md: no such file",
+                                  "docs/scaling.md#no-such-part: no heading 'no-such-part' in scaling.md"]
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_doc_named_by_a_manifest_exists(manifest: Path) -> None:
+    assert doc_refs_broken(manifest) == []

@@ -22,6 +22,7 @@ from daemon.prepare import DemoVideoUnavailable
 from daemon.publish.client import DecodeError
 from daemon.publish.curve import CurveError
 from daemon.publish.endpoint import EndpointInUse
+from daemon.publish.mqtt_config import MqttCredentialError
 from daemon.quant.cache import CacheFormatError, CacheMismatch
 from daemon.quant.errors import AgreementTooLow, CalibrationCancelled, CalibrationError
 from daemon.sources.errors import SourceError
@@ -44,6 +45,7 @@ TABLE = [
     (CurveError, ValueError, ExitCode.FAILURE),
     (DecodeError, ValueError, ExitCode.FAILURE),
     (EndpointInUse, OSError, ExitCode.FAILURE),
+    (MqttCredentialError, OSError, ExitCode.USAGE),
     (UnsupportedFrame, ValueError, ExitCode.FAILURE),
     (PermanentError, Exception, ExitCode.FAILURE),
     (OutputError, Exception, ExitCode.FAILURE),

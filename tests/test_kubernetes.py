@@ -80,6 +80,9 @@ def test_pieces_agree(tmp_path: Path) -> None:
                      svc["spec"]["selector"]):
         assert selector.items() <= pod_labels.items()
     assert sts["spec"]["serviceName"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
+    # Not-ready pods keep their DNS names: ZeroMQ subscribers do not lose their endpoints while a
+    # pod starts or a required sink is down.
+    assert svc["spec"]["publishNotReadyAddresses"] is True
 
     # The shard: --shard $(POD_INDEX)/N with N == replicas, POD_INDEX the pod ordinal.
     args = c["args"]
@@ -115,6 +118,8 @@ def test_pieces_agree(tmp_path: Path) -> None:
     assert ports["metrics"] == port
     assert ports["zeromq"] == int(cfg.publish.endpoint.rpartition(":")[2])
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # A broker outage hits every pod at once: it must not make them all NotReady (docs/mqtt.md).
+    assert cfg.mqtt.required_for_ready is False
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     ann = sts["spec"]["template"]["metadata"]["annotations"]
     assert ann["prometheus.io/scrape"] == "true" and int(ann["prometheus.io/port"]) == port

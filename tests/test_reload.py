@@ -86,3 +86,22 @@ def test_inputs_are_not_changed() -> None:
     before = (old.model_dump(), new.model_dump())
     plan_reload(old, new)
     assert (old.model_dump(), new.model_dump()) == before
+
+
+def test_a_changed_shard_count_moves_streams_apart_from_removing_them() -> None:
+    """Streams another shard owns after the change are ``moved`` (their last word is not
+    "removed"; on MQTT the new owner writes their retained state); a stream gone from the file
+    is removed only."""
+    from daemon.shard import owner
+
+    ids = [f"cam{i}" for i in range(12)]
+    mine_before = {i for i in ids if owner(i, 3) == 1}
+    moving = {i for i in mine_before if owner(i, 4) != 1}
+    dropped = sorted(mine_before - moving)[0]  # one of shard 1's streams leaves the file
+    assert moving and dropped  # the example shows both cases (rendezvous hashing, fixed ids)
+    old = cfg(*(s(i) for i in ids), shard={"index": 1, "count": 3})
+    new = cfg(*(s(i) for i in ids if i != dropped), shard={"index": 1, "count": 4})
+    plan = plan_reload(old, new)
+    assert set(plan.removed) == moving | {dropped}
+    assert set(plan.moved) == moving
+    assert plan.added == []  # going 3 -> 4, streams only move to the new shard

@@ -3,6 +3,7 @@ real daemon processes splitting one stream list (3 instances, then 4) on a real 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import signal
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from daemon.publish.mqtt_config import default_client_id
 from daemon.shard import ShardConfig, assignment, owner, parse_shard
 from tests.harness import ROOT, free_port
 from tests.mqtt_broker import Collector, Mosquitto, have_mosquitto
@@ -148,7 +150,7 @@ def test_three_instances_serve_every_stream_once_then_four(run_daemon: Any, demo
         by_instance = [{t.split("/")[1] for t, _p in d.messages if t.startswith("detections/")} for d in ds]
         assert [b <= set(three[i]) for i, b in enumerate(by_instance)] == [True] * 3
         avail = {t for t in col.topics_seen() if "/availability/" in t}
-        assert len(avail) == 3, avail  # three client ids: detectd-<host>-<i>of3
+        assert len(avail) == 3, avail  # three client ids: detectd-<host>-<i>
         for sid in ids:
             seqs = [p["seq"] for p in col.json(f"detectd/detections/{sid}")]
             assert len(seqs) == len(set(seqs)), f"{sid} published twice"
@@ -174,6 +176,29 @@ def test_three_instances_serve_every_stream_once_then_four(run_daemon: Any, demo
             log = d.log()
             gone = sorted(set(three[i]) - set(four[i]))
             assert f"reload: streams added none, removed {gone or 'none'}, restarted none" in log, log[-2000:]
+        # What a client connecting now learns: every stream's retained state comes from its
+        # owner under count 4 (the moved ones from the fourth instance), none says stopped; the
+        # client ids (and availability topics) did not change with the count.
+        want = {sid: default_client_id(owner(sid, 4)) for sid in ids}
+
+        def latest(ms: list[tuple[str, bytes, bool]]) -> dict[str, tuple[str, str]]:
+            last = {t.rsplit("/", 1)[1]: json.loads(p) for t, p, _r in ms}
+            return {sid: (p.get("instance", "?"), p["state"]) for sid, p in last.items()}
+
+        late = Collector(broker.port, ["detectd/state/+"])
+        try:
+            ok = late.wait_for(lambda ms: latest(ms) == {sid: (want[sid], "up") for sid in ids}, 30)
+            with late.lock:
+                assert ok, latest(list(late.messages))
+        finally:
+            late.close()
+        avail = {t for t in col.topics_seen() if "/availability/" in t}
+        assert avail == {f"detectd/availability/{default_client_id(i)}" for i in range(4)}, avail
+        # ZeroMQ (one socket per instance) tells a moved stream's subscribers why it stopped there.
+        d0 = ds[owner(sorted(moved)[0], 3)]
+        d0.collect(0.3)
+        last_words = [p for t, p in d0.messages if t == f"events/{sorted(moved)[0]}/" and p.get("state") == "stopped"]
+        assert last_words and last_words[-1]["reason"] == "moved to another shard", last_words
     finally:
         col.close()
         broker.stop()

@@ -19,7 +19,9 @@ topic                                 QoS          retain   payload
 ====================================  ===========  =======  ================================
 
 Per-message topics are never retained (a broker full of retained detections runs out of
-memory). ``seq`` is per stream and per topic kind, as on ZeroMQ; on ``state/<stream>`` it is the
+memory). State payloads carry ``instance`` (the client id) and ``shard``; the sink subscribes to
+``P/state/+`` to know who wrote each retained state last, so that a stream that moved to
+another shard keeps its new owner's state (docs/mqtt.md, "Topics"). ``seq`` is per stream and per topic kind, as on ZeroMQ; on ``state/<stream>`` it is the
 ``seq`` the next event on ``events/<stream>`` will carry.
 
 Threads: the pipeline thread calls every :class:`~daemon.publish.sink.Sink` method except
@@ -39,12 +41,14 @@ acknowledged by the broker (PUBACK) at QoS 1.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import random
 import ssl
 import threading
 import time
+import weakref
 from collections import defaultdict, deque
 from typing import Any
 
@@ -53,13 +57,14 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from prometheus_client import Counter, Gauge
 
 from daemon.frames import FrameResult
+from daemon.metrics import Metrics
 from daemon.publish import schema, state
 from daemon.publish.mqtt_config import MqttConfig, expand_path, read_password
 from daemon.redact import redact_text
+from daemon.vocab import MqttDropReason, StopReason, StreamState
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("buffer_full", "connection_lost", "shutdown")
 ATTEMPT_RESULTS = ("ok", "auth", "refused", "error")
 # CONNACK codes that mean "your credentials": MQTT 3.1.1 4/5, MQTT 5 134/135 (paho maps to 5's).
 _AUTH_CODES = (134, 135)
@@ -85,17 +90,23 @@ class MqttMetrics:
         self.buffered = Gauge("detectd_mqtt_buffered_messages",
                               "MQTT messages waiting in the sink's buffer (broker away or slow).",
                               registry=registry)
-        for r in DROP_REASONS:
-            self.dropped.labels(r)
-        for r in ATTEMPT_RESULTS:
-            self.attempts.labels(r)
+        for reason in MqttDropReason:
+            self.dropped.labels(reason)
+        for result in ATTEMPT_RESULTS:
+            self.attempts.labels(result)
 
     @classmethod
-    def of(cls, metrics: Any) -> "MqttMetrics":
-        m = getattr(metrics, "mqtt", None)
+    def of(cls, metrics: Metrics) -> "MqttMetrics":
+        """The series of ``metrics``' registry, created on first use (a registry refuses a name
+        twice; a sink rebuilt on the same :class:`Metrics` shares them)."""
+        m = _MQTT_METRICS.get(metrics)
         if m is None:
-            m = metrics.mqtt = cls(metrics.registry)
-        return m  # type: ignore[no-any-return]
+            m = _MQTT_METRICS[metrics] = cls(metrics.registry)
+        return m
+
+
+# Metrics -> its MQTT series; typed, and gone with the Metrics (tests build many).
+_MQTT_METRICS: "weakref.WeakKeyDictionary[Metrics, MqttMetrics]" = weakref.WeakKeyDictionary()
 
 
 class MqttSink:
@@ -108,12 +119,16 @@ class MqttSink:
     sink connects in the background and :meth:`problem` says why it is not connected.
     """
 
-    def __init__(self, cfg: MqttConfig, metrics: Any, *, client_id: str,
+    def __init__(self, cfg: MqttConfig, metrics: Metrics, *, client_id: str, shard: tuple[int, int] = (0, 1),
                  event_queue_size: int = 1024) -> None:
         self.cfg = cfg
         self.m = MqttMetrics.of(metrics)
         self.prefix = cfg.topic_prefix
         self.client_id = client_id
+        # Who sends a retained state (``instance``, ``shard`` in its payload): when streams move
+        # between shards, the old and the new owner write the same state/<stream> topic.
+        self.origin: dict[str, Any] = {"instance": client_id, "shard": {"index": shard[0], "count": shard[1]}}
+        self.required_for_ready = cfg.required_for_ready  # FanOut.problem(required_only=True)
         self.where = f"{cfg.host}:{cfg.broker_port}"
         self.availability_topic = f"{self.prefix}/availability/{client_id}"
         password = read_password(cfg)
@@ -138,6 +153,7 @@ class MqttSink:
         c.max_queued_messages_set(cfg.inflight + 16)
         c.on_connect = self._on_connect
         c.on_publish = self._on_publish
+        c.on_message = self._on_state_seen
         # Pipeline-thread state.
         self.buffer: deque[tuple[str, bytes, int, bool]] = deque()
         self.seq: dict[str, int] = defaultdict(int)
@@ -150,6 +166,10 @@ class MqttSink:
         self.lock = threading.Lock()
         self.inflight: dict[int, int] = {}  # mid -> QoS, handed to paho, not yet written/acked
         self.early: set[int] = set()  # mids paho confirmed before publish() returned
+        # state/<stream> as the broker last delivered it to us: stream -> the sending instance.
+        self.owner: dict[str, str] = {}
+        self.owned: set[str] = set()  # streams this instance serves (mirror of self.states)
+        self.reclaim: set[str] = set()  # owned streams another instance marked stopped
         self.connected = False
         self.resync = False  # set on (re)connect: the pipeline re-sends retained states
         self.since = time.monotonic()
@@ -201,6 +221,8 @@ class MqttSink:
         # paho emptied its packet queue in connect(): a QoS 0 message handed over while the old
         # connection was dying is gone (counted here if _lost could not see it yet).
         self._drop_unwritten_qos0()
+        # Every state/<stream>, retained ones first: who wrote each last (see _on_state_seen).
+        self.client.subscribe(f"{self.prefix}/state/+", qos=1)
         self._publish("availability", self.availability_topic, b"online", 1, True)
         with self.lock:
             self.connected, self.resync, self.reason = True, True, ""
@@ -234,7 +256,33 @@ class MqttSink:
             for mid in lost:
                 del self.inflight[mid]
         if lost:
-            self.m.dropped.labels("connection_lost").inc(len(lost))
+            self.m.dropped.labels(MqttDropReason.CONNECTION_LOST).inc(len(lost))
+
+    def _on_state_seen(self, client: Any, userdata: Any, msg: Any) -> None:
+        """A state/<stream> message (ours echoed, or another instance's). Network thread.
+
+        Records who wrote the topic last (the broker delivers one topic's messages in order, so
+        that is the retained value); a ``stopped`` from another instance on a stream we serve
+        (its late goodbye after the stream moved to us) makes us publish our state again."""
+        stream = msg.topic.rsplit("/", 1)[-1]
+        try:
+            p = json.loads(msg.payload) if msg.payload else {}
+            sender, st = str(p.get("instance", "")), p.get("state")
+        except (ValueError, AttributeError):
+            sender, st = "", None  # not ours to judge: someone else's payload
+        with self.lock:
+            if not msg.payload:
+                self.owner.pop(stream, None)  # retained value cleared
+                return
+            self.owner[stream] = sender
+            if sender != self.client_id and st == StreamState.STOPPED and stream in self.owned:
+                self.reclaim.add(stream)
+
+    def _writes_last(self, stream: str) -> bool:
+        """True when the broker's retained state of ``stream`` is ours as far as we saw (or we
+        saw none): only then may this instance overwrite it with ``stopped``."""
+        with self.lock:
+            return self.owner.get(stream, self.client_id) == self.client_id
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         with self.lock:
@@ -270,7 +318,7 @@ class MqttSink:
             return True
         if len(self.buffer) >= self.cfg.buffer:
             self.buffer.popleft()
-            self.m.dropped.labels("buffer_full").inc()
+            self.m.dropped.labels(MqttDropReason.BUFFER_FULL).inc()
         self.buffer.append((topic, payload, qos, False))
         self.m.buffered.set(len(self.buffer))
         return True
@@ -301,17 +349,24 @@ class MqttSink:
     def add_stream(self, stream: str) -> None:
         self.flush_events()
         self.states[stream] = state.initial()
+        with self.lock:
+            self.owned.add(stream)
         self.state_due.add(stream)
         self._send_states()
 
     def remove_stream(self, stream: str, reason: str | None = None) -> None:
         """With a ``reason`` the retained state becomes ``stopped`` (kept on the broker, so a
-        late client learns the stream is gone rather than seeing its last ``up``)."""
+        late client learns the stream is gone rather than seeing its last ``up``), unless the
+        stream moved to another shard (:attr:`StopReason.MOVED`: its new owner writes the
+        state) or another instance wrote the retained state since (it serves the stream now)."""
         self.flush_events()
-        if reason is not None and stream in self.states:
-            self._stopped(stream, reason)
+        if reason not in (None, StopReason.MOVED) and stream in self.states and self._writes_last(stream):
+            self._stopped(stream, str(reason))
         self.states.pop(stream, None)
         self.state_due.discard(stream)
+        with self.lock:
+            self.owned.discard(stream)
+            self.reclaim.discard(stream)
 
     def _stopped(self, stream: str, reason: str) -> None:
         self.states[stream] = state.stopped(self.states[stream], reason)
@@ -323,7 +378,7 @@ class MqttSink:
         try:
             self.events.put_nowait((stream, event, reason, extra))
         except queue.Full:
-            self.m.dropped.labels("buffer_full").inc()
+            self.m.dropped.labels(MqttDropReason.BUFFER_FULL).inc()
 
     def flush_events(self) -> int:
         """Send queued events, the buffer, and retained states due (after a reconnect: all)."""
@@ -342,6 +397,8 @@ class MqttSink:
             n += 1
         with self.lock:
             resync, self.resync = self.resync, False
+            reclaim, self.reclaim = self.reclaim, set()
+        self.state_due.update(s for s in reclaim if s in self.states)
         if resync:  # a restarted broker without persistence forgot the retained states
             self.state_due.update(self.states)
         self._drain()
@@ -354,7 +411,7 @@ class MqttSink:
             if st is None:
                 self.state_due.discard(stream)
                 continue
-            payload = state.payload(stream, self.event_seq[stream], st)
+            payload = state.payload(stream, self.event_seq[stream], st, **self.origin)
             if not self._publish("state", f"{self.prefix}/state/{stream}", schema.encode(payload), 1, True):
                 return  # away: every state is sent again on the next connect
             self.state_due.discard(stream)
@@ -370,12 +427,14 @@ class MqttSink:
                 f"{len(self.buffer)} messages buffered")
 
     def close(self) -> None:
-        """Last states ``stopped``, availability ``offline`` (retained; a clean disconnect does not
-        fire the last will), up to :data:`CLOSE_GRACE` s for what is in flight, then count the
-        rest as ``shutdown`` and disconnect."""
+        """Last states ``stopped`` (only where the retained state is still ours: a stream that
+        moved may already be ``up`` from its new owner), availability ``offline`` (retained; a
+        clean disconnect does not fire the last will), up to :data:`CLOSE_GRACE` s for what is in
+        flight, then count the rest as ``shutdown`` and disconnect."""
         self.flush_events()
         for stream in sorted(self.states):
-            self._stopped(stream, "detectd stopped")
+            if self._writes_last(stream):
+                self._stopped(stream, StopReason.SHUTDOWN)
         self._publish("availability", self.availability_topic, b"offline", 1, True)
         deadline = time.monotonic() + CLOSE_GRACE
         while time.monotonic() < deadline:
@@ -390,7 +449,7 @@ class MqttSink:
             self.inflight.clear()
         self.buffer.clear()
         if left:
-            self.m.dropped.labels("shutdown").inc(left)
+            self.m.dropped.labels(MqttDropReason.SHUTDOWN).inc(left)
             log.warning("mqtt: %d messages not delivered to %s at shutdown (counted)", left, self.where)
         self.closing.set()
         try:

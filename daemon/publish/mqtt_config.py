@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from daemon.errors import UsageError
+
 __all__ = ["MqttConfig", "MqttTlsConfig", "MqttCredentialError", "read_password", "check_files",
            "expand_path", "default_client_id"]
 
@@ -50,7 +52,7 @@ class MqttConfig(_Strict):
     host: str
     # null: 8883 with tls, else 1883 (IANA).
     port: int | None = Field(default=None, ge=1, le=65535)
-    # Unique per broker; null: detectd-<hostname>, plus -<index>of<count> when sharded.
+    # Unique per broker; null: detectd-<hostname>-<shard index> (not the count: stable on rescale).
     client_id: str | None = None
     # Topics: <prefix>/detections/<stream>, events/<stream>, analytics/<stream>,
     # state/<stream> (retained), availability/<client_id> (retained, last will).
@@ -74,6 +76,10 @@ class MqttConfig(_Strict):
     reconnect_max: float = Field(default=30.0, gt=0)
     # Frames without detections are not sent on MQTT (state and events still are).
     skip_empty: bool = False
+    # true: /readyz fails (503) while the broker cannot be reached. Default false: the outage is
+    # reported in /readyz's sinks_problem and detectd_mqtt_connected, the instance stays ready
+    # (ZeroMQ consumers and Kubernetes Services are not affected by a broker outage).
+    required_for_ready: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -114,8 +120,11 @@ class MqttConfig(_Strict):
         return self.port if self.port is not None else (8883 if self.tls is not None else 1883)
 
 
-class MqttCredentialError(OSError):
-    """A credential or certificate file is missing or unreadable; the message names the key."""
+class MqttCredentialError(UsageError, OSError):
+    """A credential or certificate file is missing or unreadable; the message names the key.
+
+    A :class:`daemon.errors.UsageError` (exit 2: the config names a file that cannot be used);
+    still an ``OSError`` for callers that catch file errors."""
 
 
 def expand_path(value: str) -> Path:
@@ -180,7 +189,9 @@ def read_password(cfg: MqttConfig) -> str | None:
     return password
 
 
-def default_client_id(index: int = 0, count: int = 1) -> str:
-    """``detectd-<hostname>`` (a pod's name in a StatefulSet), ``-<index>of<count>`` when sharded."""
+def default_client_id(index: int = 0) -> str:
+    """``detectd-<hostname>-<index>`` (``index``: the shard index, 0 unsharded). Independent of
+    the shard count, so a rescale keeps every instance's client id and availability topic (a
+    StatefulSet pod keeps its name and its ordinal; two instances on one host differ by index)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()) or "host"
-    return f"detectd-{host}" + (f"-{index}of{count}" if count > 1 else "")
+    return f"detectd-{host}-{index}"

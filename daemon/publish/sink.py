@@ -43,7 +43,9 @@ class Sink(Protocol):
         """Send queued events from the publishing thread; returns how many were sent."""
 
     def problem(self) -> str | None:
-        """Why this sink cannot deliver now (``/readyz``), or None when it can."""
+        """Why this sink cannot deliver now (``/readyz``), or None when it can. A sink may set
+        ``required_for_ready = False`` (read with ``getattr``, default True): its problem is then
+        reported in ``/readyz`` but does not make the instance unready (docs/mqtt.md)."""
 
     def close(self) -> None:
         """Say goodbye (last states, last will) and release the transport."""
@@ -52,7 +54,12 @@ class Sink(Protocol):
 class FanOut:
     """Feeds every sink in order; one failing sink never stops the others.
 
-    ``publish_result`` returns True when at least one sink took the message. A sink method that
+    ``publish_result`` and ``publish_analytics`` return the **first** sink's answer: the first
+    sink is the ZeroMQ publisher, whose "published" is the contract's (what
+    ``detectd_frames_published_total``, the latency and the detection counts of the pipeline
+    count). Another sink buffering a frame that ZeroMQ dropped at its high-water mark does not
+    make it published; the other sinks count their own deliveries and drops (e.g.
+    ``detectd_mqtt_messages_*``). A sink method that
     raises is logged with the sink's class name and counted by the sink's own metrics where it
     has them; the exception does not reach the pipeline (a broken broker connection must not take
     down ZeroMQ consumers or the daemon).
@@ -78,10 +85,14 @@ class FanOut:
         self._each("remove_stream", stream, reason)
 
     def publish_result(self, result: FrameResult, labels: list[str], model: dict[str, str]) -> bool:
-        return any(bool(r) for r in self._each("publish_result", result, labels, model))
+        """Every sink gets the frame; True when the first (ZeroMQ) published it."""
+        answers = self._each("publish_result", result, labels, model)
+        return bool(answers[0]) if answers else False
 
     def publish_analytics(self, stream: str, event: dict[str, Any]) -> bool:
-        return any(bool(r) for r in self._each("publish_analytics", stream, event))
+        """Every sink gets the event; True when the first (ZeroMQ) published it."""
+        answers = self._each("publish_analytics", stream, event)
+        return bool(answers[0]) if answers else False
 
     def post_event(self, stream: str, event: str, reason: str | None = None, **extra: Any) -> None:
         self._each("post_event", stream, event, reason, **extra)
@@ -89,8 +100,11 @@ class FanOut:
     def flush_events(self) -> int:
         return sum(int(r or 0) for r in self._each("flush_events"))
 
-    def problem(self) -> str | None:
-        problems = [p for p in self._each("problem") if p]
+    def problem(self, required_only: bool = False) -> str | None:
+        """Every sink's problem joined with ``; ``, or None. ``required_only``: only the sinks
+        whose ``required_for_ready`` is True (the default): what fails ``/readyz``."""
+        problems = [p for s, p in zip(self.sinks, self._each("problem"))
+                    if p and (not required_only or getattr(s, "required_for_ready", True))]
         return "; ".join(problems) if problems else None
 
     def close(self) -> None:

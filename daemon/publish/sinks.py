@@ -35,8 +35,8 @@ def build_sinks(cfg: "Config", metrics: Any, publisher: Sink) -> FanOut:
         from daemon.publish.mqtt_config import default_client_id
 
         sh = shard.current(cfg)
-        client_id = mq.client_id or default_client_id(sh.index, sh.count)
-        sinks.append(MqttSink(mq, metrics, client_id=client_id))
+        client_id = mq.client_id or default_client_id(sh.index)
+        sinks.append(MqttSink(mq, metrics, client_id=client_id, shard=(sh.index, sh.count)))
         log.info("publishing on MQTT too: %s:%d, topics %s/..., client id %s, QoS %d", mq.host,
                  mq.broker_port, mq.topic_prefix, client_id, mq.qos)
     return FanOut(sinks)

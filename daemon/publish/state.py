@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemon.publish import schema
+from daemon.vocab import StreamState
 
 # Fields of a transition that describe the change itself, not the state: left out of ``state``
 # snapshots, where they would be stale (``delay`` until a retry that has happened since, etc.).
@@ -18,7 +19,7 @@ TRANSIENT = frozenset({"delay", "seconds_since_frame"})
 
 def initial() -> dict[str, Any]:
     """A stream just added: ``connecting``."""
-    return {"state": "connecting", "reason": None, "last_event": None, "last_event_at": None}
+    return {"state": StreamState.CONNECTING, "reason": None, "last_event": None, "last_event_at": None}
 
 
 def after(event: str, reason: str | None, extra: dict[str, Any], at: float) -> dict[str, Any]:
@@ -30,12 +31,13 @@ def after(event: str, reason: str | None, extra: dict[str, Any], at: float) -> d
 
 def stopped(prev: dict[str, Any], reason: str) -> dict[str, Any]:
     """The last state of a stream that is gone (removed, or the daemon stops)."""
-    return {"state": "stopped", "reason": reason, "last_event": None, "last_event_at": None,
+    return {"state": StreamState.STOPPED, "reason": reason, "last_event": None, "last_event_at": None,
             **{k: prev[k] for k in ("attempt",) if k in prev}}
 
 
-def payload(stream: str, seq: int, st: dict[str, Any]) -> dict[str, Any]:
-    """The ``event: "state"`` message (schema v1) for state ``st``."""
-    fields = dict(st)
+def payload(stream: str, seq: int, st: dict[str, Any], **origin: Any) -> dict[str, Any]:
+    """The ``event: "state"`` message (schema v1) for state ``st``. ``origin``: fields that say
+    who sends it (the MQTT sink's ``instance`` and ``shard``), added to the payload."""
+    fields = {**st, **origin}
     reason = fields.pop("reason")
     return schema.event_payload(stream, seq, "state", reason, **fields)

@@ -126,6 +126,9 @@ def test_topics_payloads_and_retained_state(run_daemon: Any, demo_video: Path, b
     assert set(retained) == {"dtest/state/cam1", "dtest/state/cam2", "dtest/availability/det-a"}
     assert retained["dtest/availability/det-a"] == "online"
     assert retained["dtest/state/cam1"]["state"] == "up" and retained["dtest/state/cam1"]["event"] == "state"
+    # Who sent it: the instance (its client id) and its shard (additive schema v1 fields).
+    assert retained["dtest/state/cam1"]["instance"] == "det-a"
+    assert retained["dtest/state/cam1"]["shard"] == {"index": 0, "count": 1}
 
     # A clean stop: every retained state says stopped, availability offline.
     d.signal(signal.SIGTERM)
@@ -137,6 +140,64 @@ def test_topics_payloads_and_retained_state(run_daemon: Any, demo_video: Path, b
     assert final["dtest/availability/det-a"] == b"offline"
     assert json.loads(final["dtest/state/cam1"])["state"] == "stopped"
     assert json.loads(final["dtest/state/cam1"])["reason"] == "detectd stopped"
+
+
+def _retained_state(port: int, collectors: Any, sid: str) -> Any:
+    """What a client that connects now gets on ``detectd/state/<sid>`` (the retained value)."""
+    late = collectors(port, [f"detectd/state/{sid}"])
+    assert late.wait_for(lambda ms: any(r for _t, _p, r in ms), 10), "no retained state"
+    with late.lock:
+        return json.loads(next(p for _t, p, r in late.messages if r))
+
+
+def test_a_stream_taken_over_keeps_its_new_owners_state(run_daemon: Any, demo_video: Path, brokers: Any,
+                                                        collectors: Any) -> None:
+    """The Kubernetes order of a rescale: the new owner of a stream starts first, the old one
+    stops after (its pod rolls). The old one's goodbye must not leave ``stopped`` on the
+    stream's retained state; a ``stopped`` from another instance that arrives late anyway (its
+    goodbye crossed the new owner's ``up``) makes the owner publish its state again."""
+    b = brokers()
+    old = run_daemon([stream("cam1", demo_video)],
+                     mqtt={"host": "127.0.0.1", "port": b.port, "client_id": "det-old"})
+    col = collectors(b.port, ["detectd/state/cam1"])
+    assert col.wait_for(lambda ms: any(json.loads(p).get("instance") == "det-old" and
+                                       json.loads(p)["state"] == "up" for _t, p, _r in ms), 60)
+    new = run_daemon([stream("cam1", demo_video)],
+                     mqtt={"host": "127.0.0.1", "port": b.port, "client_id": "det-new"})
+    assert col.wait_for(lambda ms: any(json.loads(p).get("instance") == "det-new" and
+                                       json.loads(p)["state"] == "up" for _t, p, _r in ms), 60), new.log()
+    old.signal(signal.SIGTERM)
+    assert old.proc.wait(30) == 0
+    time.sleep(0.5)  # a late goodbye, if any, and the owner's answer to it
+    st = _retained_state(b.port, collectors, "cam1")
+    assert (st["instance"], st["state"]) == ("det-new", "up"), st
+    avail = collectors(b.port, ["detectd/availability/+"])
+    assert avail.wait_for(lambda ms: {(t, p) for t, p, _r in ms} >= {
+        ("detectd/availability/det-old", b"offline"), ("detectd/availability/det-new", b"online")}, 10)
+
+    # Another instance's stopped lands after the owner's up (a goodbye that crossed it): the
+    # owner sees it on its state subscription and writes its own state again.
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    stale = {**st, "instance": "det-gone", "state": "stopped", "reason": "detectd stopped"}
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="stale-goodbye")
+    c.connect("127.0.0.1", b.port)
+    c.loop_start()
+    c.publish("detectd/state/cam1", json.dumps(stale), qos=1, retain=True).wait_for_publish(10)
+    c.loop_stop()
+    c.disconnect()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = _retained_state(b.port, collectors, "cam1")
+        if st["instance"] == "det-new":
+            break
+        time.sleep(0.2)
+    assert (st["instance"], st["state"]) == ("det-new", "up"), st
+    new.signal(signal.SIGTERM)  # the owner's own goodbye still says stopped
+    assert new.proc.wait(30) == 0
+    st = _retained_state(b.port, collectors, "cam1")
+    assert (st["instance"], st["state"], st["reason"]) == ("det-new", "stopped", "detectd stopped"), st
 
 
 def test_sigkill_shows_offline_through_the_last_will(run_daemon: Any, demo_video: Path, brokers: Any,
@@ -172,13 +233,16 @@ def test_broker_restart_reconnects_and_counts_every_loss(run_daemon: Any, demo_v
     else:
         time.sleep(1.2)  # past mosquitto's autosave_interval: the session is on disk
         b.kill()
-    wait(lambda: readyz(d)[0] == 503, 10, "/readyz 503 while the broker is away", d)
+    # Not required for readiness (the default): reported, the instance stays ready.
+    wait(lambda: "mqtt: not connected" in readyz(d)[1].get("sinks_problem", ""), 10,
+         "/readyz names the broker outage", d)
     status, body = readyz(d)
-    assert "mqtt: not connected" in body["sinks_problem"], body
+    assert status == 200 and body["sinks_ok"] is True, body
+    assert metric(d.scrape(), "detectd_mqtt_connected") == 0
     wait(lambda: metric(d.scrape(), "detectd_mqtt_messages_dropped_total") > 0, 30,
          "the buffer overflows during the outage", d)
     b.start()
-    wait(lambda: readyz(d)[0] == 200, 30, "/readyz 200 after the reconnect", d)
+    wait(lambda: "sinks_problem" not in readyz(d)[1], 30, "/readyz clear after the reconnect", d)
     assert d.proc.pid == pid and d.proc.poll() is None, "no restart"
     text = d.scrape()
     assert metric(text, "detectd_mqtt_connected") == 1
@@ -213,15 +277,15 @@ def test_wrong_credentials_name_the_key_never_the_password(run_daemon: Any, demo
     (bad / "mqtt-password").write_text("Wr0ng-Pa55word\n")
     d = run_daemon([stream("cam1", demo_video)], wait=False,
                    mqtt={"host": "127.0.0.1", "port": b.port, "username": "detectd",
-                         "password_file": str(bad / "mqtt-password")})
+                         "password_file": str(bad / "mqtt-password"), "required_for_ready": True})
     wait(lambda: "refused the credentials" in d.log(), 60, "credentials error logged", d)
     log = d.log()
     line = next(x for x in log.splitlines() if "refused the credentials" in x)
     assert "mqtt.username 'detectd'" in line and "mqtt.password_file" in line, line
     assert "Wr0ng-Pa55word" not in log
     assert d.proc.poll() is None, "the daemon keeps running (and retrying)"
-    status, body = readyz(d)
-    assert status == 503 and "credentials" in body["sinks_problem"], body
+    status, body = readyz(d)  # mqtt.required_for_ready: true: the broker's refusal fails /readyz
+    assert status == 503 and body["sinks_ok"] is False and "credentials" in body["sinks_problem"], body
     assert "Wr0ng" not in json.dumps(body)
     assert metric(d.scrape(), 'detectd_mqtt_connection_attempts_total{result="auth"}') >= 1
 
@@ -229,7 +293,8 @@ def test_wrong_credentials_name_the_key_never_the_password(run_daemon: Any, demo
 def test_credentials_from_the_credentials_directory(tmp_path: Path, demo_video: Path, brokers: Any,
                                                     fp32_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``$CREDENTIALS_DIRECTORY/mqtt-password`` as systemd and the Kubernetes manifests set it; a
-    missing file is an exit 1 naming mqtt.password_file."""
+    missing file is an exit 2 (a config problem, ``UsageError``) naming mqtt.password_file, from
+    ``detectd run`` and ``detectd check-config`` alike."""
     secret = "An0ther-s3cret"
     b = brokers(users={"detectd": secret})
     creds = tmp_path / "creds"
@@ -237,11 +302,16 @@ def test_credentials_from_the_credentials_directory(tmp_path: Path, demo_video: 
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))  # inherited by both daemon processes
     d = DaemonProcess(tmp_path, [stream("cam1", demo_video)], name="d",
                       mqtt={"host": "127.0.0.1", "port": b.port, "username": "detectd",
-                            "password_file": "$CREDENTIALS_DIRECTORY/mqtt-password"})
+                            "password_file": "$CREDENTIALS_DIRECTORY/mqtt-password",
+                            "required_for_ready": True})
     r = subprocess.run([*detectd_command(), "run", "--config", str(d.config_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr
     assert f"mqtt.password_file: file not found: {creds}/mqtt-password" in r.stderr, r.stderr
+    c = subprocess.run([*detectd_command(), "check-config", "--config", str(d.config_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert c.returncode == 2, c.stderr
+    assert f"mqtt.password_file: file not found: {creds}/mqtt-password" in c.stderr, c.stderr
     (creds / "mqtt-password").write_text(secret + "\n")
     with d:  # ready (/readyz 200) needs the broker's CONNACK: the password was accepted
         assert metric(d.scrape(), "detectd_mqtt_connected") == 1
@@ -259,7 +329,10 @@ def test_tls_with_the_brokers_ca(run_daemon: Any, demo_video: Path, brokers: Any
                     mqtt={"host": "localhost", "port": b.tls_port, "tls": {}})
     wait(lambda: "certificate verify failed" in d2.log(), 60, "TLS verification error logged", d2)
     assert d2.proc.poll() is None
-    assert readyz(d2)[0] == 503
+    # Not required for readiness (the default): reported, and ready once the model is loaded.
+    wait(lambda: readyz(d2)[0] == 200, 60, "d2 ready although its broker is unreachable", d2)
+    status, body = readyz(d2)
+    assert status == 200 and "certificate verify failed" in body["sinks_problem"], body
 
 
 @pytest.mark.parametrize("mqtt, message", [
