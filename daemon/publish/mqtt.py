@@ -161,7 +161,7 @@ class MqttSink:
         self.analytics_seq: dict[str, int] = defaultdict(int)
         self.states: dict[str, dict[str, Any]] = {}
         self.state_due: set[str] = set()
-        self.events: queue.Queue[tuple[str, str, str | None, dict[str, Any]]] = queue.Queue(event_queue_size)
+        self.events: queue.Queue[state.Queued] = queue.Queue(event_queue_size)
         # Shared with the network thread, under self.lock.
         self.lock = threading.Lock()
         self.inflight: dict[int, int] = {}  # mid -> QoS, handed to paho, not yet written/acked
@@ -383,15 +383,8 @@ class MqttSink:
     def flush_events(self) -> int:
         """Send queued events, the buffer, and retained states due (after a reconnect: all)."""
         n = 0
-        while True:
-            try:
-                stream, event, reason, extra = self.events.get_nowait()
-            except queue.Empty:
-                break
-            payload = schema.event_payload(stream, self.event_seq[stream], event, reason, **extra)
-            self.event_seq[stream] += 1
+        for stream, payload in state.drain(self.events, self.event_seq, self.states):
             if stream in self.states:
-                self.states[stream] = state.after(event, reason, extra, payload["at"])
                 self.state_due.add(stream)
             self._send(f"{self.prefix}/events/{stream}", schema.encode(payload), 1)
             n += 1

@@ -39,7 +39,7 @@ from daemon.frames import FrameResult
 from daemon.metrics import Metrics
 from daemon.publish import schema, state
 from daemon.publish.endpoint import IpcClaim
-from daemon.vocab import DropReason, EventKind, Topic
+from daemon.vocab import DropReason, Topic
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Publisher:
         self.seq: dict[str, int] = defaultdict(int)
         self.event_seq: dict[str, int] = defaultdict(int)
         self.analytics_seq: dict[str, int] = defaultdict(int)
-        self.events: queue.Queue[tuple[str, str, str | None, dict[str, Any]]] = queue.Queue(event_queue_size)
+        self.events: queue.Queue[state.Queued] = queue.Queue(event_queue_size)
         # Per tracked stream: its last transition (payload fields), the source of ``state``.
         self.states: dict[str, dict[str, Any]] = {}
         self.state_due: set[str] = set()  # streams whose ``state`` message is to be sent
@@ -168,15 +168,7 @@ class Publisher:
         """Publish queued events, answer new subscriptions with ``state`` messages and check the
         endpoint; call from the publishing thread only. Returns the events published."""
         n = 0
-        while True:
-            try:
-                stream, event, reason, extra = self.events.get_nowait()
-            except queue.Empty:
-                break
-            payload = schema.event_payload(stream, self.event_seq[stream], event, reason, **extra)
-            self.event_seq[stream] += 1
-            if stream in self.states:
-                self.states[stream] = state.after(event, reason, extra, payload["at"])
+        for stream, payload in state.drain(self.events, self.event_seq, self.states):
             if self._send(schema.topic(Topic.EVENTS, stream), schema.encode(payload)):
                 n += 1
             else:

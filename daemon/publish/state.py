@@ -7,10 +7,12 @@ transition (its payload fields, without those that describe the moment of the ch
 
 from __future__ import annotations
 
+import queue
+from collections.abc import Iterator
 from typing import Any
 
 from daemon.publish import schema
-from daemon.vocab import StreamState
+from daemon.vocab import EventKind, StreamState
 
 # Fields of a transition that describe the change itself, not the state: left out of ``state``
 # snapshots, where they would be stale (``delay`` until a retry that has happened since, etc.).
@@ -40,4 +42,24 @@ def payload(stream: str, seq: int, st: dict[str, Any], **origin: Any) -> dict[st
     who sends it (the MQTT sink's ``instance`` and ``shard``), added to the payload."""
     fields = {**st, **origin}
     reason = fields.pop("reason")
-    return schema.event_payload(stream, seq, "state", reason, **fields)
+    return schema.event_payload(stream, seq, EventKind.STATE, reason, **fields)
+
+
+Queued = tuple[str, str, str | None, dict[str, Any]]  # (stream, event, reason, extra) posted by sources
+
+
+def drain(events: queue.Queue[Queued], seqs: dict[str, int],
+          states: dict[str, dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every event queued by the sources, in order, as ``(stream, payload)``: numbered with the
+    stream's next events ``seq`` and applied to its state (streams in ``states`` only). Both sinks
+    send what this yields; what a sink does when a send fails is its own."""
+    while True:
+        try:
+            stream, event, reason, extra = events.get_nowait()
+        except queue.Empty:
+            return
+        payload = schema.event_payload(stream, seqs[stream], event, reason, **extra)
+        seqs[stream] += 1
+        if stream in states:
+            states[stream] = after(event, reason, extra, payload["at"])
+        yield stream, payload
