@@ -9,7 +9,6 @@ metrics listener (:func:`request_handler` mounted on it).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daemon import __version__
@@ -42,33 +41,23 @@ class PreviewService:
             except OSError as exc:
                 raise OSError(f"preview.listen: cannot listen on {cfg.listen}: {exc}") from exc
 
-    def start(self, info: dict[str, str], http: Any, metrics_listen: str,
-              add_hook: Callable[[Callable[..., None]], None],
-              set_keep_native: Callable[[Callable[[], bool]], None]) -> None:
-        """Serve the page and feed it every result. ``info``: model, backend, precision, version
-        shown on the page; ``http``: the metrics server to mount on when there is no own port;
-        ``add_hook``/``set_keep_native``: how the pipeline offers results (``offer`` is O(1),
-        never encodes; JPEGs are made on the viewer's thread only while someone watches) and
-        keeps decoded pixels while a viewer watches."""
-        hub = self.hub
-        hub.info = info
+    def attach(self, pipeline: Pipeline, http: Any, metrics_listen: str) -> PreviewHub:
+        """Serve the page and feed it the ``pipeline``'s every result (its model shown in the page
+        header); the hub. ``http``: the metrics server to mount on when there is no own port.
+        ``offer`` is O(1) and never encodes (JPEGs are made on the viewer's thread only while
+        someone watches); decoded pixels are kept only while a viewer watches."""
+        hub, b = self.hub, pipeline.detector.backend
+        hub.info = {"model": pipeline.model_desc["name"], "backend": b.name, "precision": b.precision,
+                    "version": __version__}
         if self.server is None:
             self.app = PreviewApp(hub, fps=self.cfg.fps)
             http.mount("/preview", request_handler(self.app, "/preview"))
             log.info("preview page on http://%s/preview/", metrics_listen)
         else:
             self.server.start()  # bound in __init__
-        add_hook(hub.offer)
-        set_keep_native(lambda: bool(hub.watching))  # the page draws on the pixels
-
-    def attach(self, pipeline: Pipeline, http: Any, metrics_listen: str) -> PreviewHub:
-        """:meth:`start` fed by the daemon's ``pipeline`` (its result hooks, its model shown in
-        the page header); the hub."""
-        b = pipeline.detector.backend
-        self.start({"model": pipeline.model_desc["name"], "backend": b.name, "precision": b.precision,
-                    "version": __version__}, http, metrics_listen,
-                   pipeline.hooks.append, lambda keep: setattr(pipeline, "keep_native", keep))
-        return self.hub
+        pipeline.hooks.append(hub.offer)
+        pipeline.keep_native = lambda: bool(hub.watching)  # the page draws on the pixels
+        return hub
 
     def close(self) -> None:
         """Stop serving: the own port closes, open MJPEG responses on the metrics listener end."""
