@@ -123,3 +123,48 @@ def test_linked_track_taller_than_a_partial_reference_crosses() -> None:
     past the line: taller than the reference is not held back (the reference was partial)."""
     got = _run((200, 270), [(30, 210)] * 6)
     assert [e["direction"] for e in got] == ["out"], got
+
+
+# ------------------------------------------------------------ a track handed to another object
+
+
+def test_line_counts_what_the_track_is_now() -> None:
+    """ByteTrack associates by overlap only, so a bus driving past may take over the track of a
+    person it covers (measured: 40 frames, scene `overtake`). Its crossing of a bus line is
+    counted as a bus, although the track's whole-life majority is still `person`."""
+    cfg = AnalyticsConfig.model_validate({"tracker": {},
+                                          "lines": [{"name": "road", "points": [[0.7, 0.5], [0.7, 1.0]],
+                                                     "labels": ["bus"]}]})
+    an = StreamAnalytics("cam", cfg, ["person", "bus"])
+    events: list[dict[str, Any]] = []
+    labels_seen = []
+    for f in range(70):
+        if f < 40:  # a person standing at x 0.25
+            box, cid = (130.0, 100.0, 190.0, 300.0), 0
+        else:  # the bus, overlapping where the person was, then driving right across x 0.7
+            x = 100.0 + 12.0 * (f - 40)
+            box, cid = (x, 150.0, x + 250.0, 300.0), 1
+        d = Detections(np.array([box], np.float32), np.array([0.9], np.float32), np.array([cid], np.int32))
+        events += an.update(Frame("cam", f, 640, 360, f / 25, 1000 + f / 25, f / 25), d)
+        assert an.tracker is not None
+        labels_seen.append(an.tracker.label_of(int(d.track_ids[0])) if d.track_ids[0] >= 0 else None)  # type: ignore[index]
+    assert labels_seen[-1] == 0  # one track all along, still a person by its whole life
+    got = [(e["line"], e["direction"], e["label"]) for e in events if e["event"] == "line_cross"]
+    assert got == [("road", "out", "bus")], got
+
+
+def test_recent_label_follows_the_last_second() -> None:
+    from daemon.analytics.config import TrackerConfig
+    from daemon.analytics.tracker import Tracker
+
+    tr = Tracker(TrackerConfig())
+    tid = -1
+    for f in range(60):
+        cid = 0 if f < 40 or f % 7 == 0 else 1  # then mostly class 1, class 0 now and then
+        up = tr.update(Detections(np.array([[100, 100, 160, 280]], np.float32), np.array([0.9], np.float32),
+                                  np.array([cid], np.int32)), f / 25)
+        tid = int(up.ids[0])
+        if f == 45:  # 6 of the last 25 matches are class 1: still class 0
+            assert tr.recent_label_of(tid) == 0
+    assert tr.recent_label_of(tid) == 1 and tr.label_of(tid) == 0
+    assert tr.recent_label_of(10_000) == -1

@@ -159,6 +159,13 @@ class StreamAnalytics:
             at = Stamp(t, frame.pts, frame.captured_at, frame.index)
             ids = sorted(up.boxes)
             names = [self._name(self.tracker.label_of(tid)) for tid in ids]
+            # A line crossing is counted (and filtered) by what the track is *now*, its recent
+            # label: ByteTrack may hand a track to another object of another class (measured: a
+            # bus took over a walking person's track and followed it for 40 frames, so its
+            # crossing of a bus line was filed under the whole track's majority, person, and
+            # filtered out). The stitcher keeps the whole life's label: it continues the object
+            # that was lost, which is the one the track followed longest.
+            now = [self._name(self.tracker.recent_label_of(tid)) for tid in ids] if self.lines else names
             if self.stitcher is not None and self.lines:
                 for new, old in self.stitcher.update(t, up.boxes, dict(zip(ids, names)), self.tracker.alive):
                     for ln in self.lines:
@@ -196,7 +203,7 @@ class StreamAnalytics:
                 for rule in rules:
                     ps = pts[rule.cfg.anchor]
                     gate = isinstance(rule, LineRule) and rule.cfg.anchor == "bottom_center"
-                    for tid, name, (x, y), ok in zip(ids, names, ps, whole):
+                    for tid, name, (x, y), ok in zip(ids, now if isinstance(rule, LineRule) else names, ps, whole):
                         if gate and not ok:
                             continue  # not the whole object: its box's bottom is not its feet
                         ev = rule.observe(tid, name, (x, y), at)
