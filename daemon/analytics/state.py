@@ -175,7 +175,7 @@ class StreamAnalytics:
                     # often starts on partial boxes (legs hidden by what hid the object), whose
                     # bottom is not the feet, and a new track has no heights of its own to judge
                     # them by (measured: approach, every 4th frame: a waist-cut box 142 px high,
-                    # the person 245 px, "crossed" a line 0.14 of the frame below it). Only shorter
+                    # the person 245 px, "crossed" a line 0.25 of the frame above its feet). Only shorter
                     # boxes are held back: the old reference may itself come from partial boxes (a
                     # track that began on a torso), and then the whole object is taller. An old
                     # track still waiting passes on the taller of its own and its awaited height.
