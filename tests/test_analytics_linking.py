@@ -147,7 +147,8 @@ def test_line_counts_what_the_track_is_now() -> None:
         d = Detections(np.array([box], np.float32), np.array([0.9], np.float32), np.array([cid], np.int32))
         events += an.update(Frame("cam", f, 640, 360, f / 25, 1000 + f / 25, f / 25), d)
         assert an.tracker is not None
-        labels_seen.append(an.tracker.label_of(int(d.track_ids[0])) if d.track_ids[0] >= 0 else None)  # type: ignore[index]
+        tid = int(d.track_ids[0])  # type: ignore[index]
+        labels_seen.append(an.tracker.label_of(tid) if tid >= 0 else None)
     assert labels_seen[-1] == 0  # one track all along, still a person by its whole life
     got = [(e["line"], e["direction"], e["label"]) for e in events if e["event"] == "line_cross"]
     assert got == [("road", "out", "bus")], got
