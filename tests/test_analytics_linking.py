@@ -34,7 +34,7 @@ def _walk(st: Stitcher, times: list[float], speed: float) -> None:
     [0.0, 0.04, 0.16, 0.2, 0.32, 0.36, 0.48],  # uneven gaps
 ])
 def test_lost_track_is_continued_where_its_velocity_takes_it(times: list[float]) -> None:
-    """Hidden for 0.9 s at 212 px/s (the overtaken person of scene `fast`), it is seen again
+    """Hidden for 0.9 s at 212 px/s (about the overtaken person of scene `fast`), it is seen again
     190 px on: further than its size (180 px) from where it was lost, 10 px from where its
     velocity takes it. Dropped frames change nothing: the velocity is per second."""
     st = Stitcher(min_hits=2)

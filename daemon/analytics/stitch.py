@@ -22,7 +22,7 @@ A new track is linked to an old one when all of these hold:
   sizes are not compared otherwise: the last box before an occlusion and the first after it are
   typically partial (measured: a 30 x 113 px sliver before, a 77 x 188 px person after), which
   is exactly the case this is for. Why the prediction: a person overtaken by another, hidden for
-  0.9 s, walks 190 px (three of its own widths) before it is seen again (docs/analytics.md,
+  0.96 s, walks 204 px (over three of its own widths) before it is seen again (docs/analytics.md,
   scene ``fast``); without it, no track continues it and its crossings are lost.
 
 Candidates are paired greedily, closest first; each old track is continued at most once while
