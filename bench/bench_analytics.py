@@ -6,6 +6,8 @@ are known by construction (tests/analytics_scenes.py) and on the demo video coun
    daemon/analytics/) runs over the frames that a stream would process:
    ``full`` (every frame), ``half`` (only every 2nd frame), ``quarter`` (only every 4th) and
    ``uneven`` (gaps of 1 to 4 frames at random, seeded: what superseded-frame drops look like).
+   Scenes: tests/analytics_scenes.py, plus ``overtake`` defined here (built after the second
+   session's linking changes and run once as their held-out check; docs/analytics.md).
    Reported: line crossings against the truth (per line and direction: counted, true, exact),
    zone dwell error, and CLEAR-MOT (MOTA, IDSW; Bernardin & Stiefelhagen 2008) and IDF1 (Ristani
    et al. 2016) against the true tracks, IoU >= 0.5, computed by ``trackers.eval`` (a port of
@@ -44,7 +46,42 @@ from daemon.config import ModelConfig  # noqa: E402
 from daemon.detector import Detector  # noqa: E402
 from daemon.frames import Detections, Frame  # noqa: E402
 from daemon.models.assets import cache_dir, fetch_demo_video  # noqa: E402
-from tests.analytics_scenes import HELD_OUT, SCENES, Scene, render, true_boxes, true_crossings, true_zone_stays  # noqa: E402
+from tests.analytics_scenes import (HELD_OUT, SCENES, Mover, Scene, render, true_boxes,  # noqa: E402
+                                    true_crossings, true_zone_stays)
+
+
+def overtake_scene() -> Scene:
+    """Built after the velocity-gated linking and the linked-track height check (second
+    session) and run once as their held-out check (docs/analytics.md): a quick person overtakes
+    a slow one in front of it while both cross two lines walking left, a bus drives right in
+    front of their legs and of a third person walking away across a horizontal line, and a
+    fourth walks towards the camera across another."""
+    w, h = 640, 360
+    return Scene(
+        "overtake", w, h, 25, 200,
+        (
+            Mover("slow", "walker", (58, 176), (620.0, 240.0), (-20.0, 240.0), 0, 110),
+            Mover("quick", "coach", (106, 176), (700.0, 252.0), (-60.0, 252.0), 20, 100),
+            Mover("leaver", "coach", (80, 230), (150.0, 350.0), (200.0, 200.0), 40, 150, end_size=(50, 140)),
+            Mover("comer", "walker", (36, 110), (520.0, 170.0), (480.0, 350.0), 30, 140, end_size=(80, 240)),
+            Mover("bus", "bus", (280, 160), (-300.0, 358.0), (900.0, 358.0), 60, 170),
+        ),
+        {
+            "tracker": {},
+            "lines": [
+                {"name": "v", "points": [[0.45, 0.25], [0.45, 0.8]], "labels": ["person"]},
+                {"name": "w", "points": [[0.2, 0.25], [0.2, 0.8]], "labels": ["person"]},
+                {"name": "h", "points": [[0.05, 0.75], [0.6, 0.75]], "labels": ["person"]},
+                {"name": "h2", "points": [[0.6, 0.62], [0.95, 0.62]], "labels": ["person"]},
+                {"name": "road", "points": [[0.7, 0.85], [0.7, 1.0]], "labels": ["bus"]},
+            ],
+        },
+    )
+
+
+# Scenes of this benchmark only, each built after a change to the counting and run once as its
+# held-out check (so not in tests/analytics_scenes.py, whose scenes the counting was developed on).
+CHECK_SCENES = {"overtake": overtake_scene}
 
 
 
@@ -188,7 +225,7 @@ def dwell_report(scene: Scene, events: list[dict[str, Any]]) -> dict[str, Any]:
 
 def accuracy(model: Model, out_dir: Path) -> dict[str, Any]:
     res: dict[str, Any] = {}
-    for name, make in SCENES.items():
+    for name, make in {**SCENES, **CHECK_SCENES}.items():
         scene = make()
         path = render(scene, out_dir / f"{name}.mp4")
         dets, w, h, fps = detect_video(model, path)
@@ -205,7 +242,7 @@ def accuracy(model: Model, out_dir: Path) -> dict[str, Any]:
             ev0, _ = run_analytics(name, plain, model.info.labels, dets, frames, w, h, fps)
             c0 = crossing_report(truth, ev0, fps)
             res[name][mode]["crossings_without_stitch"] = {k: c0[k] for k in ("exact", "counted", "abs_error", "error_pct")}
-            res[name][mode]["held_out"] = name in HELD_OUT
+            res[name][mode]["held_out"] = name in HELD_OUT or name in CHECK_SCENES
             r = res[name][mode]
             print(f"{name:9s} {mode:8s} crossings {r['crossings']['counted']}/{r['crossings']['true']} "
                   f"exact={r['crossings']['exact']} MOTA {r['tracking']['MOTA']:.3f} IDF1 {r['tracking']['IDF1']:.3f} "

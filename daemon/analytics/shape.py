@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from statistics import median
 
-__all__ = ["ShapeGate"]
+__all__ = ["ShapeGate", "TOLERANCE"]
 
 WINDOW = 5
 TOLERANCE = 0.3
@@ -58,6 +58,18 @@ class ShapeGate:
                 return True, True
             st.rejected = st.rejected[1:]
         return False, False
+
+    def reference(self, track_id: int) -> float | None:
+        """The track's whole-object height (pixels): the median of its last accepted heights."""
+        st = self.tracks.get(track_id)
+        return median(st.accepted) if st is not None and st.accepted else None
+
+    def restart(self, track_id: int, height: float) -> None:
+        """``height`` (pixels) is known to be the whole object's: it becomes the only reference,
+        whatever the track's earlier (partial) boxes said."""
+        st = _Heights()
+        st.accepted.append(height)
+        self.tracks[track_id] = st
 
     def end(self, track_id: int) -> None:
         self.tracks.pop(track_id, None)

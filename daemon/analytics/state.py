@@ -17,7 +17,7 @@ import numpy as np
 
 from daemon.analytics.config import AnalyticsConfig
 from daemon.analytics.lines import LineRule
-from daemon.analytics.shape import ShapeGate
+from daemon.analytics.shape import TOLERANCE, ShapeGate
 from daemon.analytics.stitch import Stitcher
 from daemon.analytics.tracker import Tracker
 from daemon.analytics.zones import Stamp, ZoneRule
@@ -51,6 +51,9 @@ class StreamAnalytics:
         self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
         self.stitcher = self._new_stitcher(cfg)
         self.shape = ShapeGate()
+        # Linked tracks not yet seen whole: new id -> the height (pixels) of the object as the
+        # track(s) it continues last saw it whole (see update).
+        self._verify: dict[int, float] = {}
         self.zones: list[ZoneRule] = []
         self.lines: list[LineRule] = []
         self._series: set[tuple[str, tuple[str, ...]]] = set()
@@ -123,6 +126,7 @@ class StreamAnalytics:
             self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
             self.stitcher = self._new_stitcher(cfg)
             self.shape = ShapeGate()
+            self._verify.clear()
             for z in self.zones:
                 z.state.clear()
                 z.occupancy.clear()
@@ -146,6 +150,7 @@ class StreamAnalytics:
             for ln in self.lines:
                 ln.end(tid)
             self.shape.end(tid)
+            self._verify.pop(tid, None)
         if up.reset and self.stitcher is not None:
             self.stitcher = self._new_stitcher(self.cfg)
         elif self.stitcher is not None:
@@ -154,17 +159,43 @@ class StreamAnalytics:
             at = Stamp(t, frame.pts, frame.captured_at, frame.index)
             ids = sorted(up.boxes)
             names = [self._name(self.tracker.label_of(tid)) for tid in ids]
+            # A line crossing is counted (and filtered) by what the track is *now*, its recent
+            # label: ByteTrack may hand a track to another object of another class (measured: a
+            # bus took over a walking person's track and followed it for 40 frames, so its
+            # crossing of a bus line was filed under the whole track's majority, person, and
+            # filtered out). The stitcher keeps the whole life's label: it continues the object
+            # that was lost, which is the one the track followed longest.
+            now = [self._name(self.tracker.recent_label_of(tid)) for tid in ids] if self.lines else names
             if self.stitcher is not None and self.lines:
                 for new, old in self.stitcher.update(t, up.boxes, dict(zip(ids, names)), self.tracker.alive):
                     for ln in self.lines:
                         ln.adopt(new, old)
+                    # The new track takes over the old one's sides, which its boxes may change only
+                    # once one of them is as tall as the object was (less TOLERANCE): a linked track
+                    # often starts on partial boxes (legs hidden by what hid the object), whose
+                    # bottom is not the feet, and a new track has no heights of its own to judge
+                    # them by (measured: approach, every 4th frame: a waist-cut box 142 px high,
+                    # the person 245 px, "crossed" a line 0.25 of the frame above its feet). Only shorter
+                    # boxes are held back: the old reference may itself come from partial boxes (a
+                    # track that began on a torso), and then the whole object is taller. An old
+                    # track still waiting passes on the taller of its own and its awaited height.
+                    ref = max(self._verify.get(old, 0.0), self.shape.reference(old) or 0.0)
+                    if ref > 0:
+                        self._verify[new] = ref
             if ids:
                 rules: list[ZoneRule | LineRule] = [*self.zones, *self.lines]
                 tb = np.array([up.boxes[tid] for tid in ids])
                 pts = {k: anchors(tb, frame.width, frame.height, k).tolist() for k in {r.cfg.anchor for r in rules}}
                 whole = []
                 for tid in ids:
-                    ok, reset = self.shape.check(tid, float(up.boxes[tid][3] - up.boxes[tid][1]))
+                    hgt = float(up.boxes[tid][3] - up.boxes[tid][1])
+                    ok, reset = self.shape.check(tid, hgt)
+                    want = self._verify.get(tid)
+                    if want is not None:  # a linked track: the whole object's height decides
+                        ok, reset = hgt >= (1 - TOLERANCE) * want, False
+                        if ok:  # whole: its own earlier (partial) heights are no reference
+                            del self._verify[tid]
+                            self.shape.restart(tid, hgt)
                     if reset:
                         for ln in self.lines:
                             ln.end(tid)
@@ -172,7 +203,7 @@ class StreamAnalytics:
                 for rule in rules:
                     ps = pts[rule.cfg.anchor]
                     gate = isinstance(rule, LineRule) and rule.cfg.anchor == "bottom_center"
-                    for tid, name, (x, y), ok in zip(ids, names, ps, whole):
+                    for tid, name, (x, y), ok in zip(ids, now if isinstance(rule, LineRule) else names, ps, whole):
                         if gate and not ok:
                             continue  # not the whole object: its box's bottom is not its feet
                         ev = rule.observe(tid, name, (x, y), at)
@@ -199,6 +230,7 @@ class StreamAnalytics:
         starts again restarts its clock, which resets it anyway)."""
         events: list[dict[str, Any]] = []
         self.shape = ShapeGate()
+        self._verify.clear()
         if self.stitcher is not None:
             self.stitcher = self._new_stitcher(self.cfg)
         if self.tracker is not None and self.tracker.alive:

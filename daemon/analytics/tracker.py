@@ -17,7 +17,7 @@ without a tracker never loads it.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,13 @@ from daemon.analytics.config import TrackerConfig
 from daemon.frames import Detections
 
 __all__ = ["Tracker", "TrackUpdate", "duplicates"]
+
+# What a track is *now*: the class most often detected for it over its last RECENT_SECONDS of
+# matches (stream time). Long enough to outvote a detector hesitating between car and truck for
+# a frame or two, short enough to notice within a second that the track now follows another
+# object (ByteTrack associates by overlap only: measured, a bus driving past took over a walking
+# person's track and kept it for 40 frames; see recent_label_of).
+RECENT_SECONDS = 1.0
 
 
 def duplicates(boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, contained: float) -> np.ndarray:
@@ -86,6 +93,7 @@ class Tracker:
         self._last_t: float | None = None
         self.alive: set[int] = set()
         self._votes: dict[int, Counter[int]] = {}
+        self._recent: dict[int, deque[tuple[float, int]]] = {}
         self._impl = self._new()
 
     def _new(self) -> Any:
@@ -113,6 +121,19 @@ class Tracker:
         votes = self._votes.get(track_id)
         return votes.most_common(1)[0][0] if votes else -1
 
+    def recent_label_of(self, track_id: int) -> int:
+        """The class most often detected for ``track_id`` over its last ``RECENT_SECONDS`` of
+        matches (ties: the latest), -1 if none. Unlike :meth:`label_of` (the whole life's
+        majority) it changes when the track is handed from one object to another of another
+        class, which ByteTrack, associating by overlap alone, does (a bus taking over the track
+        of a person it passes)."""
+        recent = self._recent.get(track_id)
+        if not recent:
+            return -1
+        votes = Counter(c for _, c in recent)
+        best = max(votes.values())
+        return next(c for _, c in reversed(recent) if votes[c] == best)
+
     def update(self, dets: Detections, t: float) -> TrackUpdate:
         """Associate ``dets`` (one frame, boxes in pixels) at stream time ``t`` (seconds:
         the frame's pts, or its decode time on the monotonic clock when it has none)."""
@@ -125,6 +146,7 @@ class Tracker:
             ended = sorted(self.alive)
             self.alive = set()
             self._votes.clear()
+            self._recent.clear()
             self._id_base = self._issued
             self._impl = self._new()
             reset = True
@@ -150,6 +172,10 @@ class Tracker:
                 self._issued = max(self._issued, int(local[ok].max()) + self._id_base + 1)
             for tid, cid in zip(ids[idx[ok]].tolist(), dets.class_ids[idx[ok]].tolist()):
                 self._votes.setdefault(tid, Counter())[cid] += 1
+                recent = self._recent.setdefault(tid, deque())
+                recent.append((t, cid))
+                while recent[0][0] < t - RECENT_SECONDS:
+                    recent.popleft()
         alive = set()
         boxes = {}
         for tr in self._impl.tracks:
@@ -161,6 +187,7 @@ class Tracker:
         gone = self.alive - alive
         for tid in gone:
             self._votes.pop(tid, None)
+            self._recent.pop(tid, None)
         ended.extend(sorted(gone))
         self.alive = alive
         return TrackUpdate(ids, ended, reset, boxes)
@@ -171,6 +198,7 @@ class Tracker:
         ended = sorted(self.alive)
         self.alive = set()
         self._votes.clear()
+        self._recent.clear()
         self._id_base = self._issued
         self._impl = self._new()
         return ended
