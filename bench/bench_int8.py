@@ -392,8 +392,8 @@ def main() -> int:
               f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (< 3 GB); load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         if args.json:
-            out = Path(args.json).with_name("int8-memory.json")
-            out.write_text(json.dumps({
+            memory_json = Path(args.json).with_name("int8-memory.json")
+            memory_json.write_text(json.dumps({
                 "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                 "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
                             "platform": platform.platform()},
@@ -454,8 +454,8 @@ def main() -> int:
         out = run(session(model, args.threads), frames, heads)
         predictions[name] = postprocess(out, infos, info.heads, 0.05, 0.45)
         acc = SqnrAccumulator()
-        for h, r, q in zip(heads, ref_out, out):
-            acc.add(h, r, q)
+        for h, ref_h, q in zip(heads, ref_out, out):
+            acc.add(h, ref_h, q)
         sqnr[name] = {k: round(v, 2) for k, v in acc.db().items()}
     scores = {n: map_at_50(reference, p) for n, p in predictions.items()}
     intervals = {}
