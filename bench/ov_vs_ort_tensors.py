@@ -25,14 +25,15 @@ ONNX Runtime's outputs are bit-identical to ``cpu``'s), ``derived`` (the form th
 OpenVINO, ``daemon/backends/ov_graph.py``, uint8 input).
 
 ``pad``: the input QuantizeLinear (scale float32(1/255), zero point 0) of 0.5, the letterbox pad,
-in each engine. ``boxes`` (``--boxes``): tests/test_openvino.py's box comparison on the derived
+in each engine; and how each rounds exact ties (0.5, 1.5, 2.5 steps). ``boxes`` (``--boxes``): tests/test_openvino.py's box comparison on the derived
 form over all demo frames and per every-5th subset (frame index mod 5), OpenVINO against ONNX
 Runtime, and ONNX Runtime against itself with every Conv split in two over its input channels
 and summed (the same real arithmetic, another float32 summation order): what two exact
-evaluations of the same graph differ by.
+evaluations of the same graph differ by. ``exact`` (``--exact``): four layers of the derived form
+evaluated in float64 with numpy, and how many values each engine rounds otherwise.
 
     .venv/bin/python bench/ov_vs_ort_tensors.py [--every 25] [--forms cpu,cpu_on_grid,derived]
-        [--boxes] [--model M.onnx] [--json bench/results/ov_vs_ort_tensors.json]
+        [--boxes] [--exact] [--model M.onnx] [--json bench/results/ov_vs_ort_tensors.json]
 """
 
 from __future__ import annotations
@@ -118,20 +119,20 @@ def diff_stats(got: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "mean_signed": float(d.mean()), "max_abs": int(np.abs(d).max(initial=0))}
 
 
-def pad_probe() -> dict[str, int]:
-    """What each engine's QuantizeLinear(scale float32(1/255), zero point 0) makes of 0.5."""
+def quantize_probe(scale: float, values: list[float]) -> dict[str, list[int]]:
+    """What each engine's QuantizeLinear(scale, zero point 0, uint8) makes of `values`."""
     g = helper.make_graph(
         [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
-         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "pad",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
-        [numpy_helper.from_array(np.array(PIXEL_SCALE, np.float32), "s"),
+         helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])], "probe",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [len(values)])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [len(values)])],
+        [numpy_helper.from_array(np.array(scale, np.float32), "s"),
          numpy_helper.from_array(np.array(0, np.uint8), "z")])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
     m.ir_version = 8
-    x = {"x": np.array([PAD_VALUE], np.float32)}
+    x = {"x": np.array(values, np.float32)}
     level = {"onnxruntime": ort_session(m).run(["y"], x)[0], "openvino": ov_run(ov_compiled(m), x)["y"]}
-    return {k: int(np.rint(v[0] / PIXEL_SCALE)) for k, v in level.items()}
+    return {k: np.rint(v / np.float32(scale)).astype(int).tolist() for k, v in level.items()}
 
 
 def compare_form(name: str, m: onnx.ModelProto, fp32: onnx.ModelProto, xs: list[np.ndarray]
@@ -218,6 +219,49 @@ def compare_form(name: str, m: onnx.ModelProto, fp32: onnx.ModelProto, xs: list[
             "tensors": {q.name: entry(q) for q in qs}}
 
 
+def exact_layers(m: onnx.ModelProto, xs: list[np.ndarray],
+                 names: tuple[str, ...] = ("leaky_2", "leaky_4", "leaky_6", "leaky_8")) -> dict[str, Any]:
+    """For layers of the derived form of shape DQ(uint8) -> MaxPool 2x2/2 -> Conv -> LeakyRelu ->
+    Q (all four fed ONNX Runtime's own upstream values), how many values each engine rounds
+    differently from a float64 evaluation of the layer (numpy, the exact real arithmetic up to
+    1e-16): which engine misses near-ties more often."""
+    inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+    prod = {o: n for n in m.graph.node for o in n.output}
+    qs = {q.name: q for q in quantized_tensors(m)}
+    s_full = ort_session(with_outputs(m, {q: qs[q].dtype for q in qs}))
+    refs = [dict(zip(qs, s_full.run(list(qs), {m.graph.input[0].name: quantize_pixels(x)}))) for x in xs]
+    out: dict[str, Any] = {}
+    for name in names:
+        q = qs[f"{name}_quantized"]
+        sub, (src,) = layer(m, q.name)
+        qin = qs[src]
+        conv = prod[prod[q.source].input[0]]
+        wdq, bdq = prod[conv.input[1]], prod[conv.input[2]]
+        w = inits[wdq.input[0]].astype(np.float64) * inits[wdq.input[1]].astype(np.float64)[:, None, None, None]
+        b = inits[bdq.input[0]].astype(np.float64) * inits[bdq.input[1]].astype(np.float64)
+        alpha = np.float64(np.float32(next(a.f for a in prod[q.source].attribute if a.name == "alpha")))
+        ls, lo = ort_session(sub), ov_compiled(sub)
+        wrong = {"onnxruntime": 0, "openvino": 0, "values": 0}
+        for r in refs:
+            u = r[src]
+            n, c, hh, ww = u.shape
+            x = (u.reshape(n, c, hh // 2, 2, ww // 2, 2).max(axis=(3, 5)).astype(np.float64)
+                 - qin.zero_point) * qin.scale
+            k = w.shape[2]
+            xp = np.pad(x[0], ((0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+            h2, w2 = x.shape[2], x.shape[3]
+            cols = np.stack([xp[:, i:i + h2, j:j + w2] for i in range(k) for j in range(k)], 1)
+            y = (w.reshape(w.shape[0], -1) @ cols.reshape(-1, h2 * w2) + b[:, None]).reshape(1, -1, h2, w2)
+            y = np.where(y > 0, y, alpha * y)
+            exact = np.clip(np.rint(y / np.float64(np.float32(q.scale)) + q.zero_point), 0, 255)
+            feed = {src: u}
+            wrong["onnxruntime"] += int(np.count_nonzero(ls.run([q.name], feed)[0] != exact))
+            wrong["openvino"] += int(np.count_nonzero(ov_run(lo, feed)[q.name] != exact))
+            wrong["values"] += exact.size
+        out[q.name] = wrong
+    return out
+
+
 def split_convs(m: onnx.ModelProto) -> onnx.ModelProto:
     """Every Conv with a DequantizeLinear weight split in two over its input channels and
     summed: the same real arithmetic, another float32 summation order in ONNX Runtime."""
@@ -296,6 +340,8 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=25)
     ap.add_argument("--forms", default="cpu,cpu_on_grid,derived")
     ap.add_argument("--boxes", action="store_true", help="also the box comparison on all frames")
+    ap.add_argument("--exact", action="store_true",
+                    help="also count each engine's misrounded values against float64 (4 layers)")
     ap.add_argument("--model", default=None, help="an INT8 cpu Q/DQ model (default: the tests' one)")
     ap.add_argument("--json", default=str(ROOT / "bench/results/ov_vs_ort_tensors.json"))
     args = ap.parse_args()
@@ -311,9 +357,13 @@ def main() -> int:
     fp32 = onnx.load(str(fp32_model(ModelConfig(), progress=False)))
     xs = inputs(args.every)
     res: dict[str, Any] = {"model": path.name, "openvino": ov.get_version(),
-                           "onnxruntime": ort.__version__, "pad_0.5_quantized_to": pad_probe(),
+                           "onnxruntime": ort.__version__,
+                           "pad_0.5_quantized_to": quantize_probe(float(PIXEL_SCALE), [PAD_VALUE]),
+                           # exact ties (0.5, 1.5, 2.5 steps): half to even gives 0, 2, 2
+                           "ties_0.5_1.5_2.5_steps_quantized_to": quantize_probe(0.25, [0.125, 0.375, 0.625]),
                            "forms": {}}
-    print(f"QuantizeLinear(0.5, 1/255): {res['pad_0.5_quantized_to']}")
+    print(f"QuantizeLinear(0.5, 1/255): {res['pad_0.5_quantized_to']}; exact ties 0.5, 1.5, 2.5 "
+          f"steps: {res['ties_0.5_1.5_2.5_steps_quantized_to']}")
     for form in args.forms.split(","):
         mm = m if form.startswith("cpu") else derive(m, uint8_input=True).model
         r = res["forms"][form] = compare_form(form, mm, fp32, xs)
@@ -331,6 +381,9 @@ def main() -> int:
             fs = f"{vf['onnxruntime']:8.3f} {vf['openvino']:8.3f}" if vf else ""
             print(f"{q:22s} {g['differ']:10.1e} {g['over_1_step']:8.1e} {g['mean_signed']:+8.4f}   {ls}  "
                   f"{rw['differ']:8.1e}  {fs}")
+    if args.exact:
+        e = res["derived_vs_float64"] = exact_layers(derive(m, uint8_input=True).model, xs)
+        print(f"== derived form, values rounded differently from float64: {e}")
     if args.boxes:
         b = res["boxes_derived"] = boxes(path)
         for k in ("openvino", "onnxruntime_split"):

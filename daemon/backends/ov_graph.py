@@ -27,6 +27,8 @@ bytes, no float conversion) and OpenVINO skips one pass. For every pixel value p
 QuantizeLinear(p/255) == p exactly (checked in tests/test_openvino.py), and the letterbox pad
 0.5 quantizes to 127 in ONNX Runtime (0.5 * 255 = 127.49998 in float32, rounded down), so the
 uint8 letterbox pads with 127: what ONNX Runtime computes on the float input, bit for bit.
+This also keeps OpenVINO on the model's definition: its own FakeQuantize form of that
+QuantizeLinear makes 128 of 0.5 (docs/openvino.md, "How close OpenVINO and ONNX Runtime are").
 
 The derivation is a pure function of the ONNX graph; ONNX Runtime runs the derived model as well
 (slowly), which is how the tests check that OpenVINO computes what the graph says: end to end
