@@ -27,9 +27,14 @@ bytes, no float conversion) and OpenVINO skips one pass. For every pixel value p
 QuantizeLinear(p/255) == p exactly (checked in tests/test_openvino.py), and the letterbox pad
 0.5 quantizes to 127 in ONNX Runtime (0.5 * 255 = 127.49998 in float32, rounded down), so the
 uint8 letterbox pads with 127: what ONNX Runtime computes on the float input, bit for bit.
+This also keeps OpenVINO on the model's definition: its own FakeQuantize form of that
+QuantizeLinear makes 128 of 0.5 (docs/openvino.md, "How close OpenVINO and ONNX Runtime are").
 
 The derivation is a pure function of the ONNX graph; ONNX Runtime runs the derived model as well
-(slowly), which is how the tests check that OpenVINO computes what the graph says.
+(slowly), which is how the tests check that OpenVINO computes what the graph says: end to end
+(boxes) and layer by layer (``quantized_tensors`` and ``layer`` cut a Q/DQ model into the
+subgraphs between consecutive quantized tensors, so both engines can be fed the same 8-bit
+inputs and compared step for step; ``bench/ov_vs_ort_tensors.py``, docs/openvino.md).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx.utils
 from onnx import TensorProto, numpy_helper
 
 ACTIVATIONS = frozenset({"LeakyRelu", "Relu"})
@@ -120,6 +126,55 @@ def quantize_pixels(x: np.ndarray) -> np.ndarray:
     letterbox pad 0.5 -> 127 (0.5 / float32(1/255) = 127.49999)."""
     q = np.rint(np.asarray(x, np.float32) / PIXEL_SCALE)
     return np.clip(q, 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """One activation QuantizeLinear of a Q/DQ model: its 8-bit output `name` (element type
+    `dtype`, TensorProto.UINT8 or INT8), the float tensor it quantizes (`source`), and its
+    per-tensor `scale` and `zero_point`."""
+
+    name: str
+    source: str
+    scale: float
+    zero_point: int
+    dtype: int
+
+
+def quantized_tensors(model: onnx.ModelProto) -> list[QTensor]:
+    """Every per-tensor activation QuantizeLinear of `model`, in graph order."""
+    out = []
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear":
+            q = _qparams(model.graph, n)
+            if q is not None:
+                out.append(QTensor(n.output[0], n.input[0], *q))
+    return out
+
+
+def layer(model: onnx.ModelProto, name: str) -> tuple[onnx.ModelProto, list[str]]:
+    """The subgraph that computes quantized tensor `name` from the nearest quantized tensors
+    (or graph inputs) upstream of it, and those tensors' names, which are its inputs: e.g. for
+    ``leaky_4_quantized`` of the derived form, DequantizeLinear(leaky_2_quantized) -> MaxPool ->
+    Conv -> LeakyRelu -> QuantizeLinear. Raises KeyError when `name` is not a tensor of `model`."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {i.name for i in model.graph.initializer}
+    graph_inputs = {i.name for i in model.graph.input}
+    ins: list[str] = []
+    stack = [producer[name].input[0]]
+    seen: set[str] = set()
+    while stack:
+        t = stack.pop()
+        if t in seen or t in inits or not t:
+            continue
+        seen.add(t)
+        p = producer.get(t)
+        if t in graph_inputs or p is None or p.op_type == "QuantizeLinear":
+            ins.append(t)
+            continue
+        stack.extend(p.input)
+    sub = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model)).extract_model(ins, [name])
+    return sub, ins
 
 
 def derive(model: onnx.ModelProto, uint8_input: bool = False) -> Derived:
