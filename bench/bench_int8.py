@@ -185,12 +185,17 @@ def equalize_first_pair(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def bias_corrected(proto: onnx.ModelProto, stats: dict[str, TensorStats], target: str,
-                   frames: np.ndarray, rects: list, threads: int) -> onnx.ModelProto:
+                   frames: np.ndarray, rects: list[tuple[int, int, int, int]], threads: int) -> onnx.ModelProto:
     """Empirical bias correction (Nagel et al. 2019, section 4.2): convolution by convolution in
     graph order, each one's bias moved by the per-channel mean of (FP32 output - quantized
     output) over the picture cells of `frames`, with the corrections before it in place. The
     head convolutions (no LeakyRelu after them) are left alone: a mean shift of a logit is
-    not an error to undo."""
+    not an error to undo.
+
+    `frames`: (N, 3, H, W) float32 letterboxed inputs in [0, 1]; `rects`: their N picture
+    rectangles ((y0, y1, x0, x1) input pixels, `quant.histogram.picture_rect`); `stats`: the
+    calibration statistics the quantized model `target` ("tensorrt" or "cpu") is written from.
+    Returns a new FP32 model with corrected biases, from which that layout is written."""
     from onnx import numpy_helper
 
     from daemon.quant.histogram import picture_parts, with_extra_outputs

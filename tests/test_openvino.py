@@ -400,8 +400,14 @@ def test_int8_detections_equal_onnxruntime_on_the_model_openvino_runs(
     Runtime against itself with its Conv summation order changed: 99.1% within a pixel). Every
     5th frame alone is too small a sample for a per-box fraction against a 95% bar: its five
     offsets give 94.1%, 97.2%, 99.0%, 96.0% and 99.0% (about 100 boxes each, one box = 1%).
-    So: the same boxes (>= 98% both ways), >= 95% of them within a pixel, none missed with a
-    score >= 0.5."""
+    This sample (every frame) was chosen after the every-5th one failed at 94.1%; the reason is
+    the sample's size, measured on all five offsets, not the result. The margin is 12 of 465
+    boxes (97.6% against 95%; 98.5% with the previous calibration), and OpenVINO has 2.4% of
+    boxes off by more than a pixel where ONNX Runtime against its own re-associated summation
+    has 0.9% (docs/openvino.md: its post-ops round near-ties a little more often). "Within a
+    pixel" for every box, as the issue words it, is what no two int8 engines give; >= 95% is
+    the relaxation. So: the same boxes (>= 98% both ways), >= 95% of them within a pixel, none
+    missed with a score >= 0.5."""
     import onnxruntime as ort
 
     info = ModelInfo.from_onnx(int8_cpu_model)
@@ -442,7 +448,8 @@ def test_openvino_computes_each_tensor_as_onnxruntime_does(int8_cpu_model: Path,
     values far from a tie in one layer (a lost dequantization, another range, saturation or
     rounding rule), or a shift in one direction across the network (the pad quantized to 128
     instead of 127: up to 0.49 of a step on average; OpenVINO's Concat bug on the symmetric
-    model, which only shows with the Concat and the next Conv compiled together: 2.6 steps)."""
+    model, which only shows with the Concat and the next Conv compiled together: 2.6 steps,
+    bench/results/ov_vs_ort_tensors_symmetric.json)."""
     import onnxruntime as ort
     import openvino as ov
     from onnx import TensorProto, helper
