@@ -25,7 +25,7 @@ import av
 from av.video.stream import VideoStream
 
 from daemon import atomic
-from daemon.analytics.config import AnalyticsConfig
+from daemon.analytics.config import AnalyticsConfig, unknown_labels
 from daemon.config import ModelConfig
 from daemon.detector import Detector
 from daemon.errors import DetectdError
@@ -105,6 +105,8 @@ def annotate(
     if analytics is not None and analytics.tracker is not None:
         from daemon.analytics.state import StreamAnalytics
 
+        for problem in unknown_labels(analytics, labels):
+            log.warning("%s", problem)
         tracking = StreamAnalytics("annotate", analytics, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     frames = 0

@@ -27,7 +27,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from daemon.analytics.config import AnalyticsConfig
+from daemon.analytics.config import AnalyticsConfig, unknown_labels
 from daemon.analytics.state import StreamAnalytics
 from daemon.config import Config
 from daemon.detector import Detected, Detector, Job
@@ -188,6 +188,9 @@ class Pipeline:
         """Create, reconfigure (tracks kept) or, for ``None`` or no tracker, end stream ``sid``'s
         tracker/zones/lines (its last events are published)."""
         a = self.analytics.get(sid)
+        if cfg is not None:
+            for problem in unknown_labels(cfg, self.labels):
+                log.warning("stream %s: %s", sid, problem)
         if cfg is None or cfg.tracker is None:
             if a is not None:
                 self.publish_analytics(sid, self.analytics.pop(sid).close())

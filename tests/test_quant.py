@@ -585,7 +585,7 @@ def test_ensure_int8_model_builds_once(tmp_path: Path, fp32_onnx: Path, demo_vid
         assert ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "cpu", tmp_path,
                                             min_agreement=gate) == first
     assert (f"INT8 gate passed: box-weighted mAP@0.5 {achieved:.3f} >= "
-            f"model.calibration.min_agreement {gate:.2f} (cpu model vs FP32, 4 held-out "
+            f"model.calibration.min_agreement {gate:.2f} (cpu model vs FP32 on ONNX Runtime, 4 held-out "
             "frames)") in caplog.messages, caplog.messages
     trt = ensure_mod.ensure_int8_model(fp32_onnx, Cfg(), "tensorrt", tmp_path)
     assert trt.is_file() and len(calls) == 1  # both variants came from the one calibration

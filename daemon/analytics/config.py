@@ -6,8 +6,9 @@ Only pydantic is imported here, so loading a config never pulls in the tracker l
 
 from __future__ import annotations
 
+import difflib
 import re
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -128,3 +129,23 @@ class AnalyticsConfig(_Strict):
                     raise ValueError(f"{kind}: duplicate name {z.name!r}")
                 seen.add(z.name)
         return self
+
+
+def unknown_labels(cfg: AnalyticsConfig, names: Sequence[str]) -> list[str]:
+    """Problems with the ``labels`` filters of ``cfg`` against the model's class names
+    ``names`` (e.g. the 80 COCO names of YOLOv3-Tiny): one line per label the model never
+    outputs, naming its key relative to the stream (``analytics.lines[0].labels``) and the
+    nearest class name when there is one. Such a zone or line can never count; the config
+    alone cannot tell (the class names come with the model), so the daemon and ``annotate``
+    check when the model is loaded and log each line as a warning. Empty when all are known."""
+    known = set(names)
+    out: list[str] = []
+    for kind, items in (("zones", cfg.zones), ("lines", cfg.lines)):
+        for i, z in enumerate(items):
+            for lab in z.labels:
+                if lab not in known:
+                    near = difflib.get_close_matches(lab, list(names), n=1)
+                    hint = f" (did you mean {near[0]!r}?)" if near else ""
+                    out.append(f"analytics.{kind}[{i}].labels: {lab!r} is not a class of the model{hint}: "
+                               f"{kind[:-1]} {z.name!r} can never count it")
+    return out

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 Point = tuple[float, float]
 
-__all__ = ["Point", "cross", "side", "segments_intersect", "self_intersection", "point_in_polygon",
+__all__ = ["Point", "cross", "side", "segments_intersect", "self_intersection", "point_in_polygon", "on_segment",
            "polygon_problems", "line_problems"]
 
 EPS = 1e-12
@@ -65,8 +65,27 @@ def self_intersection(points: Sequence[Point]) -> tuple[int, int] | None:
     return None
 
 
+ON_EDGE = 1e-9  # normalized units: a point this close to an edge lies on it
+
+
+def on_segment(p: Point, a: Point, b: Point, eps: float = ON_EDGE) -> bool:
+    """``p`` lies on the segment a-b (within ``eps``, normalized frame units)."""
+    if abs(cross(a, b, p)) > eps * max(1.0, abs(b[0] - a[0]) + abs(b[1] - a[1])):
+        return False
+    return (min(a[0], b[0]) - eps <= p[0] <= max(a[0], b[0]) + eps
+            and min(a[1], b[1]) - eps <= p[1] <= max(a[1], b[1]) + eps)
+
+
 def point_in_polygon(p: Point, poly: Sequence[Point]) -> bool:
-    """Even-odd rule (ray casting to +x). Points exactly on an edge may go either way."""
+    """``p`` is inside the closed polygon ``poly`` (normalized coordinates): on an edge or a
+    vertex counts as inside, elsewhere the even-odd rule (ray casting to +x).
+
+    Closed because anchors are clipped to the frame: an object cut off by the bottom edge has
+    its anchor at y = 1.0 exactly, and a zone drawn to the frame's edge (``[0, 1]``, ``[1, 1]``)
+    must contain it. Zones sharing an edge both contain the points on it."""
+    n = len(poly)
+    if any(on_segment(p, poly[i - 1], poly[i]) for i in range(n)):
+        return True
     x, y = p
     inside = False
     n = len(poly)

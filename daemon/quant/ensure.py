@@ -167,7 +167,7 @@ def _gate(map50: float | None, scored: int, gate: float, target: str,
         return
     if map50 is not None and map50 >= gate:
         log.info("INT8 gate passed: box-weighted mAP@0.5 %.3f >= model.calibration."
-                 "min_agreement %.2f (%s model vs FP32, %d held-out frames)", map50, gate,
+                 "min_agreement %.2f (%s model vs FP32 on ONNX Runtime, %d held-out frames)", map50, gate,
                  target, scored)
     elif map50 is not None and map50 < gate:
         other = "percentile" if settings.method == "entropy" else "entropy"
