@@ -196,6 +196,8 @@ class Pipeline:
                 self.publish_analytics(sid, self.analytics.pop(sid).close())
         elif a is None:
             self.analytics[sid] = StreamAnalytics(sid, cfg, self.labels, self.metrics)
+            log.info("stream %s: analytics on: tracker, zones %s, lines %s", sid,
+                     [z.name for z in cfg.zones] or "none", [ln.name for ln in cfg.lines] or "none")
         else:
             a.reconfigure(cfg)
 
