@@ -31,9 +31,10 @@ it stays lost (so one object cannot be continued twice, by two later tracks). Th
 keeps its own state: if the tracker finds it again, it was not the object the new track follows
 (measured: a bus lost for one frame, while a new track started beside it), and it goes on
 counting for itself; from then on it may be continued again the next time it is lost (measured:
-the person of ``fast`` was lost in frames 9-12, a person entering beside it was linked to
-it, the tracker found it again, and at its real occlusion (frames 29-51) it could no longer be
-continued). Pure numpy; no state beyond the ids involved.
+the track of the person ``a`` of ``fast`` was unmatched in frames 9-13, a person entering beside
+it was linked to it at frame 13, the tracker matched it again at frame 14, and at its real
+occlusion (frames 29-51) it could no longer be continued). Pure numpy; no state beyond the ids
+involved.
 """
 
 from __future__ import annotations
