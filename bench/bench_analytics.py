@@ -198,7 +198,7 @@ def _ioa(boxes: np.ndarray, region: np.ndarray) -> np.ndarray:
 def crossing_report(truth: list[dict[str, Any]], events: list[dict[str, Any]], fps: float) -> dict[str, Any]:
     keys = sorted({(t["line"], t["direction"]) for t in truth} | {(e["line"], e["direction"]) for e in events
                                                                    if e["event"] == "line_cross"})
-    per = {}
+    per: dict[str, dict[str, Any]] = {}
     for line, direction in keys:
         tr = [t for t in truth if (t["line"], t["direction"]) == (line, direction)]
         ev = [e for e in events if e["event"] == "line_cross" and (e["line"], e["direction"]) == (line, direction)]

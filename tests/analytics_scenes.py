@@ -344,7 +344,7 @@ def true_boxes(scene: Scene, f: int, min_visible: float = 0.25) -> list[tuple[st
     """(mover name, label, clipped box, visible fraction) of every object in frame ``f`` whose
     visible fraction (inside the frame and not covered by objects drawn after it) is at least
     ``min_visible``. Visibility is counted on a pixel mask of the frame."""
-    out = []
+    out: list[tuple[str, str, tuple[float, ...], float]] = []
     boxes = [(m, m.box(f)) for m in scene.movers]
     for i, (m, b) in enumerate(boxes):
         if b is None:

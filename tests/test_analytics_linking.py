@@ -154,7 +154,7 @@ def _run(before: tuple[float, float], after: Sequence[tuple[float, float]], widt
             made = real(*args)
             links.extend(made)
             return made
-        an.stitcher.update = update  # type: ignore[method-assign]
+        an.stitcher.update = update  # type: ignore[method-assign, assignment]
     for f in range(26 + len(after)):
         x = 100 + 4.0 * f
         if f < 20:
@@ -264,11 +264,11 @@ def test_per_track_state_is_dropped_with_the_tracks(how: str) -> None:
 
 
 def test_lines_reload_keeps_the_linked_tracks_wait() -> None:
-    raw = {"tracker": {}, "lines": [{"name": "l", "points": [[0.0, 0.7], [1.0, 0.7]]}]}
-    an, _ = _waiting(AnalyticsConfig.model_validate(raw))
+    line: dict[str, Any] = {"name": "l", "points": [[0.0, 0.7], [1.0, 0.7]]}
+    an, _ = _waiting(AnalyticsConfig.model_validate({"tracker": {}, "lines": [line]}))
     before = dict(an._verify)
-    an.reconfigure(AnalyticsConfig.model_validate({**raw, "lines": [*raw["lines"], {  # type: ignore[list-item]
-        "name": "m", "points": [[0.5, 0.0], [0.5, 1.0]]}]}))
+    an.reconfigure(AnalyticsConfig.model_validate({"tracker": {}, "lines": [
+        line, {"name": "m", "points": [[0.5, 0.0], [0.5, 1.0]]}]}))
     assert an._verify == before and an.stitcher is not None and an.stitcher.path
 
 
