@@ -250,9 +250,19 @@ def approach_scene() -> Scene:
 
 SCENES = {"crossing": crossing_scene, "passing": passing_scene, "occluded": occluded_scene, "fast": fast_scene,
           "approach": approach_scene}
-# Scenes built after the counting logic was last changed, each run once as its held-out check
-# (occluded and fast were held out for the identity linking, approach for the box-shape gate).
-HELD_OUT = ("approach",)
+# Which changes of the counting each scene was held out for: built after them, before any run,
+# and run once as their check. Later changes were derived from (or checked on) these scenes, so
+# the figures of the current code are no held-out figures (docs/analytics.md, "Scenes"):
+# occluded and fast led to the whole-box gate, fast and approach to the second session's
+# linking changes, overtake (bench/bench_analytics.py) to the recent label, and occluded ruled
+# out a time-out for a linked track's wait (the shape rule was kept instead). crossing and
+# passing were built with the first counting code and never held out.
+HELD_OUT: dict[str, tuple[str, ...]] = {
+    "occluded": ("stitch",),
+    "fast": ("stitch",),
+    "approach": ("whole-box gate",),
+    "overtake": ("velocity linking", "re-linking", "linked-track height check"),
+}
 
 
 # ------------------------------------------------------------------------------------ rendering
@@ -334,7 +344,7 @@ def true_boxes(scene: Scene, f: int, min_visible: float = 0.25) -> list[tuple[st
     """(mover name, label, clipped box, visible fraction) of every object in frame ``f`` whose
     visible fraction (inside the frame and not covered by objects drawn after it) is at least
     ``min_visible``. Visibility is counted on a pixel mask of the frame."""
-    out = []
+    out: list[tuple[str, str, tuple[float, ...], float]] = []
     boxes = [(m, m.box(f)) for m in scene.movers]
     for i, (m, b) in enumerate(boxes):
         if b is None:

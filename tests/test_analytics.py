@@ -249,6 +249,20 @@ def test_shape_gate_rejects_partial_and_merged_boxes_and_follows_growth() -> Non
         [(True, False), (True, False), (False, False), (False, False), (True, True), (True, False)]
 
 
+def test_shape_gate_keeps_the_shape_of_the_whole_boxes() -> None:
+    """The height / width reference (what a linked track's boxes are compared with) comes from
+    the accepted boxes only, and follows a reset to the new kind of box."""
+    g = ShapeGate()
+    for h, w in ((180, 60), (184, 60), (90, 60), (176, 64)):  # a 90 px torso box is rejected
+        g.check(1, h, w)
+    assert g.reference_aspect(1) == pytest.approx(180 / 60)
+    for h in (300, 302, 298):  # 3 boxes alike replace the reference
+        g.check(1, h, 60)
+    assert g.reference_aspect(1) == pytest.approx(5.0)
+    g.check(2, 100)  # no width given: no shape
+    assert g.reference_aspect(2) is None and g.reference_aspect(3) is None
+
+
 def test_partial_box_beside_a_line_is_no_crossing() -> None:
     """A person walks along 10 px below a horizontal line; for 4 frames its legs are hidden (the
     box ends at its waist, above the line), then it is whole again. Nothing crossed; a real

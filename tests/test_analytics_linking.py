@@ -14,7 +14,7 @@ import pytest
 
 from daemon.analytics.config import AnalyticsConfig
 from daemon.analytics.state import StreamAnalytics
-from daemon.analytics.stitch import Stitcher
+from daemon.analytics.stitch import MAX_EXTRAPOLATION, MIN_SPAN, Stitcher
 from daemon.frames import Detections, Frame
 
 
@@ -57,6 +57,60 @@ def test_velocity_does_not_link_what_is_neither_near_nor_ahead(where: str) -> No
     assert st.update(t, {2: _box(cx)}, {2: "person"}, {1, 2}) == []
 
 
+@pytest.mark.parametrize("where", ["one second on", "three seconds on"])
+def test_prediction_follows_the_velocity_for_at_most_a_second(where: str) -> None:
+    """Lost for 3 s (a stream whose lost_track_seconds is longer than the default): the velocity
+    is followed for MAX_EXTRAPOLATION (1 s) only. A new box 10 px from where one second of it
+    leads is linked; one where three seconds would lead (636 px on) is not."""
+    assert MAX_EXTRAPOLATION == 1.0
+    st = Stitcher(min_hits=2)
+    times = [k / 25 for k in range(13)]
+    _walk(st, times, 212.0)
+    t = times[-1] + 3.0
+    st.update(t - 0.04, {}, {}, {1})
+    lost_at = 100 + 212.0 * times[-1]
+    cx = lost_at + 212.0 * (1.0 if where == "one second on" else 3.0) + 10
+    assert st.update(t, {2: _box(cx)}, {2: "person"}, {1, 2}) == ([(2, 1)] if where == "one second on" else [])
+
+
+def test_prediction_is_clipped_to_the_frame() -> None:
+    """A 40 x 40 px object moving right at 212 px/s is lost 80 px before the right edge of a
+    640 px frame; 0.9 s on, its velocity leads 111 px beyond the edge. A new box at the edge
+    (centre x 615) is further than its size from where it was lost (55 px) and from the
+    unclipped prediction (136 px), 25 px from the clipped one: linked only with the frame's
+    size given."""
+    def run(size: tuple[int, int] | None) -> list[tuple[int, int]]:
+        st = Stitcher(min_hits=2)
+        box = lambda cx: np.array([cx - 20, 100, cx + 20, 140], np.float64)  # noqa: E731
+        times = [k / 25 for k in range(13)]
+        for t in times:
+            st.update(t, {1: box(560 - 212.0 * (times[-1] - t))}, {1: "car"}, {1}, size)
+        t = times[-1] + 0.9
+        st.update(t - 0.04, {}, {}, {1}, size)
+        pred = st._predict(1, t, size)
+        assert pred is not None and (pred[0] == 640.0) == (size is not None), pred
+        return st.update(t, {2: box(615)}, {2: "car"}, {1, 2}, size)
+
+    assert run((640, 360)) == [(2, 1)]
+    assert run(None) == []
+
+
+def test_no_prediction_from_a_single_match_or_equal_times() -> None:
+    """A velocity needs matches spanning MIN_SPAN seconds: none from one match, none from matches
+    all stamped alike (a clock that stands still: no division by zero); the link then falls
+    back to the distance from the last box."""
+    st = Stitcher(min_hits=1)
+    st.update(0.0, {1: _box(100)}, {1: "person"}, {1})
+    assert st._predict(1, 0.5) is None
+    st = Stitcher(min_hits=1)
+    for k in range(5):
+        st.update(0.2, {1: _box(100 + 5 * k)}, {1: "person"}, {1})  # last centre x 120
+    assert st._predict(1, 0.6) is None
+    st.update(0.24, {}, {}, {1})
+    assert st.update(0.28, {2: _box(305)}, {2: "person"}, {1, 2}) == []  # 185 px > its 180 px size
+    assert st.update(0.32, {3: _box(295)}, {3: "person"}, {1, 3}) == [(3, 1)]  # 175 px (2 has ended)
+
+
 def test_track_found_again_can_be_continued_again() -> None:
     """Track 1 is lost for a moment and another person appearing beside it is linked to it; the
     tracker finds 1 again, so that link was wrong; when 1 is lost again, a new track there
@@ -80,15 +134,27 @@ def _dets(*boxes: tuple[float, float, float, float]) -> Detections:
                       np.zeros(len(boxes), np.int32))
 
 
-def _run(before: tuple[float, float], after: Sequence[tuple[float, float]]) -> list[dict[str, Any]]:
+def _run(before: tuple[float, float], after: Sequence[tuple[float, float]], width: float = 60,
+         line: Any = ((0.0, 0.7), (1.0, 0.7)), stitch: bool = True) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
     """A person (60 px wide) walks right at 4 px/frame below a horizontal line at y 0.7 (252 px)
     with boxes spanning ``before`` (top, bottom) for 20 frames, is gone for 6 frames, and comes
     back 100 px further on (no overlap with the tracker's prediction: a new track, which the
-    stitcher links to the lost one) with boxes ``after[k]`` (top, bottom) in its k-th frame."""
-    cfg = AnalyticsConfig.model_validate({"tracker": {},
-                                          "lines": [{"name": "l", "points": [[0.0, 0.7], [1.0, 0.7]]}]})
+    stitcher links to the lost one) ``width`` px wide with boxes ``after[k]`` (top, bottom) in
+    its k-th frame. Returns the line crossings and the (new id, old id) links the stitcher made
+    (recorded around the real call)."""
+    cfg = AnalyticsConfig.model_validate({"tracker": {"stitch": stitch},
+                                          "lines": [{"name": "l", "points": [list(p) for p in line]}]})
     an = StreamAnalytics("cam", cfg, ["person"])
     events: list[dict[str, Any]] = []
+    links: list[tuple[int, int]] = []
+    if an.stitcher is not None:
+        real = an.stitcher.update
+
+        def update(*args: Any) -> list[tuple[int, int]]:
+            made = real(*args)
+            links.extend(made)
+            return made
+        an.stitcher.update = update  # type: ignore[method-assign, assignment]
     for f in range(26 + len(after)):
         x = 100 + 4.0 * f
         if f < 20:
@@ -97,9 +163,9 @@ def _run(before: tuple[float, float], after: Sequence[tuple[float, float]]) -> l
             boxes = []
         else:
             top, bottom = after[f - 26]
-            boxes = [(x + 100, top, x + 160, bottom)]
+            boxes = [(x + 100, top, x + 100 + width, bottom)]
         events += an.update(Frame("cam", f, 640, 360, f / 25, 1000 + f / 25, f / 25), _dets(*boxes))
-    return [e for e in events if e["event"] == "line_cross"]
+    return [e for e in events if e["event"] == "line_cross"], links
 
 
 def test_linked_track_on_cut_boxes_does_not_cross() -> None:
@@ -107,22 +173,103 @@ def test_linked_track_on_cut_boxes_does_not_cross() -> None:
     lost while something hides its legs, and the new track begins on boxes cut at its waist
     (bottom 200 px, above the line). The cut boxes say nothing about its feet: no crossing.
     When it is whole again below the line, still none (it never crossed)."""
-    got = _run((110, 290), [(110, 200)] * 12 + [(110, 290)] * 6)
+    got, links = _run((110, 290), [(110, 200)] * 12 + [(110, 290)] * 6)
+    assert len(links) == 1, links  # the new track was linked to the lost one
+    assert got == [], got
+
+
+def test_linked_track_on_cut_boxes_waits_as_long_as_they_last() -> None:
+    """The same, but the cut boxes last 1.6 s (40 frames), longer than lost_track_seconds: they
+    never have the person's shape (90 x 60 px against 180 x 60), so the track keeps waiting for
+    a whole box however long they last, and the whole boxes below the line are still no
+    crossing."""
+    got, links = _run((110, 290), [(110, 200)] * 40 + [(110, 290)] * 8)
+    assert len(links) == 1, links
+    assert got == [], got
+
+
+@pytest.mark.parametrize("stitch", [True, False])
+def test_smaller_object_linked_to_a_lost_one_still_crosses(stitch: bool) -> None:
+    """A 200 x 60 px person is lost; a 120 x 40 px person appears near where it was going, is
+    linked to it (its boxes never reach 70 % of 200 px), and walks right across a vertical line
+    at x 0.75 (its anchor past the margin at frame 67). It counts once, as without linking: its
+    boxes have the lost person's shape (height / width 3 against 3.3), so after 3 of them the
+    track stops waiting for a taller box (before: it waited all its life and this crossing was
+    lost)."""
+    got, links = _run((100, 300), [(180.0, 300.0)] * 50, width=40, line=((0.75, 0.0), (0.75, 1.0)),
+                      stitch=stitch)
+    assert len(links) == (1 if stitch else 0), links
+    assert [(e["direction"], e["frame"]) for e in got] == [("out", 67)], got
+
+
+def test_wait_ended_by_shape_forgets_the_side_taken_over() -> None:
+    """The lost person's feet were below a horizontal line (y 290 px of 360, line at 252); the
+    120 x 40 px person linked to it stands with its feet above it (y 220). When its shape ends
+    the wait, the side taken over is forgotten: no crossing between the two persons' boxes."""
+    got, links = _run((110, 290), [(100.0, 220.0)] * 20, width=40)
+    assert len(links) == 1, links
     assert got == [], got
 
 
 def test_linked_track_crosses_once_whole() -> None:
     """The same person really walks up across the line while hidden: the cut boxes still do not
     count, and the first whole box above the line does, once, stamped with its frame."""
-    got = _run((110, 290), [(40, 130)] * 6 + [(20, 200)] * 6)
+    got, links = _run((110, 290), [(40, 130)] * 6 + [(20, 200)] * 6)
+    assert len(links) == 1, links
     assert [(e["direction"], e["frame"]) for e in got] == [("out", 32)], got
 
 
 def test_linked_track_taller_than_a_partial_reference_crosses() -> None:
     """The lost track only ever saw a torso (70 px); the new one shows the whole person (180 px)
     past the line: taller than the reference is not held back (the reference was partial)."""
-    got = _run((200, 270), [(30, 210)] * 6)
+    got, links = _run((200, 270), [(30, 210)] * 6)
+    assert len(links) == 1, links
     assert [e["direction"] for e in got] == ["out"], got
+
+
+def _waiting(cfg: AnalyticsConfig) -> tuple[StreamAnalytics, int]:
+    """The scene of :func:`_run` up to a linked track waiting on cut boxes (frame 31): returns
+    the analytics and the frame's stream time index."""
+    an = StreamAnalytics("cam", cfg, ["person"])
+    for f in range(32):
+        x = 100 + 4.0 * f
+        boxes = [(x, 110, x + 60, 290)] if f < 20 else [] if f < 26 else [(x + 100, 110, x + 160, 200)]
+        an.update(Frame("cam", f, 640, 360, f / 25, 1000 + f / 25, f / 25), _dets(*boxes))
+    assert an.tracker is not None and an.stitcher is not None
+    assert len(an._verify) == 1 and an.stitcher.path and an.tracker._recent
+    return an, 31
+
+
+@pytest.mark.parametrize("how", ["tracks end", "clock reset", "tracker reload", "stream ends"])
+def test_per_track_state_is_dropped_with_the_tracks(how: str) -> None:
+    """The linked track's wait, the stitcher's paths and the tracker's recent labels go with the
+    tracks: when the tracker ends them (lost for lost_track_seconds), when the stream's clock goes
+    back (a looped file), when a reload changes the tracker's settings, when the stream ends.
+    A reload of the lines alone keeps them (the tracks go on)."""
+    raw = {"tracker": {}, "lines": [{"name": "l", "points": [[0.0, 0.7], [1.0, 0.7]]}]}
+    an, f = _waiting(AnalyticsConfig.model_validate(raw))
+    if how == "tracks end":
+        for k in range(1, 40):  # 1.56 s of empty frames
+            an.update(Frame("cam", f + k, 640, 360, (f + k) / 25, 1000, 0.0), _dets())
+    elif how == "clock reset":
+        an.update(Frame("cam", 0, 640, 360, 0.0, 1000, 0.0), _dets((300, 110, 360, 290)))
+    elif how == "tracker reload":
+        an.reconfigure(AnalyticsConfig.model_validate({**raw, "tracker": {"lost_track_seconds": 2.0}}))
+    else:
+        an.end_tracks()
+    assert an.tracker is not None and an.stitcher is not None
+    assert an._verify == {}
+    assert not an.stitcher.path and not an.stitcher.last
+    assert not an.tracker._recent and not an.tracker.alive
+
+
+def test_lines_reload_keeps_the_linked_tracks_wait() -> None:
+    line: dict[str, Any] = {"name": "l", "points": [[0.0, 0.7], [1.0, 0.7]]}
+    an, _ = _waiting(AnalyticsConfig.model_validate({"tracker": {}, "lines": [line]}))
+    before = dict(an._verify)
+    an.reconfigure(AnalyticsConfig.model_validate({"tracker": {}, "lines": [
+        line, {"name": "m", "points": [[0.5, 0.0], [0.5, 1.0]]}]}))
+    assert an._verify == before and an.stitcher is not None and an.stitcher.path
 
 
 # ------------------------------------------------------------ a track handed to another object
@@ -165,7 +312,7 @@ def test_recent_label_follows_the_last_second() -> None:
         up = tr.update(Detections(np.array([[100, 100, 160, 280]], np.float32), np.array([0.9], np.float32),
                                   np.array([cid], np.int32)), f / 25)
         tid = int(up.ids[0])
-        if f == 45:  # 6 of the last 25 matches are class 1: still class 0
+        if f == 45:  # 5 of the last 26 matches (frames 20-45) are class 1: still class 0
             assert tr.recent_label_of(tid) == 0
     assert tr.recent_label_of(tid) == 1 and tr.label_of(tid) == 0
     assert tr.recent_label_of(10_000) == -1

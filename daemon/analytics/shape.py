@@ -10,6 +10,9 @@ observations; a box whose height differs from it by more than ``TOLERANCE`` (rel
 accepted. When ``RESET_AFTER`` observations in a row are rejected but agree with each other,
 the reference was the odd one (a track that began on partial boxes): it is replaced, and the
 caller forgets the track's line sides, so no crossing is counted between the two kinds of box.
+The shape (height / width) of the accepted boxes is kept too: a box cut off by something in front
+loses height but keeps its width, while the same object farther away, or a smaller one, keeps
+its shape (see :meth:`reference_aspect`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from statistics import median
 
-__all__ = ["ShapeGate", "TOLERANCE"]
+__all__ = ["RESET_AFTER", "ShapeGate", "TOLERANCE"]
 
 WINDOW = 5
 TOLERANCE = 0.3
@@ -29,6 +32,8 @@ RESET_AFTER = 3
 class _Heights:
     accepted: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     rejected: list[float] = field(default_factory=list)
+    aspects: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # height / width
+    rejected_aspects: list[float] = field(default_factory=list)
 
 
 class ShapeGate:
@@ -37,38 +42,58 @@ class ShapeGate:
     def __init__(self) -> None:
         self.tracks: dict[int, _Heights] = {}
 
-    def check(self, track_id: int, height: float) -> tuple[bool, bool]:
-        """(accepted, reset) for a box of ``height`` pixels of ``track_id``. ``reset``: the
-        reference was replaced; the caller forgets what the old boxes said."""
+    def check(self, track_id: int, height: float, width: float | None = None) -> tuple[bool, bool]:
+        """(accepted, reset) for a box of ``height`` (and ``width``, None: not known) pixels of
+        ``track_id``. ``reset``: the reference was replaced; the caller forgets what the old
+        boxes said."""
         st = self.tracks.setdefault(track_id, _Heights())
+        aspect = height / width if width else None
         if not st.accepted:
-            st.accepted.append(height)
+            self._accept(st, height, aspect)
             return True, False
         ref = median(st.accepted)
         if abs(height - ref) <= TOLERANCE * ref:
-            st.accepted.append(height)
+            self._accept(st, height, aspect)
             st.rejected.clear()
+            st.rejected_aspects.clear()
             return True, False
         st.rejected.append(height)
+        if aspect is not None:
+            st.rejected_aspects.append(aspect)
         if len(st.rejected) >= RESET_AFTER:
             m = median(st.rejected)
             if all(abs(h - m) <= TOLERANCE * m for h in st.rejected):
                 st.accepted = deque(st.rejected[-WINDOW:], maxlen=WINDOW)
+                st.aspects = deque(st.rejected_aspects[-WINDOW:], maxlen=WINDOW)
                 st.rejected.clear()
+                st.rejected_aspects.clear()
                 return True, True
             st.rejected = st.rejected[1:]
+            st.rejected_aspects = st.rejected_aspects[1:]
         return False, False
+
+    @staticmethod
+    def _accept(st: _Heights, height: float, aspect: float | None) -> None:
+        st.accepted.append(height)
+        if aspect is not None:
+            st.aspects.append(aspect)
 
     def reference(self, track_id: int) -> float | None:
         """The track's whole-object height (pixels): the median of its last accepted heights."""
         st = self.tracks.get(track_id)
         return median(st.accepted) if st is not None and st.accepted else None
 
-    def restart(self, track_id: int, height: float) -> None:
-        """``height`` (pixels) is known to be the whole object's: it becomes the only reference,
-        whatever the track's earlier (partial) boxes said."""
+    def reference_aspect(self, track_id: int) -> float | None:
+        """The track's whole-object shape: the median height / width of its last accepted boxes
+        (dimensionless), None when no width was given."""
+        st = self.tracks.get(track_id)
+        return median(st.aspects) if st is not None and st.aspects else None
+
+    def restart(self, track_id: int, height: float, width: float | None = None) -> None:
+        """``height`` (and ``width``) pixels are known to be the whole object's: they become the
+        only reference, whatever the track's earlier (partial) boxes said."""
         st = _Heights()
-        st.accepted.append(height)
+        self._accept(st, height, height / width if width else None)
         self.tracks[track_id] = st
 
     def end(self, track_id: int) -> None:

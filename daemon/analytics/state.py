@@ -11,13 +11,14 @@ here too. A reload swaps zones and lines with :meth:`reconfigure` and keeps the 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from daemon.analytics.config import AnalyticsConfig
 from daemon.analytics.lines import LineRule
-from daemon.analytics.shape import TOLERANCE, ShapeGate
+from daemon.analytics.shape import RESET_AFTER, TOLERANCE, ShapeGate
 from daemon.analytics.stitch import Stitcher
 from daemon.analytics.tracker import Tracker
 from daemon.analytics.zones import Stamp, ZoneRule
@@ -39,6 +40,15 @@ def anchors(boxes: np.ndarray, width: int, height: int, kind: str) -> np.ndarray
     return np.clip(np.stack([x, y], axis=1), 0.0, 1.0)
 
 
+@dataclass(slots=True)
+class _Wait:
+    """A linked track not yet seen whole (see :meth:`StreamAnalytics.update`)."""
+
+    height: float  # pixels: the object's height as the track(s) it continues last saw it whole
+    aspect: float | None  # that object's height / width (median of the same boxes), None: unknown
+    shaped: int = 0  # this track's latest boxes in a row with that shape, only shorter
+
+
 class StreamAnalytics:
     """Tracking, zones and lines of one stream. ``metrics`` is a :class:`daemon.metrics.Metrics`
     (or None in benchmarks and tests that read the events only)."""
@@ -51,9 +61,8 @@ class StreamAnalytics:
         self.tracker = Tracker(cfg.tracker) if cfg.tracker is not None else None
         self.stitcher = self._new_stitcher(cfg)
         self.shape = ShapeGate()
-        # Linked tracks not yet seen whole: new id -> the height (pixels) of the object as the
-        # track(s) it continues last saw it whole (see update).
-        self._verify: dict[int, float] = {}
+        # Linked tracks not yet seen whole: new id -> what it waits for (see update).
+        self._verify: dict[int, _Wait] = {}
         self.zones: list[ZoneRule] = []
         self.lines: list[LineRule] = []
         self._series: set[tuple[str, tuple[str, ...]]] = set()
@@ -167,7 +176,9 @@ class StreamAnalytics:
             # that was lost, which is the one the track followed longest.
             now = [self._name(self.tracker.recent_label_of(tid)) for tid in ids] if self.lines else names
             if self.stitcher is not None and self.lines:
-                for new, old in self.stitcher.update(t, up.boxes, dict(zip(ids, names)), self.tracker.alive):
+                links = self.stitcher.update(t, up.boxes, dict(zip(ids, names)), self.tracker.alive,
+                                             (frame.width, frame.height))
+                for new, old in links:
                     for ln in self.lines:
                         ln.adopt(new, old)
                     # The new track takes over the old one's sides, which its boxes may change only
@@ -179,9 +190,13 @@ class StreamAnalytics:
                     # boxes are held back: the old reference may itself come from partial boxes (a
                     # track that began on a torso), and then the whole object is taller. An old
                     # track still waiting passes on the taller of its own and its awaited height.
-                    ref = max(self._verify.get(old, 0.0), self.shape.reference(old) or 0.0)
-                    if ref > 0:
-                        self._verify[new] = ref
+                    # The wait also ends when the new track's boxes show the object's shape, only
+                    # smaller (below).
+                    waited, own = self._verify.get(old), self.shape.reference(old)
+                    if waited is not None and waited.height >= (own or 0.0):
+                        self._verify[new] = _Wait(waited.height, waited.aspect)
+                    elif own:
+                        self._verify[new] = _Wait(own, self.shape.reference_aspect(old))
             if ids:
                 rules: list[ZoneRule | LineRule] = [*self.zones, *self.lines]
                 tb = np.array([up.boxes[tid] for tid in ids])
@@ -189,13 +204,34 @@ class StreamAnalytics:
                 whole = []
                 for tid in ids:
                     hgt = float(up.boxes[tid][3] - up.boxes[tid][1])
-                    ok, reset = self.shape.check(tid, hgt)
+                    wid = float(up.boxes[tid][2] - up.boxes[tid][0])
+                    ok, reset = self.shape.check(tid, hgt, wid)
                     want = self._verify.get(tid)
-                    if want is not None:  # a linked track: the whole object's height decides
-                        ok, reset = hgt >= (1 - TOLERANCE) * want, False
-                        if ok:  # whole: its own earlier (partial) heights are no reference
+                    if want is not None and hgt >= (1 - TOLERANCE) * want.height:
+                        # A linked track seen whole: its own earlier (partial) heights are no
+                        # reference, and it may change the side it took over.
+                        del self._verify[tid]
+                        self.shape.restart(tid, hgt, wid)
+                        ok, reset = True, False
+                    elif want is not None:
+                        # Shorter. A box cut off by what is in front (legs behind a bus, only the
+                        # head above it) loses height but keeps its width; the object farther
+                        # away (it shrank while hidden) or another, smaller one of the label
+                        # (a wrong link) keeps its shape. RESET_AFTER boxes in a row with the
+                        # awaited height / width (within TOLERANCE) end the wait: the track is
+                        # then judged by its own heights like any other, and the sides it took
+                        # over are forgotten (reset), so no crossing is counted between the
+                        # old track's boxes and these. Cut boxes keep it waiting as long as
+                        # they last: their bottom is not the feet.
+                        shaped = (want.aspect is not None and wid > 0
+                                  and abs(hgt / wid - want.aspect) <= TOLERANCE * want.aspect)
+                        want.shaped = want.shaped + 1 if shaped else 0
+                        if want.shaped >= RESET_AFTER:
                             del self._verify[tid]
-                            self.shape.restart(tid, hgt)
+                            self.shape.restart(tid, hgt, wid)
+                            ok, reset = True, True
+                        else:
+                            ok, reset = False, False
                     if reset:
                         for ln in self.lines:
                             ln.end(tid)
