@@ -117,7 +117,7 @@ class Metrics:
         # config, labels from the model's fixed class list.
         self.line_crossings = Counter("detectd_line_crossings_total",
                                       "Tracked objects that crossed a configured line, by stream, "
-                                      "line, direction (in, out) and label.",
+                                      "line, direction (in, out) and label (the track's most frequent label over its last second).",
                                       ["stream", "line", "direction", "label"], registry=r)
         self.zone_occupancy = Gauge("detectd_zone_occupancy",
                                     "Tracked objects inside a configured zone now, by stream, zone and label.",
