@@ -244,3 +244,15 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
     assert r.returncode == 1 and "junk.mp4" in r.stderr and "Traceback" not in r.stderr
     # Neither the output nor the atomic writer's temporary file (.o.mp4.<pid>.<random>.part.mp4).
     assert not (tmp_path / "o.mp4").exists() and not list(tmp_path.glob(".o.mp4.*"))
+
+
+def test_max_frames_stops_early_and_zero_is_refused(tmp_path: Path) -> None:
+    clip = _make_clip(tmp_path / "in.mp4", 30, "libx264", "yuv420p")
+    out = tmp_path / "first.mp4"
+    per_frame, _ = _annotate(clip, out, "--max-frames", "7", "-q")
+    assert len(per_frame) == 7 and len(_frames(out)) == 7
+    exe = ROOT / ".venv" / "bin" / "detectd"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "daemon"]
+    r = subprocess.run([*cmd, "annotate", str(clip), "--out", str(tmp_path / "z.mp4"), "--max-frames", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--max-frames" in r.stderr and ">= 1" in r.stderr

@@ -154,6 +154,13 @@ def _conf(v: str) -> float:
     return x
 
 
+def _positive(v: str) -> int:
+    n = int(v)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be a whole number >= 1")
+    return n
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "annotate",
@@ -177,6 +184,7 @@ def register(subparsers: Any) -> None:
                    help="encoder: auto (H.264, else MPEG-4), libx264, mpeg4, ffv1 (lossless, .mkv)")
     p.add_argument("--crf", type=int, default=20, help="H.264 quality, lower is better (default 20)")
     p.add_argument("--json", metavar="PATH", help="also write each frame's detections as JSON lines")
-    p.add_argument("--max-frames", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-frames", type=_positive, default=None, metavar="N",
+                   help="stop after the first N frames (default: the whole video)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     p.set_defaults(func=run)
