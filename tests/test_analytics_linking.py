@@ -1,6 +1,7 @@
 """Identity linking for line counts (daemon/analytics/stitch.py, state.py): a lost track is
 continued where its last velocity takes it, may be continued again once the tracker has found it
-again, and a linked track changes the side it took over only with a box as tall as the object
+again, an ended one is continued for another lost_track_seconds where its velocity leads, the
+tracks of one object (nested boxes) are continued once, and a linked track changes the side it took over only with a box as tall as the object
 was (docs/analytics.md, "Identity switches"). Synthetic boxes on the stream's clock; the real
 ByteTrack (``trackers``) associates them."""
 
@@ -126,6 +127,74 @@ def test_track_found_again_can_be_continued_again() -> None:
     assert st.update(0.28, {3: _box(150)}, {3: "person"}, {1, 2, 3}) == [(3, 1)]
 
 
+def _walk_ended(st: Stitcher, speed: float, upper: bool = False) -> tuple[float, float]:
+    """Track 1 (a 60 x 180 px person; with ``upper`` also track 2 on its upper body, a 40 x 70 px
+    box inside it, as YOLO reports a person twice) walks right at ``speed`` px/s for 0.48 s, is
+    then lost, and the tracker ends it 1 s (lost_track_seconds) after its last match. Returns
+    (time of the last match, centre x then)."""
+    times = [k / 25 for k in range(13)]
+    for t in times:
+        cx = 100 + speed * t
+        boxes = {1: _box(cx)}
+        if upper:
+            boxes[2] = np.array([cx - 20, 105, cx + 20, 175], np.float64)
+        st.update(t, boxes, dict.fromkeys(boxes, "person"), set(boxes))
+    ids = {1, 2} if upper else {1}
+    t_end = times[-1] + 1.0
+    st.update(t_end - 0.04, {}, {}, ids)
+    st.update(t_end, {}, {}, set())
+    st.forget(ids, t_end)
+    return times[-1], 100 + speed * times[-1]
+
+
+@pytest.mark.parametrize("keep", [0.0, 2.0])
+def test_ended_track_is_continued_within_the_keep_time(keep: float) -> None:
+    """At sparse frame rates the tracker ends a partly hidden object's track while it is still
+    hidden (scene `fast`, every 2nd frame: seen again 1.36 s after its last match). Kept as a
+    candidate for 2 s after its last match (2 x lost_track_seconds), it is continued 1.5 s on
+    where its velocity leads (followed for 1 s); not kept (keep 0, the old rule), it is not."""
+    st = Stitcher(min_hits=2, keep_seconds=keep)
+    last_t, last_x = _walk_ended(st, 212.0)
+    t = last_t + 1.5
+    st.update(t - 0.04, {}, {}, set())
+    assert st.update(t, {3: _box(last_x + 212.0 * MAX_EXTRAPOLATION + 10)}, {3: "person"}, {3}) == (
+        [(3, 1)] if keep else [])
+
+
+def test_ended_track_is_not_continued_past_the_keep_time_nor_near_where_lost() -> None:
+    """An ended track is dropped 2 s after its last match; and an ended track is continued only
+    where its velocity leads, not near where it was lost (which links a track the tracker still
+    keeps): 1.5 s on, a new box 30 px behind its last centre is another object."""
+    st = Stitcher(min_hits=2, keep_seconds=2.0)
+    last_t, last_x = _walk_ended(st, 212.0)
+    t = last_t + 2.1
+    st.update(t - 0.04, {}, {}, set())
+    assert st.forget([], t) == [1] and not st.last and not st.path
+    assert st.update(t, {3: _box(last_x + 222.0)}, {3: "person"}, {3}) == []
+    st = Stitcher(min_hits=2, keep_seconds=2.0)
+    last_t, last_x = _walk_ended(st, 212.0)
+    t = last_t + 1.5
+    st.update(t - 0.04, {}, {}, set())
+    assert st.update(t, {3: _box(last_x - 30)}, {3: "person"}, {3}) == []
+
+
+def test_two_tracks_of_one_object_are_continued_once() -> None:
+    """One person tracked twice (whole body and upper body, the smaller box inside the larger),
+    both lost together and ended: the first new track where the person's velocity leads
+    continues one of them, and a second new track there continues neither (it is another
+    object; before, it continued the other track of the same person and its crossings were
+    counted twice: scene `fast` at full rate counted 9 of 7 with ended tracks kept)."""
+    st = Stitcher(min_hits=2, keep_seconds=2.0)
+    last_t, last_x = _walk_ended(st, 212.0, upper=True)
+    ahead = last_x + 212.0 * MAX_EXTRAPOLATION
+    t = last_t + 1.4
+    st.update(t - 0.04, {}, {}, set())
+    first = st.update(t, {3: _box(ahead + 10)}, {3: "person"}, {3})
+    assert len(first) == 1 and first[0][0] == 3 and first[0][1] in (1, 2)
+    st.update(t + 0.04, {3: _box(ahead + 18)}, {3: "person"}, {3})
+    assert st.update(t + 0.08, {3: _box(ahead + 26), 4: _box(ahead - 40)}, {3: "person", 4: "person"}, {3, 4}) == []
+
+
 # -------------------------------------------------------------- a linked track's first boxes
 
 
@@ -249,7 +318,7 @@ def test_per_track_state_is_dropped_with_the_tracks(how: str) -> None:
     raw = {"tracker": {}, "lines": [{"name": "l", "points": [[0.0, 0.7], [1.0, 0.7]]}]}
     an, f = _waiting(AnalyticsConfig.model_validate(raw))
     if how == "tracks end":
-        for k in range(1, 40):  # 1.56 s of empty frames
+        for k in range(1, 66):  # 2.6 s of empty frames: ended (1 s), no longer a link candidate (2 s)
             an.update(Frame("cam", f + k, 640, 360, (f + k) / 25, 1000, 0.0), _dets())
     elif how == "clock reset":
         an.update(Frame("cam", 0, 640, 360, 0.0, 1000, 0.0), _dets((300, 110, 360, 290)))
@@ -261,6 +330,7 @@ def test_per_track_state_is_dropped_with_the_tracks(how: str) -> None:
     assert an._verify == {}
     assert not an.stitcher.path and not an.stitcher.last
     assert not an.tracker._recent and not an.tracker.alive
+    assert not an.stitcher.ended and not any(ln.state for ln in an.lines)
 
 
 def test_lines_reload_keeps_the_linked_tracks_wait() -> None:

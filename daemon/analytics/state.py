@@ -71,7 +71,13 @@ class StreamAnalytics:
     @staticmethod
     def _new_stitcher(cfg: AnalyticsConfig) -> Stitcher | None:
         tc = cfg.tracker
-        return Stitcher(tc.min_hits) if tc is not None and tc.stitch else None
+        # A track the tracker ended stays a link candidate for another ``lost_track_seconds``:
+        # at sparse frame rates the tracker loses a partly hidden object's match earlier (its
+        # partial boxes no longer overlap the prediction), so its budget runs out while the object
+        # is still hidden (measured: fast, every 2nd frame: last match frame 22, seen again 56).
+        if tc is None or not tc.stitch:
+            return None
+        return Stitcher(tc.min_hits, 2 * tc.lost_track_seconds)
 
     @property
     def enabled(self) -> bool:
@@ -156,14 +162,20 @@ class StreamAnalytics:
                 ev = z.end(tid)
                 if ev is not None:
                     events.append(ev)
-            for ln in self.lines:
-                ln.end(tid)
+            if self.stitcher is None:
+                for ln in self.lines:
+                    ln.end(tid)
             self.shape.end(tid)
             self._verify.pop(tid, None)
         if up.reset and self.stitcher is not None:
+            for tid in self.stitcher.forget(list(self.stitcher.last), None):
+                for ln in self.lines:
+                    ln.end(tid)
             self.stitcher = self._new_stitcher(self.cfg)
         elif self.stitcher is not None:
-            self.stitcher.forget(up.ended)
+            for tid in self.stitcher.forget(up.ended, t):
+                for ln in self.lines:
+                    ln.end(tid)
         if self.zones or self.lines:
             at = Stamp(t, frame.pts, frame.captured_at, frame.index)
             ids = sorted(up.boxes)
@@ -268,6 +280,9 @@ class StreamAnalytics:
         self.shape = ShapeGate()
         self._verify.clear()
         if self.stitcher is not None:
+            for tid in self.stitcher.ended:  # kept as link candidates: their sides go now
+                for ln in self.lines:
+                    ln.end(tid)
             self.stitcher = self._new_stitcher(self.cfg)
         if self.tracker is not None and self.tracker.alive:
             for tid in self.tracker.end_all():

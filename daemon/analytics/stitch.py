@@ -33,7 +33,17 @@ keeps its own state: if the tracker finds it again, it was not the object the ne
 counting for itself; from then on it may be continued again the next time it is lost (measured:
 the track of the person ``a`` of ``fast`` was unmatched in frames 9-13, a person entering beside
 it was linked to it at frame 13, the tracker matched it again at frame 14, and at its real
-occlusion (frames 29-51) it could no longer be continued). Pure numpy; no state beyond the ids
+occlusion (frames 29-51) it could no longer be continued).
+
+A track the tracker ended stays a candidate until ``keep_seconds`` after its last match
+(StreamAnalytics passes 2 x ``lost_track_seconds``), linked only where its velocity leads: at
+sparse frame rates the tracker loses a partly hidden object's match earlier, so its budget runs
+out while the object is still hidden (measured: ``fast``, every 2nd frame, seen again 1.36 s
+after the last match). Tracks of one object are continued once: continuing one also uses up
+every other candidate of its label lost within SAME_TIME of it whose box, the latest time both
+were matched, was nested in its box (CONTAINED): YOLO reports a person twice (whole body, upper
+body), both tracks are lost together, and without this both were continued and the person's
+crossings counted twice (``fast``, full rate, 9 of 7). Pure numpy; no state beyond the ids
 involved.
 """
 
@@ -44,7 +54,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["MAX_EXTRAPOLATION", "MIN_SPAN", "Stitcher", "VELOCITY_WINDOW"]
+__all__ = ["CONTAINED", "MAX_EXTRAPOLATION", "MIN_SPAN", "SAME_TIME", "Stitcher", "VELOCITY_WINDOW"]
 
 # The velocity of a lost track: its centre's mean velocity over its last VELOCITY_WINDOW seconds
 # of matches (long enough to average out the jitter of partial boxes, short enough to follow a
@@ -58,6 +68,11 @@ MIN_SPAN = 0.1
 # the default ``lost_track_seconds`` and covers the longest loss the prediction was measured to
 # bridge (0.96 s, scene ``fast``); the point is clipped to the frame, where the object can be seen.
 MAX_EXTRAPOLATION = 1.0
+# Two tracks followed one object when, the last time both were matched (within SAME_TIME
+# seconds of each one's last match), one box had at least CONTAINED of its area inside the
+# other (YOLO's whole body and upper body of one person; 0.8 is ``suppress_contained``'s default).
+SAME_TIME = 0.5
+CONTAINED = 0.8
 
 
 class Stitcher:
@@ -65,8 +80,12 @@ class Stitcher:
 
     ``min_hits``: the tracker's consecutive matches before a track gets an id."""
 
-    def __init__(self, min_hits: int) -> None:
+    def __init__(self, min_hits: int, keep_seconds: float = 0.0) -> None:
         self.min_hits = max(1, int(min_hits))
+        # How long after its last match a track the tracker ended stays a link candidate
+        # (seconds; 0: not at all), and those tracks.
+        self.keep_seconds = float(keep_seconds)
+        self.ended: set[int] = set()
         # Stream times of the last ``min_hits`` updates: where a newly confirmed track began.
         self._times: deque[float] = deque(maxlen=self.min_hits)
         # id -> (stream time of the last match, (4,) box x1, y1, x2, y2 pixels, label)
@@ -74,6 +93,8 @@ class Stitcher:
         # id -> (stream time, centre x, centre y pixels) of its matches in the last VELOCITY_WINDOW s
         self.path: dict[int, deque[tuple[float, float, float]]] = {}
         self.linked: set[int] = set()  # old ids already continued by a newer track
+        # id -> (stream time, (4,) box pixels) of its matches in the last SAME_TIME s
+        self.hist: dict[int, deque[tuple[float, np.ndarray]]] = {}
 
     def update(self, t: float, boxes: dict[int, np.ndarray], labels: dict[int, str],
                alive: set[int], size: tuple[int, int] | None = None) -> list[tuple[int, int]]:
@@ -86,7 +107,7 @@ class Stitcher:
         new = [tid for tid in boxes if tid not in self.last]
         links: list[tuple[int, int]] = []
         if new:
-            lost = [tid for tid in alive if tid not in boxes and tid in self.last
+            lost = [tid for tid in (alive | self.ended) if tid not in boxes and tid in self.last
                     and tid not in self.linked and self.last[tid][0] < first_seen]
             pairs = []
             for n in new:
@@ -95,7 +116,11 @@ class Stitcher:
                     _, ob, olab = self.last[o]
                     if olab != labels[n]:
                         continue
-                    d = _dist(nb, ob)
+                    # An ended track is continued only where its velocity leads, not near where
+                    # it was lost: past the tracker's budget, a box there is more likely another
+                    # object (measured: fast, every 2nd frame, with the last centre allowed too, a
+                    # person was linked to a small box lost 1.5 s before and miscounted).
+                    d = float("inf") if o in self.ended else _dist(nb, ob)
                     pred = self._predict(o, t, size)
                     if pred is not None:
                         d = min(d, float(np.hypot(*(np.subtract(_centre(nb), pred)))))
@@ -110,11 +135,20 @@ class Stitcher:
                 used_old.add(o)
                 links.append((n, o))
                 self.linked.add(o)
+                # The other tracks of the same object are continued with it: none of them may be
+                # continued again by another new track.
+                for s in self._same_object(o, lost):
+                    self.linked.add(s)
+                    used_old.add(s)
         for tid, b in boxes.items():
             # Found again: whichever track continued it was another object, and the next time
             # this one is lost, it may be continued.
             self.linked.discard(tid)
             self.last[tid] = (t, np.asarray(b, np.float64), labels[tid])
+            hb = self.hist.setdefault(tid, deque())
+            hb.append((t, np.asarray(b, np.float64)))
+            while hb[0][0] < t - SAME_TIME:
+                hb.popleft()
             p = self.path.setdefault(tid, deque())
             p.append((t, *_centre(b)))
             while p[0][0] < t - VELOCITY_WINDOW:
@@ -137,12 +171,56 @@ class Stitcher:
             x, y = min(max(x, 0.0), float(size[0])), min(max(y, 0.0), float(size[1]))
         return (x, y)
 
-    def forget(self, ids: Iterable[int]) -> None:
-        """The tracker ended these tracks."""
+    def _same_object(self, o: int, lost: list[int]) -> list[int]:
+        """The candidates in ``lost`` other than ``o`` that followed the same object as ``o``:
+        same label, last matched within SAME_TIME seconds of ``o``, and at the latest time both
+        were matched one's box had CONTAINED of its area (or more) inside the other's."""
+        to, _, lo = self.last[o]
+        out = []
+        for s in lost:
+            if s == o:
+                continue
+            ts, _, ls = self.last[s]
+            if ls != lo or abs(ts - to) > SAME_TIME:
+                continue
+            # Their boxes at the latest time both were matched (within the last SAME_TIME s of
+            # each): two tracks of one object often alternate on it, one frame on its upper
+            # body, the next on the whole, so their last matches are rarely in one frame.
+            hs = dict(self.hist.get(s, ()))
+            both = [(tb, b, hs[tb]) for tb, b in self.hist.get(o, ()) if tb in hs]
+            if both and _contained(both[-1][1], both[-1][2]) >= CONTAINED:
+                out.append(s)
+        return out
+
+    def forget(self, ids: Iterable[int], t: float | None = None) -> list[int]:
+        """The tracker ended these tracks at stream time ``t``: they stay link candidates until
+        ``keep_seconds`` after their last match. Returns the ids dropped now (their time is
+        over), for which the caller forgets its own state (line sides)."""
         for tid in ids:
+            if tid in self.last:
+                self.ended.add(tid)
+        gone = [tid for tid in self.ended
+                if t is None or t - self.last[tid][0] > self.keep_seconds]
+        for tid in gone:
+            self.ended.discard(tid)
             self.last.pop(tid, None)
             self.path.pop(tid, None)
+            self.hist.pop(tid, None)
             self.linked.discard(tid)
+        return gone
+
+
+def _contained(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of the smaller of two (4,) pixel boxes' area that lies inside the other (0-1)."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(float(w), 0.0) * max(float(h), 0.0)
+    small = min(_area(a), _area(b))
+    return inter / small if small > 0 else 0.0
+
+
+def _area(b: np.ndarray) -> float:
+    return max(float(b[2] - b[0]), 0.0) * max(float(b[3] - b[1]), 0.0)
 
 
 def _centre(b: np.ndarray) -> tuple[float, float]:
