@@ -18,6 +18,7 @@ its shape (see :meth:`reference_aspect`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from statistics import median
 
@@ -28,12 +29,17 @@ TOLERANCE = 0.3
 RESET_AFTER = 3
 
 
+Box = tuple[float, float | None]  # (height pixels, height / width or None: width not known)
+
+
 @dataclass(slots=True)
 class _Heights:
-    accepted: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
-    rejected: list[float] = field(default_factory=list)
-    aspects: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))  # height / width
-    rejected_aspects: list[float] = field(default_factory=list)
+    accepted: deque[Box] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    rejected: list[Box] = field(default_factory=list)
+
+
+def _height(boxes: Iterable[Box]) -> float:
+    return median(h for h, _ in boxes)
 
 
 class ShapeGate:
@@ -47,53 +53,42 @@ class ShapeGate:
         ``track_id``. ``reset``: the reference was replaced; the caller forgets what the old
         boxes said."""
         st = self.tracks.setdefault(track_id, _Heights())
-        aspect = height / width if width else None
+        box = (height, height / width if width else None)
         if not st.accepted:
-            self._accept(st, height, aspect)
+            st.accepted.append(box)
             return True, False
-        ref = median(st.accepted)
+        ref = _height(st.accepted)
         if abs(height - ref) <= TOLERANCE * ref:
-            self._accept(st, height, aspect)
+            st.accepted.append(box)
             st.rejected.clear()
-            st.rejected_aspects.clear()
             return True, False
-        st.rejected.append(height)
-        if aspect is not None:
-            st.rejected_aspects.append(aspect)
+        st.rejected.append(box)
         if len(st.rejected) >= RESET_AFTER:
-            m = median(st.rejected)
-            if all(abs(h - m) <= TOLERANCE * m for h in st.rejected):
+            m = _height(st.rejected)
+            if all(abs(h - m) <= TOLERANCE * m for h, _ in st.rejected):
                 st.accepted = deque(st.rejected[-WINDOW:], maxlen=WINDOW)
-                st.aspects = deque(st.rejected_aspects[-WINDOW:], maxlen=WINDOW)
                 st.rejected.clear()
-                st.rejected_aspects.clear()
                 return True, True
             st.rejected = st.rejected[1:]
-            st.rejected_aspects = st.rejected_aspects[1:]
         return False, False
-
-    @staticmethod
-    def _accept(st: _Heights, height: float, aspect: float | None) -> None:
-        st.accepted.append(height)
-        if aspect is not None:
-            st.aspects.append(aspect)
 
     def reference(self, track_id: int) -> float | None:
         """The track's whole-object height (pixels): the median of its last accepted heights."""
         st = self.tracks.get(track_id)
-        return median(st.accepted) if st is not None and st.accepted else None
+        return _height(st.accepted) if st is not None and st.accepted else None
 
     def reference_aspect(self, track_id: int) -> float | None:
         """The track's whole-object shape: the median height / width of its last accepted boxes
         (dimensionless), None when no width was given."""
         st = self.tracks.get(track_id)
-        return median(st.aspects) if st is not None and st.aspects else None
+        aspects = [a for _, a in st.accepted if a is not None] if st is not None else []
+        return median(aspects) if aspects else None
 
     def restart(self, track_id: int, height: float, width: float | None = None) -> None:
         """``height`` (and ``width``) pixels are known to be the whole object's: they become the
         only reference, whatever the track's earlier (partial) boxes said."""
         st = _Heights()
-        self._accept(st, height, height / width if width else None)
+        st.accepted.append((height, height / width if width else None))
         self.tracks[track_id] = st
 
     def end(self, track_id: int) -> None:

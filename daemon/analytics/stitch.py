@@ -54,7 +54,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-__all__ = ["CONTAINED", "MAX_EXTRAPOLATION", "MIN_SPAN", "SAME_TIME", "Stitcher", "VELOCITY_WINDOW"]
+__all__ = ["CONTAINED", "HISTORY", "MAX_EXTRAPOLATION", "MIN_SPAN", "SAME_TIME", "Stitcher", "VELOCITY_WINDOW"]
 
 # The velocity of a lost track: its centre's mean velocity over its last VELOCITY_WINDOW seconds
 # of matches (long enough to average out the jitter of partial boxes, short enough to follow a
@@ -73,6 +73,8 @@ MAX_EXTRAPOLATION = 1.0
 # other (YOLO's whole body and upper body of one person; 0.8 is ``suppress_contained``'s default).
 SAME_TIME = 0.5
 CONTAINED = 0.8
+# How much of a track's recent matches is kept: enough for both of the above.
+HISTORY = max(VELOCITY_WINDOW, SAME_TIME)
 
 
 class Stitcher:
@@ -90,11 +92,10 @@ class Stitcher:
         self._times: deque[float] = deque(maxlen=self.min_hits)
         # id -> (stream time of the last match, (4,) box x1, y1, x2, y2 pixels, label)
         self.last: dict[int, tuple[float, np.ndarray, str]] = {}
-        # id -> (stream time, centre x, centre y pixels) of its matches in the last VELOCITY_WINDOW s
-        self.path: dict[int, deque[tuple[float, float, float]]] = {}
+        # id -> (stream time, (4,) box pixels) of its matches in the last HISTORY s before its
+        # latest: its velocity (_predict) and its boxes beside another track's (_same_object)
+        self.path: dict[int, deque[tuple[float, np.ndarray]]] = {}
         self.linked: set[int] = set()  # old ids already continued by a newer track
-        # id -> (stream time, (4,) box pixels) of its matches in the last SAME_TIME s
-        self.hist: dict[int, deque[tuple[float, np.ndarray]]] = {}
 
     def update(self, t: float, boxes: dict[int, np.ndarray], labels: dict[int, str],
                alive: set[int], size: tuple[int, int] | None = None) -> list[tuple[int, int]]:
@@ -144,14 +145,11 @@ class Stitcher:
             # Found again: whichever track continued it was another object, and the next time
             # this one is lost, it may be continued.
             self.linked.discard(tid)
-            self.last[tid] = (t, np.asarray(b, np.float64), labels[tid])
-            hb = self.hist.setdefault(tid, deque())
-            hb.append((t, np.asarray(b, np.float64)))
-            while hb[0][0] < t - SAME_TIME:
-                hb.popleft()
+            box = np.asarray(b, np.float64)
+            self.last[tid] = (t, box, labels[tid])
             p = self.path.setdefault(tid, deque())
-            p.append((t, *_centre(b)))
-            while p[0][0] < t - VELOCITY_WINDOW:
+            p.append((t, box))
+            while p[0][0] < t - HISTORY:
                 p.popleft()
         return links
 
@@ -161,15 +159,21 @@ class Stitcher:
         at most MAX_EXTRAPOLATION seconds after its last match, clipped to ``size`` (width,
         height, pixels) when given; None when those matches span less than MIN_SPAN seconds
         (so also for a track matched once)."""
-        p = self.path.get(tid)
+        p = self._recent(tid, VELOCITY_WINDOW)
         if not p or p[-1][0] - p[0][0] < MIN_SPAN:
             return None
-        (t0, x0, y0), (t1, x1, y1) = p[0], p[-1]
+        t0, t1 = p[0][0], p[-1][0]
+        (x0, y0), (x1, y1) = _centre(p[0][1]), _centre(p[-1][1])
         k = min(max(t - t1, 0.0), MAX_EXTRAPOLATION) / (t1 - t0)
         x, y = x1 + k * (x1 - x0), y1 + k * (y1 - y0)
         if size is not None:
             x, y = min(max(x, 0.0), float(size[0])), min(max(y, 0.0), float(size[1]))
         return (x, y)
+
+    def _recent(self, tid: int, seconds: float) -> list[tuple[float, np.ndarray]]:
+        """``tid``'s (stream time, (4,) pixel box) matches within ``seconds`` of its latest."""
+        p = self.path.get(tid)
+        return [m for m in p if m[0] >= p[-1][0] - seconds] if p else []
 
     def _same_object(self, o: int, lost: list[int]) -> list[int]:
         """The candidates in ``lost`` other than ``o`` that followed the same object as ``o``:
@@ -186,8 +190,8 @@ class Stitcher:
             # Their boxes at the latest time both were matched (within the last SAME_TIME s of
             # each): two tracks of one object often alternate on it, one frame on its upper
             # body, the next on the whole, so their last matches are rarely in one frame.
-            hs = dict(self.hist.get(s, ()))
-            both = [(tb, b, hs[tb]) for tb, b in self.hist.get(o, ()) if tb in hs]
+            hs = dict(self._recent(s, SAME_TIME))
+            both = [(tb, b, hs[tb]) for tb, b in self._recent(o, SAME_TIME) if tb in hs]
             if both and _contained(both[-1][1], both[-1][2]) >= CONTAINED:
                 out.append(s)
         return out
@@ -205,7 +209,6 @@ class Stitcher:
             self.ended.discard(tid)
             self.last.pop(tid, None)
             self.path.pop(tid, None)
-            self.hist.pop(tid, None)
             self.linked.discard(tid)
         return gone
 
