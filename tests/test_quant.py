@@ -212,12 +212,12 @@ def test_mse_threshold_keeps_a_uniform_bulk_and_clips_a_lone_outlier() -> None:
 # ------------------------------------------------------------------ a small handmade detector
 
 
-def _tiny_model() -> onnx.ModelProto:
+def _tiny_model(rng: np.random.Generator = RNG) -> onnx.ModelProto:
     """Conv-LeakyRelu-MaxPool-Conv-LeakyRelu, a 1x1 conv -> Resize -> Concat -> head conv: the
-    op set of YOLOv3-Tiny, dynamic batch, float weights."""
+    op set of YOLOv3-Tiny, dynamic batch, float weights drawn from `rng`."""
     def conv(name: str, cin: int, cout: int, k: int, x: str) -> list[onnx.NodeProto]:
-        w = (RNG.normal(0, 1.0 / np.sqrt(cin * k * k), (cout, cin, k, k))).astype(np.float32)
-        b = RNG.normal(0, 0.1, cout).astype(np.float32)
+        w = (rng.normal(0, 1.0 / np.sqrt(cin * k * k), (cout, cin, k, k))).astype(np.float32)
+        b = rng.normal(0, 0.1, cout).astype(np.float32)
         inits.extend([numpy_helper.from_array(w, f"{name}.weight"),
                       numpy_helper.from_array(b, f"{name}.bias")])
         return [helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [name],
@@ -248,15 +248,21 @@ def _tiny_model() -> onnx.ModelProto:
     return m
 
 
-@pytest.fixture(scope="module")
-def tiny() -> tuple[onnx.ModelProto, dict[str, TensorStats], np.ndarray]:
-    model = _tiny_model()
-    frames = RNG.uniform(0, 1, (24, 3, 32, 32)).astype(np.float32)
+def tiny_calibrated(rng: np.random.Generator = RNG
+                    ) -> tuple[onnx.ModelProto, dict[str, TensorStats], np.ndarray]:
+    """The handmade detector, entropy statistics from 16 random frames, and 8 more frames."""
+    model = _tiny_model(rng)
+    frames = rng.uniform(0, 1, (24, 3, 32, 32)).astype(np.float32)
     col = ActivationCollector(model, threads=1)
     for i in range(0, 16, 4):
         col.add_batch(frames[i:i + 4])
     stats = thresholds.stats_from_histograms(col.histograms, CalibrationSettings(method="entropy"))
     return model, stats, frames[16:]
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[onnx.ModelProto, dict[str, TensorStats], np.ndarray]:
+    return tiny_calibrated()
 
 
 def _producers(m: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
@@ -478,9 +484,16 @@ def test_cache_lists_every_conv_input_with_the_models_scale(calibrated) -> None:
     _, scales = _independent_parse(Path(report.cache).read_text())
     m = onnx.load(str(out))
     prod = _producers(m)
+    kept_float = set(report.variants["tensorrt"].fallback["float_inputs"])
+    seen = set()
     for conv in (n for n in m.graph.node if n.op_type == "Conv"):
+        if conv.input[0] in kept_float:  # mixed precision: no Q/DQ, still in the table
+            assert conv.input[0] in scales
+            continue
         qn = prod[prod[conv.input[0]].input[0]]
         assert float(_value(m, qn.input[1])) == pytest.approx(scales[qn.input[0]], rel=1e-6)
+        seen.add(qn.input[0])
+    assert len(seen) >= 11  # all but the (at most 2) inputs kept float
 
 
 @pytest.mark.slow
@@ -629,7 +642,7 @@ def test_held_out_frames_follow_all_calibration_frames(available: int, cal_n: in
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ActivationCollector, "add_batch", spy)
-        stats, n_cal, held, infos = cal._collect(model, info, _ListSource(available), settings,
+        stats, n_cal, held, infos, _ = cal._collect(model, info, _ListSource(available), settings,
                                                  None)
     levels = [round(v * 255 / 10) for v in seen]
     assert n_cal == cal_n and levels == list(range(cal_n))  # the first `count`, all of them
@@ -1112,7 +1125,9 @@ def test_one_settings_model_for_the_config_and_the_calibration_code() -> None:
     assert type(cfg.calibration) is CalibrationSettings
     assert cfg.calibration.method == "percentile" and cfg.calibration.count == 12
     assert CalibrationSettings().keyed() == {"count": 300, "every": 0, "holdout": 300,
-                                             "method": "entropy", "percentile": 99.99}
+                                             "method": "entropy", "percentile": 99.99,
+                                             "fallback_max_drop": 0.01, "fallback_max_layers": 2,
+                                             "fallback_targets": ["tensorrt"]}
     # the gate and the source name stay out of the key: lowering the gate never recalibrates
     assert (CalibrationSettings(min_agreement=0.5, source="x.mp4").digest()
             == CalibrationSettings().digest())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from typing import Any
 
@@ -32,9 +33,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = CalibrationSettings(source=args.source, count=args.count, every=args.every,
                                        holdout=args.holdout, method=args.method,
-                                       percentile=args.percentile)
+                                       percentile=args.percentile,
+                                       fallback_max_drop=args.fallback_max_drop,
+                                       fallback_max_layers=args.fallback_max_layers,
+                                       fallback_targets=[t for t in args.fallback_targets.split(",")
+                                                         if t])
     except ValidationError as e:
-        say(f"detectd calibrate: {describe_invalid(e, prefix='--')}")
+        # the option's spelling: --fallback-max-layers for the field fallback_max_layers
+        said = re.sub(r"--([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"),
+                      describe_invalid(e, prefix="--"))
+        say(f"detectd calibrate: {said}")
         return ExitCode.USAGE
     if args.threads < 0:
         say(f"detectd calibrate: --threads {args.threads}: expected 0 (one per core) or more")
@@ -120,6 +128,16 @@ def register(subparsers: Any) -> None:
                         "MinMaxCalibration), mse, max (header MinMaxCalibration)")
     p.add_argument("--percentile", type=float, default=99.99,
                    help="--method percentile: the percentile of |x| kept (default 99.99)")
+    p.add_argument("--fallback-max-layers", type=int, default=2,
+                   help="mixed precision: at most this many convolution inputs kept in float "
+                        "(the most sensitive first) while the INT8 model's box-weighted agreement "
+                        "with FP32 on calibration frames is below 1 - --fallback-max-drop; 0 = "
+                        "every convolution INT8 (default 2; docs/int8.md)")
+    p.add_argument("--fallback-max-drop", type=float, default=0.01,
+                   help="mixed precision: the agreement drop accepted (default 0.01)")
+    p.add_argument("--fallback-targets", default="tensorrt",
+                   help="mixed precision: the variants it applies to, comma-separated: "
+                        "tensorrt, cpu, or '' for none (default tensorrt)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = all cores)")
     p.add_argument("--min-agreement", type=float, default=None,
                    help="exit 3 when the --target model's mAP@0.5 agreement is below this "

@@ -30,6 +30,7 @@ import onnx
 from daemon.quant import cache as cache_mod
 from daemon.quant import qdq
 from daemon.quant.errors import CalibrationError, check_cancel
+from daemon.quant.fallback import FallbackReport, choose_float_inputs
 from daemon.quant.histogram import ActivationCollector, Rect, TensorStats, picture_rect
 from daemon.quant.report import (CalibrationReport, VariantReport, peak_rss_bytes,
                                  shortfall_warnings)
@@ -136,8 +137,11 @@ def calibrate(
         stats = cached.stats
         n_cal = _int(cached.info.get("frames"))
         log.info("calibration cache %s matches the model and calibration set: reused", cache_path)
+        saved = cached.info.get("fallback")  # the mixed-precision decision made with it
+        fallback = {t: FallbackReport.from_dict(saved[t]) if isinstance(saved, dict) and t in saved
+                    else FallbackReport(t, settings.fallback_max_drop, 0) for t in qdq.TARGETS}
     else:
-        stats, n_cal, holdout_frames, holdout_infos = _collect(
+        stats, n_cal, holdout_frames, holdout_infos, (sample, sample_infos) = _collect(
             proto, info, frames_src, settings, progress, cancel, batch, threads)
         if n_cal == 0:
             raise CalibrationError(no_frames_message(frames_src))
@@ -145,17 +149,24 @@ def calibrate(
         stats = qdq.share_ranges(proto, stats)
         warn.extend(shortfall_warnings(n_cal, len(holdout_infos), settings,
                                         frames_src.split is not None))
+        fallback = {t: choose_float_inputs(
+            proto, info, stats, sample, sample_infos, t, settings.fallback_max_drop,
+            settings.fallback_max_layers if t in settings.fallback_targets else 0, batch,
+            threads, cancel) for t in qdq.TARGETS}
+        del sample
     cal_seconds = time.perf_counter() - t_cal
 
     meta = {"detectd.calibration_key": key, "detectd.calibration_method": settings.method,
             "detectd.calibration_frames": str(n_cal)}
     try:
-        models = {t: qdq.quantize_model(proto, stats, t, meta) for t in qdq.TARGETS}
+        models = {t: qdq.quantize_model(proto, stats, t, meta, fallback[t].float_inputs)
+                  for t in qdq.TARGETS}
     except (KeyError, ValueError) as e:
         raise CalibrationError(f"model {model_path}: cannot write the INT8 model: {e}") from None
     blobs = {t: m.SerializeToString() for t, m in models.items()}
     del models
-    variants = {t: VariantReport(t, str(paths[t]), len(blobs[t])) for t in qdq.TARGETS}
+    variants = {t: VariantReport(t, str(paths[t]), len(blobs[t]), fallback=fallback[t].to_dict())
+                for t in qdq.TARGETS}
 
     scored = 0
     ref_count = 0
@@ -193,6 +204,7 @@ def calibrate(
                       "source": frames_src.report.description, "frames": n_cal,
                       "frames_scored": scored, "reference_boxes": ref_count,
                       "reference_classes": ref_classes,
+                      "fallback": {t: f.to_dict() for t, f in fallback.items()},
                       "quality": {t: {"map50": v.map50,
                                       "map50_box_weighted": v.map50_box_weighted,
                                       "head_sqnr_db": v.head_sqnr_db,
@@ -266,12 +278,19 @@ def _collect(
     proto: onnx.ModelProto, info: Any, src: FrameSource, settings: CalibrationSettings,
     progress: Callable[[int, int], None] | None, cancel: threading.Event | None = None,
     batch_size: int = DEFAULT_BATCH, threads: int = 0,
-) -> tuple[dict[str, TensorStats], int, np.ndarray, list[LetterboxInfo]]:
+) -> tuple[dict[str, TensorStats], int, np.ndarray, list[LetterboxInfo],
+           tuple[np.ndarray, list[LetterboxInfo]]]:
     """Decode, letterbox, run and histogram the first `count` frames of the source; the
     `holdout` frames that follow them (a contiguous stretch at the end of what is read: the
     end of a video, the last files of a list) are kept aside for scoring and never calibrated.
     A source that runs short gives calibration its `count` first; the holdout gets what is
-    left."""
+    left. The last item: a sample of the calibration frames (fallback.sample_indices) and their
+    letterbox geometry, for the mixed-precision decision."""
+    from daemon.quant.fallback import sample_indices
+
+    keep = sample_indices(settings.count)
+    sample: list[np.ndarray] = []
+    sample_infos: list[LetterboxInfo] = []
     collector = ActivationCollector(proto, threads=threads)
     w, h = info.width, info.height
     batch = np.empty((batch_size, 3, h, w), np.float32)
@@ -306,6 +325,9 @@ def _collect(
             if for_calibration:
                 _, li = letterbox_av(frame, w, h, out=batch[filled])
                 rects.append(picture_rect(li))
+                if n_cal + filled in keep:
+                    sample.append(batch[filled].copy())
+                    sample_infos.append(li)
                 filled += 1
                 if filled == batch_size:
                     flush(filled)
@@ -323,9 +345,11 @@ def _collect(
         pass
     if filled:
         flush(filled)
+    empty = np.zeros((0, 3, h, w), np.float32)
     if n_cal == 0:
-        return {}, 0, np.zeros((0, 3, h, w), np.float32), []
+        return {}, 0, empty, [], (empty, [])
     stats = stats_from_histograms(collector.histograms, settings)
-    frames_out = np.stack(held) if held else np.zeros((0, 3, h, w), np.float32)
-    return stats, n_cal, frames_out, held_infos
+    frames_out = np.stack(held) if held else empty
+    return stats, n_cal, frames_out, held_infos, (np.stack(sample) if sample else empty,
+                                                  sample_infos)
 

@@ -224,12 +224,50 @@ def _is_weight_conv(node: onnx.NodeProto, inits: Mapping[str, TensorProto]) -> b
     return node.op_type == "Conv" and len(node.input) >= 2 and node.input[1] in inits
 
 
-def quantize_tensorrt(model: onnx.ModelProto, stats: Mapping[str, TensorStats]) -> onnx.ModelProto:
-    """Q/DQ on every Conv's activation input and weight; int8 symmetric, zero points 0."""
+def conv_inputs(model: onnx.ModelProto) -> list[str]:
+    """The activation inputs of the weight convolutions, in graph order, each once: the tensors
+    the ``tensorrt`` layout quantizes and mixed precision may keep in float."""
+    inits = {i.name for i in model.graph.initializer}
+    seen: dict[str, None] = {}
+    for n in model.graph.node:
+        if n.op_type == "Conv" and len(n.input) >= 2 and n.input[1] in inits:
+            seen.setdefault(n.input[0], None)
+    return list(seen)
+
+
+# Element-wise and monotone non-decreasing: clipping the input clips the output alike.
+_MONOTONE = frozenset({"LeakyRelu", "Relu"})
+
+
+def float_group(model: onnx.ModelProto, tensor: str) -> set[str]:
+    """`tensor` and every tensor whose clipping would clip it: walking back through
+    value-preserving ops (MaxPool...) and monotone activations (LeakyRelu, Relu) to the op
+    that computes the values (``maxpool_1`` -> ``leaky_0`` -> ``conv_0``). Keeping a
+    convolution's input in float in the ``cpu`` layout means leaving this whole group
+    unquantized (the pre-activation ``conv_0`` clipped at its own threshold would clip
+    ``maxpool_1`` just the same)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    group = {tensor}
+    name = tensor
+    while name in producer:
+        node = producer[name]
+        if node.op_type not in VALUE_PRESERVING | _MONOTONE or not node.input:
+            break
+        name = node.input[0]
+        group.add(name)
+    return group
+
+
+def quantize_tensorrt(model: onnx.ModelProto, stats: Mapping[str, TensorStats],
+                      float_inputs: Iterable[str] = ()) -> onnx.ModelProto:
+    """Q/DQ on every Conv's activation input and weight; int8 symmetric, zero points 0. A
+    convolution whose input is in `float_inputs` keeps float input and weights (TensorRT runs
+    it in higher precision: mixed precision, docs/int8.md)."""
     b = _Builder(model)
+    keep = set(float_inputs)
     dq_of: dict[str, str] = {}
     for node in model.graph.node:
-        if _is_weight_conv(node, b.inits):
+        if _is_weight_conv(node, b.inits) and node.input[0] not in keep:
             x = node.input[0]
             if x not in dq_of:
                 if x not in stats:
@@ -280,11 +318,15 @@ def _head_producers(model: onnx.ModelProto) -> set[str]:
     return heads
 
 
-def quantize_cpu(model: onnx.ModelProto, stats: Mapping[str, TensorStats]) -> onnx.ModelProto:
+def quantize_cpu(model: onnx.ModelProto, stats: Mapping[str, TensorStats],
+                 float_inputs: Iterable[str] = ()) -> onnx.ModelProto:
     """uint8 asymmetric activations everywhere in the trunk, int8 per-channel weights, int32
-    biases; head convolutions dequantize to float."""
+    biases; head convolutions dequantize to float. For each tensor of `float_inputs` its
+    `float_group` stays float, and so do the weights of the convolutions it feeds."""
     b = _Builder(model)
     heads = _head_producers(model)
+    for t in float_inputs:
+        heads |= float_group(model, t)
     params = {k: v for k, v in cpu_params(model, stats).items() if k not in heads}
     dq_of: dict[str, str] = {}
 
@@ -317,17 +359,26 @@ def quantize_model(
     stats: Mapping[str, TensorStats],
     target: str,
     metadata: Mapping[str, str] | None = None,
+    float_inputs: Iterable[str] = (),
 ) -> onnx.ModelProto:
     """The quantized copy for `target`, with the FP32 model's metadata_props kept and
-    `detectd.precision`, `detectd.quant_target` (and `metadata`) added."""
+    `detectd.precision`, `detectd.quant_target`, `detectd.float_tensors` (the convolution
+    inputs kept in float, comma-separated, empty when none) and `metadata` added.
+    `float_inputs`: convolution inputs (`conv_inputs`) left unquantized (mixed precision,
+    daemon.quant.fallback); another name raises ValueError."""
+    float_inputs = list(dict.fromkeys(float_inputs))
+    unknown = set(float_inputs) - set(conv_inputs(model))
+    if unknown:
+        raise ValueError(f"not a convolution input, cannot be kept in float: {sorted(unknown)}")
     stats = share_ranges(model, stats)
     if target == "tensorrt":
-        q = quantize_tensorrt(model, stats)
+        q = quantize_tensorrt(model, stats, float_inputs)
     elif target == "cpu":
-        q = quantize_cpu(model, stats)
+        q = quantize_cpu(model, stats, float_inputs)
     else:
         raise ValueError(f"unknown quantization target {target!r} (expected one of {TARGETS})")
-    extra = {"detectd.precision": "int8", "detectd.quant_target": target, **(metadata or {})}
+    extra = {"detectd.precision": "int8", "detectd.quant_target": target,
+             "detectd.float_tensors": ",".join(float_inputs), **(metadata or {})}
     props = {p.key: p.value for p in q.metadata_props}
     props.update(extra)
     del q.metadata_props[:]

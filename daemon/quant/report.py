@@ -6,6 +6,7 @@ import json
 import math
 import resource
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from daemon.quant.settings import CalibrationSettings
 
@@ -20,6 +21,8 @@ class VariantReport:
     map50_box_weighted: float | None = None
     head_sqnr_db: dict[str, float] = field(default_factory=dict)
     worst_tensors_sqnr_db: list[tuple[str, float]] = field(default_factory=list)
+    # daemon.quant.fallback.FallbackReport.to_dict(): the mixed-precision decision
+    fallback: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -80,6 +83,10 @@ class CalibrationReport:
             ratio = v.size_bytes / self.fp32_size_bytes if self.fp32_size_bytes else math.nan
             add((v.target, f"{v.target:9s} {v.path}  {v.size_bytes / 1e6:.1f} MB "
                            f"({ratio:.2f}x FP32)"))
+            if v.fallback:
+                from daemon.quant.fallback import FallbackReport
+
+                add((v.target, f"          {FallbackReport.from_dict(v.fallback).line()}"))
             if v.map50 is not None:
                 heads = ", ".join(f"{k} {db:.1f} dB" for k, db in v.head_sqnr_db.items())
                 bw = "n/a" if v.map50_box_weighted is None else f"{v.map50_box_weighted:.3f}"

@@ -88,8 +88,12 @@ def score_variants(
     if not tensor_sqnr:
         return len(frames), sum(len(d) for d in reference), classes
     # per-tensor SQNR, one frame batch at a time (activations are not kept)
-    trt_tensors = {n.input[0] for n in proto.graph.node if n.op_type == "Conv"}
-    cpu_params = qdq.cpu_params(proto, stats)
+    # tensors a variant keeps in float (mixed precision) lose nothing there: not listed
+    trt_float = set(variants["tensorrt"].fallback.get("float_inputs", ()))
+    cpu_float = {g for t in variants["cpu"].fallback.get("float_inputs", ())
+                 for g in qdq.float_group(proto, t)}
+    trt_tensors = {n.input[0] for n in proto.graph.node if n.op_type == "Conv"} - trt_float
+    cpu_params = {k: v for k, v in qdq.cpu_params(proto, stats).items() if k not in cpu_float}
     collector = ActivationCollector(proto, threads=threads)
     acc_trt, acc_cpu = SqnrAccumulator(), SqnrAccumulator()
     names = collector.tensors

@@ -19,7 +19,8 @@ METHODS = ("entropy", "percentile", "mse", "max")
 DEFAULT_BATCH = 4  # frames ONNX Runtime runs at once during calibration and scoring
 DEFAULT_MIN_AGREEMENT = 0.90  # the daemon's quality gate (config model.calibration.min_agreement)
 # The settings that decide the thresholds: they (and the quantizer's code) make the key.
-_KEYED = ("count", "every", "holdout", "method", "percentile")
+_KEYED = ("count", "every", "holdout", "method", "percentile", "fallback_max_drop",
+          "fallback_max_layers", "fallback_targets")
 
 
 def digest_files() -> list[Path]:
@@ -61,6 +62,16 @@ class CalibrationSettings(BaseModel):
     # the letterbox border too and collapsed (agreement 0.47).
     method: Literal["percentile", "entropy", "mse", "max"] = "entropy"
     percentile: float = Field(default=99.99, gt=50, le=100)
+    # Mixed precision (daemon/quant/fallback.py, docs/int8.md): the convolution inputs whose own
+    # quantization costs the most stay in float, one at a time, until the box-weighted agreement
+    # with FP32 on a sample of the calibration frames is within fallback_max_drop of 1, at most
+    # fallback_max_layers of them (0 = every convolution INT8), in the variants named in
+    # fallback_targets (the cpu layout is left out by default: a float convolution in its first
+    # layers doubles ONNX Runtime's latency).
+    fallback_max_drop: float = Field(default=0.01, ge=0, le=1)
+    fallback_max_layers: int = Field(default=2, ge=0, le=64)
+    fallback_targets: list[Literal["tensorrt", "cpu"]] = Field(
+        default_factory=lambda: ["tensorrt"])  # type: ignore[arg-type]
     # The daemon refuses an INT8 model whose mAP@0.5 agreement with the FP32 model on the
     # held-out frames is below this; 0 = no check (docs/int8-overview.md).
     min_agreement: float = Field(default=DEFAULT_MIN_AGREEMENT, ge=0, le=1)

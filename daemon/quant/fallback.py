@@ -1,0 +1,203 @@
+"""Mixed precision: which convolution inputs stay in float after INT8 calibration.
+
+Entropy calibration (TensorRT's EntropyCalibration2) chooses each threshold from that tensor's
+histogram alone. For YOLOv3-Tiny one tensor decides most of the loss: the first pool
+(``maxpool_1``, the second convolution's input), whose rare values between ~22 and ~60 carry
+what the detector needs and which every entropy calibration clips at 21-23, TensorRT's own
+table included (docs/int8.md, "What limits agreement"). No threshold choice fixes that without
+leaving the method; running that one convolution in higher precision does, at a cost that is
+small on a GPU. This is the accuracy-controlled fallback of NNCF's
+``quantize_with_accuracy_control`` and of TensorRT's per-layer precision, decided on the
+calibration frames only (the held-out frames stay for the gate):
+
+1. On a sample of the calibration frames (``SAMPLE`` of them, spread over the set), the
+   all-INT8 model's box-weighted mAP@0.5 agreement with FP32 (FP32 detections at conf 0.25 as
+   reference, INT8 at conf 0.05: the gate's definition, daemon.quant.agreement) is measured.
+   Within ``max_drop`` of 1.0: nothing stays float.
+2. Otherwise each convolution input is ranked by its sensitivity: the lowest head SQNR (dB) of
+   the model with only that tensor quantized (every other convolution input kept float). Only
+   inputs of convolutions that hold at most ``MAX_WEIGHT_SHARE`` (1%) of the model's weights are
+   candidates, so the model stays about 4x smaller than FP32: the early, wide layers, where one
+   clipped channel spreads furthest and a float convolution costs the least memory.
+3. The most sensitive inputs are kept in float one at a time, re-measuring the agreement after
+   each, until it is within ``max_drop`` or ``max_layers`` are float. The prefix with the best
+   agreement is kept (fewest on a tie): a revert that does not help is not kept.
+
+The thresholds themselves are untouched: the TensorRT table still holds every tensor's
+entropy threshold (TensorRT 10 builds from the Q/DQ model, where a convolution without Q/DQ
+runs in float). Which variants get a fallback is ``model.calibration.fallback_targets``
+(default ``tensorrt`` only: in the ``cpu`` layout a float convolution in the first, widest
+layers doubles ONNX Runtime's latency, measured in docs/int8.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from daemon.quant import qdq
+from daemon.quant.agreement import SqnrAccumulator, map_at_50
+from daemon.quant.errors import check_cancel
+from daemon.quant.histogram import TensorStats
+from daemon.vision.letterbox import LetterboxInfo
+
+log = logging.getLogger("detectd.calibrate")
+
+SAMPLE = 48  # calibration frames the decision is measured on (~70 FP32 boxes on the demo)
+# A candidate's convolutions may hold at most this share of the model's weights, so an INT8
+# model stays ~4x smaller than FP32 whatever is kept float. YOLOv3-Tiny's candidates: the inputs
+# of its first four convolutions (images 0.005%, maxpool_1 0.05%, maxpool_3 0.2%, maxpool_5 0.8%
+# of 8.9 M weights) and of two 1x1 ones (route_17 0.4%, leaky_21 0.7%); the deep 3x3 ones
+# (leaky_13 -> conv_14: 13%) are not.
+MAX_WEIGHT_SHARE = 0.01
+
+
+def weight_shares(model: onnx.ModelProto) -> dict[str, float]:
+    """Per convolution input (``qdq.conv_inputs``): the share of all convolution weights held
+    by the convolutions it feeds (0..1)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    size = {n: int(np.prod(i.dims)) for n, i in inits.items()}
+    per: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "Conv" and len(node.input) >= 2 and node.input[1] in inits:
+            per[node.input[0]] = per.get(node.input[0], 0) + size[node.input[1]]
+    total = sum(per.values()) or 1
+    return {t: w / total for t, w in per.items()}
+
+
+@dataclass
+class FallbackReport:
+    """What the fallback measured for one variant (``target``). Agreements are box-weighted
+    mAP@0.5 against FP32 on ``frames`` calibration frames with ``boxes`` FP32 boxes;
+    ``sensitivity_db`` maps each convolution input to the lowest head SQNR (dB) with only it
+    quantized (empty when the all-INT8 model was already within ``max_drop``); ``steps`` lists
+    (tensor kept float, agreement after) in the order tried; ``float_inputs`` the ones kept."""
+
+    target: str
+    max_drop: float
+    max_layers: int
+    frames: int = 0
+    boxes: int = 0
+    baseline: float | None = None
+    sensitivity_db: dict[str, float] = field(default_factory=dict)
+    steps: list[tuple[str, float]] = field(default_factory=list)
+    float_inputs: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FallbackReport":
+        r = cls(str(d["target"]), float(d["max_drop"]), int(d["max_layers"]))
+        r.frames, r.boxes = int(d.get("frames", 0)), int(d.get("boxes", 0))
+        r.baseline = d.get("baseline")
+        r.sensitivity_db = {str(k): float(v) for k, v in dict(d.get("sensitivity_db", {})).items()}
+        r.steps = [(str(a), float(b)) for a, b in d.get("steps", [])]
+        r.float_inputs = [str(x) for x in d.get("float_inputs", [])]
+        return r
+
+    def line(self) -> str:
+        """One line for the calibration summary."""
+        if not self.frames:
+            return ("mixed precision: not for this variant (every convolution INT8; "
+                    "model.calibration.fallback_targets)")
+        if self.baseline is None:
+            return (f"mixed precision: not decided, no FP32 box in the {self.frames} calibration "
+                    "frames sampled (every convolution INT8)")
+        if not self.float_inputs:
+            return (f"mixed precision: every convolution INT8 (agreement {self.baseline:.3f} on "
+                    f"{self.frames} calibration frames"
+                    + (f", keeping any in float did not help)" if self.steps else ")"))
+        after = dict(self.steps)[self.float_inputs[-1]]
+        return (f"mixed precision: kept in float {', '.join(self.float_inputs)} (agreement on "
+                f"{self.frames} calibration frames {self.baseline:.3f} -> {after:.3f})")
+
+
+def sample_indices(count: int, sample: int = SAMPLE) -> set[int]:
+    """Indices (0-based, in calibration order) of the `sample` frames kept for the decision,
+    spread evenly over `count` calibration frames."""
+    if count <= sample:
+        return set(range(count))
+    return {int(i) for i in np.linspace(0, count - 1, sample).round()}
+
+
+def greedy(ranked: Sequence[str], baseline: float, evaluate: Callable[[list[str]], float],
+           max_drop: float, max_layers: int) -> tuple[list[tuple[str, float]], list[str]]:
+    """Steps 1 and 3 of the module docstring as a pure function: (steps, kept). `evaluate`
+    returns the agreement with the given inputs kept float."""
+    steps: list[tuple[str, float]] = []
+    if 1.0 - baseline <= max_drop:
+        return steps, []
+    chosen: list[str] = []
+    best, best_n = baseline, 0
+    for t in ranked[:max_layers]:
+        chosen.append(t)
+        a = evaluate(list(chosen))
+        steps.append((t, a))
+        if a > best:
+            best, best_n = a, len(chosen)
+        if 1.0 - a <= max_drop:
+            break
+    return steps, chosen[:best_n]
+
+
+def choose_float_inputs(
+    proto: onnx.ModelProto, info: Any, stats: Mapping[str, TensorStats], frames: np.ndarray,
+    infos: Sequence[LetterboxInfo], target: str, max_drop: float, max_layers: int,
+    batch: int, threads: int, cancel: threading.Event | None = None,
+) -> FallbackReport:
+    """Decide which convolution inputs of the `target` variant stay float (module docstring).
+
+    `frames`: (N, 3, H, W) float32 letterboxed calibration frames, `infos` their letterbox
+    geometry; `stats` the calibrated (shared) statistics. ONNX Runtime runs `batch` frames at
+    a time on `threads` threads. Cost: one FP32 pass, one all-INT8 pass and, when the drop is
+    larger than `max_drop`, one pass per candidate (6 of YOLOv3-Tiny's 13 convolution inputs)
+    and up to `max_layers` more: under a minute for 48 frames on 2 cores. Raises CalibrationCancelled
+    when `cancel` is set."""
+    from daemon.quant.scoring import run_batches, session
+    from daemon.vision.yolo import postprocess
+
+    report = FallbackReport(target, max_drop, max_layers)
+    if max_layers <= 0 or not len(frames):
+        return report
+    log.info("mixed precision (%s): measuring the INT8 model on %d calibration frames",
+             target, len(frames))
+    heads = [h.name for h in info.heads]
+
+    def outputs(float_inputs: list[str]) -> list[np.ndarray]:
+        check_cancel(cancel)
+        model = qdq.quantize_model(proto, stats, target, float_inputs=float_inputs)
+        return run_batches(session(model.SerializeToString(), threads), info.input_name, frames,
+                           batch, heads, cancel)
+
+    ref_out = run_batches(session(proto.SerializeToString(), threads), info.input_name, frames,
+                          batch, heads, cancel)
+    reference = postprocess(ref_out, list(infos), info.heads, 0.25, 0.45)
+
+    def agreement(float_inputs: list[str]) -> float:
+        predicted = postprocess(outputs(float_inputs), list(infos), info.heads, 0.05, 0.45)
+        return round(map_at_50(reference, predicted).box_weighted, 4)
+
+    report.frames, report.boxes = len(frames), sum(len(d) for d in reference)
+    if not report.boxes:  # nothing to measure agreement on: every convolution stays INT8
+        return report
+    report.baseline = agreement([])
+    if 1.0 - report.baseline <= max_drop:
+        return report
+    shares = weight_shares(proto)
+    candidates = [t for t in qdq.conv_inputs(proto) if shares[t] <= MAX_WEIGHT_SHARE]
+    for t in candidates:
+        acc = SqnrAccumulator()
+        for name, r, q in zip(heads, ref_out, outputs([c for c in candidates if c != t])):
+            acc.add(name, r, q)
+        report.sensitivity_db[t] = round(min(acc.db().values()), 2)
+    ranked = sorted(candidates, key=lambda t: report.sensitivity_db[t])
+    report.steps, report.float_inputs = greedy(ranked, report.baseline, agreement, max_drop,
+                                               max_layers)
+    return report
