@@ -67,7 +67,8 @@ from daemon.quant.settings import CalibrationSettings
 from daemon.quant.sources import FrameSource
 from daemon.quant.footage import Footage
 a = json.loads(sys.argv[1])
-s = CalibrationSettings(count=a["count"], holdout=0, method=a["method"])
+s = CalibrationSettings(count=a["count"], holdout=0, method=a["method"],
+                        fallback_targets=a["fallback_targets"])
 src = FrameSource("demo")
 part = src.split.calibration
 total = sum(x.frames for x in part)
@@ -82,13 +83,14 @@ print(json.dumps({"wall": time.perf_counter() - t, "report": json.loads(r.to_jso
 
 
 def calibrate_child(model: Path, count: int, threads: int, method: str, work: Path,
-                    tag: str) -> dict:
+                    tag: str, fallback_targets: list[str] | None = None) -> dict:
     cache = work / f"{tag}.calib.table"
     for p in (cache, cache.with_name(cache.name + ".json")):
         p.unlink(missing_ok=True)  # measure a real calibration, not a cache hit
     args = {"model": str(model), "count": count, "threads": threads, "method": method,
             "out": str(work / f"{tag}.cpu.onnx"), "other": str(work / f"{tag}.tensorrt.onnx"),
-            "cache": str(cache)}
+            "cache": str(cache),
+            "fallback_targets": ["tensorrt"] if fallback_targets is None else fallback_targets}
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(args)], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -137,6 +139,40 @@ def latencies(models: dict[str, str], frames: np.ndarray, threads: int, runs: in
             s.run(None, {"images": x})
             if i >= 3:  # warm-up rounds not counted
                 times[name].append(time.perf_counter() - t)
+    return {n: float(np.median(t)) for n, t in times.items()}
+
+
+def openvino_latencies(models: dict[str, str | bytes], fp32: Path, info: ModelInfo,
+                       frames: np.ndarray, threads: int, runs: int, work: Path
+                       ) -> dict[str, float]:
+    """The `cpu` models (and FP32) through the daemon's OpenVINO backend (latency hint), timed
+    like `latencies`; {} where OpenVINO does not import."""
+    try:
+        from daemon.backends.openvino import OpenVinoBackend
+    except ImportError:
+        return {}
+    heads = [h.name for h in info.heads]
+    backends = {"openvino fp32": OpenVinoBackend(fp32, "images", heads, threads=threads,
+                                                 hint="latency")}
+    for name, model in models.items():
+        if not name.startswith("int8 cpu"):
+            continue  # OpenVINO runs the cpu variant (daemon.backends.int8_variant)
+        path = model if isinstance(model, str) else str(work / f"{name.replace(' ', '_')}.onnx")
+        if not isinstance(model, str):
+            Path(path).write_bytes(model)
+        backends[f"openvino {name}"] = OpenVinoBackend(path, "images", heads, precision="int8",
+                                                       threads=threads, hint="latency")
+    times: dict[str, list[float]] = {n: [] for n in backends}
+    for i in range(runs + 3):
+        x = frames[i % len(frames)][None]
+        for name, b in backends.items():
+            xx = x if b.input_dtype == np.float32 else np.rint(x * 255).astype(np.uint8)
+            t = time.perf_counter()
+            b.infer(xx)
+            if i >= 3:
+                times[name].append(time.perf_counter() - t)
+    for b in backends.values():
+        b.close()
     return {n: float(np.median(t)) for n, t in times.items()}
 
 
@@ -374,6 +410,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--runs", type=int, default=40, help="timed inferences per model (0 = skip)")
     ap.add_argument("--rounds", type=int, default=1000, help="bootstrap resamples")
+    ap.add_argument("--fallback-targets", default="tensorrt",
+                    help="model.calibration.fallback_targets of every calibration, comma-separated "
+                         "(default tensorrt, the daemon's)")
     ap.add_argument("--work", default=None, help="working directory (default: a temp dir)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "results" / "int8.json"),
                     help="write the results here ('' = no)")
@@ -424,7 +463,8 @@ def main() -> int:
     for m in methods:
         print(f"calibrating with {m} on {args.calib_frames} frames ...", file=sys.stderr,
               flush=True)
-        cal[m] = calibrate_child(fp32, args.calib_frames, args.threads, m, work, m)
+        cal[m] = calibrate_child(fp32, args.calib_frames, args.threads, m, work, m,
+                                 [t for t in args.fallback_targets.split(",") if t])
     memory = None
     if args.memory_frames:
         print(f"calibrating with {methods[0]} on {args.memory_frames} frames (memory) ...",
@@ -433,17 +473,27 @@ def main() -> int:
                                  f"{methods[0]}-{args.memory_frames}")
 
     # the reference: TensorRT 7.1.3's thresholds through detectd's Q/DQ writer
-    side = json.loads(Path(cal[methods[0]]["sidecar"]).read_text())
-    own = {n: TensorStats(n, t["min"], t["max"], t["threshold"])
-           for n, t in side["tensors"].items()}
+    sides = {m: json.loads(Path(cal[m]["sidecar"]).read_text()) for m in methods}
+    stats_of = {m: {n: TensorStats(n, t["min"], t["max"], t["threshold"])
+                    for n, t in sides[m]["tensors"].items()} for m in methods}
+    own = stats_of[methods[0]]
     trt_stats, unmapped = map_reference_table(proto, TRT_CACHE.read_text(), own)
+    # the mixed-precision decision of each method and variant (daemon/quant/fallback.py)
+    fallback = {m: sides[m]["fallback"] for m in methods}
+    first_float = {t: fallback[methods[0]][t]["float_inputs"] for t in qdq.TARGETS}
     models: dict[str, str | bytes] = {}
     for m in methods:
         for t in qdq.TARGETS:
             models[f"{m}/{t}"] = cal[m]["paths"][t]
+            if fallback[m][t]["float_inputs"]:  # the same thresholds, every convolution INT8
+                models[f"{m} (all INT8)/{t}"] = qdq.quantize_model(
+                    proto, stats_of[m], t).SerializeToString()
     for t in qdq.TARGETS:
         models[f"tensorrt-7.1.3-cache/{t}"] = qdq.quantize_model(proto, trt_stats,
                                                                   t).SerializeToString()
+        if first_float[t]:  # like for like: TensorRT's thresholds, the same float inputs
+            models[f"tensorrt-7.1.3-cache+float/{t}"] = qdq.quantize_model(
+                proto, trt_stats, t, float_inputs=first_float[t]).SerializeToString()
     thresholds = {n: {"ours": round(own[n].threshold, 4),
                       "tensorrt_7.1.3": round(trt_stats[n].threshold, 4)}
                   for n in own if n not in unmapped}
@@ -466,8 +516,11 @@ def main() -> int:
     intervals = {}
     for t in qdq.TARGETS:
         group = {n: p for n, p in predictions.items() if n.endswith(f"/{t}")}
-        intervals.update(bootstrap_over_sources(reference, group, sources, args.rounds,
-                                                baseline=f"tensorrt-7.1.3-cache/{t}"))
+        for base in (f"tensorrt-7.1.3-cache/{t}", f"tensorrt-7.1.3-cache+float/{t}"):
+            if base in group:
+                for n, iv in bootstrap_over_sources(reference, group, sources, args.rounds,
+                                                    baseline=base).items():
+                    intervals.setdefault(n, {}).update(iv)
     labels = info.labels
     ref_classes = {labels[c]: k for c, k in sorted(scores[next(iter(scores))]
                                                     .boxes_per_class.items(),
@@ -476,9 +529,20 @@ def main() -> int:
     lat = None
     if args.runs:
         sample = frames[:: max(1, len(frames) // 12)]
-        lat = latencies({"fp32": str(fp32), "int8 cpu": cal[methods[0]]["paths"]["cpu"],
-                         "int8 tensorrt": cal[methods[0]]["paths"]["tensorrt"]}, sample,
-                        args.threads, args.runs)
+        timed: dict[str, str | bytes] = {
+            "fp32": str(fp32), "int8 cpu": cal[methods[0]]["paths"]["cpu"],
+            "int8 tensorrt": cal[methods[0]]["paths"]["tensorrt"]}
+        cpu_float = fallback[methods[0]]["cpu"]["float_inputs"]
+        if cpu_float:
+            timed["int8 cpu (all INT8)"] = models[f"{methods[0]} (all INT8)/cpu"]
+        else:  # what the cpu layout would cost with the tensorrt variant's float inputs
+            cpu_float = first_float["tensorrt"]
+            if cpu_float:
+                timed["int8 cpu + float as tensorrt"] = qdq.quantize_model(
+                    proto, stats_of[methods[0]], "cpu",
+                    float_inputs=cpu_float).SerializeToString()
+        lat = latencies(timed, sample, args.threads, args.runs)
+        lat.update(openvino_latencies(timed, fp32, info, sample, args.threads, args.runs, work))
 
     # ------------------------------------------------------------------ report
     n_boxes = sum(len(d) for d in reference)
@@ -498,15 +562,27 @@ def main() -> int:
               f"{iv['box_weighted'].high:.3f}]  {heads_db}")
     for m in methods:
         for t in qdq.TARGETS:
-            n, base = f"{m}/{t}", f"tensorrt-7.1.3-cache/{t}"
-            a, b = scores[n], scores[base]
-            d = intervals[n].get(f"map50_minus_{base}")
-            print(f"  {n} - {base}: class-avg {a.map50 - b.map50:+.3f}"
-                  + (f" (paired 95% CI [{d.low:+.3f}, {d.high:+.3f}])" if d else "")
-                  + f", box-weighted {a.box_weighted - b.box_weighted:+.3f}")
+            n = f"{m}/{t}"
+            a = scores[n]
+            fl = fallback[m][t]
+            if fl["frames"]:
+                print(f"  {n}: mixed precision kept {fl['float_inputs'] or 'nothing'} float "
+                      f"(calibration sample {fl['frames']} frames, {fl['boxes']} boxes: "
+                      f"{fl['baseline']} -> {[round(x, 4) for _, x in fl['steps']]}; "
+                      f"sensitivity {sorted(fl['sensitivity_db'].items(), key=lambda kv: kv[1])[:3]})")
+            bases = [f"tensorrt-7.1.3-cache/{t}"]
+            if fl["float_inputs"] == first_float[t] and first_float[t]:
+                bases.append(f"tensorrt-7.1.3-cache+float/{t}")  # like for like
+            for base in bases:
+                b = scores[base]
+                d = intervals[n].get(f"map50_minus_{base}")
+                print(f"  {n} - {base}: class-avg {a.map50 - b.map50:+.3f}"
+                      + (f" (paired 95% CI [{d.low:+.3f}, {d.high:+.3f}])" if d else "")
+                      + f", box-weighted {a.box_weighted - b.box_weighted:+.3f}")
+            base = bases[-1]
             checks += [(f"{n} class-averaged >= 0.90", a.map50 >= 0.90),
                        (f"{n} box-weighted >= 0.975", a.box_weighted >= 0.975),
-                       (f"{n} not below the TensorRT cache by more than its interval",
+                       (f"{n} not below {base} by more than its interval",
                         a.map50 >= intervals[base]["map50"].low
                         and a.box_weighted >= intervals[base]["box_weighted"].low)]
         checks.append((f"{m}/tensorrt head SQNR >= 24 dB",
@@ -528,9 +604,11 @@ def main() -> int:
         checks.append((f"calibration of {rr['frames_calibrated']} frames peak RSS < 3 GB",
                        memory["peak_rss_bytes"] < 3e9))
     if lat:
-        print(f"  latency, batch 1, {args.threads} threads: FP32 {lat['fp32'] * 1e3:.1f} ms, "
-              f"int8 cpu {lat['int8 cpu'] * 1e3:.1f} ms ({lat['int8 cpu'] / lat['fp32']:.2f}x), "
-              f"int8 tensorrt layout in ORT {lat['int8 tensorrt'] * 1e3:.1f} ms")
+        print(f"  latency, batch 1, {args.threads} threads, interleaved (median ms; ratio to "
+              "the same engine's FP32):")
+        for name, v in lat.items():
+            base = lat["openvino fp32"] if name.startswith("openvino") else lat["fp32"]
+            print(f"    {name:<36} {v * 1e3:7.1f}  {v / base:.2f}x")
     for what, ok in checks:
         print(f"  {'ok  ' if ok else 'MISS'} {what}")
 
@@ -556,6 +634,7 @@ def main() -> int:
         "memory_run": None if not memory else {
             "method": methods[0], "frames": memory["report"]["frames_calibrated"],
             "wall_s": memory["wall"], "peak_rss_bytes": memory["peak_rss_bytes"]},
+        "mixed_precision": fallback,
         "thresholds_vs_tensorrt_7.1.3": thresholds,
         "unmapped_tensors": unmapped,
         "latency_s": lat,
