@@ -642,10 +642,13 @@ def test_held_out_frames_follow_all_calibration_frames(available: int, cal_n: in
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ActivationCollector, "add_batch", spy)
-        stats, n_cal, held, infos, _ = cal._collect(model, info, _ListSource(available), settings,
-                                                 None)
+        stats, n_cal, held, infos, (sample, _) = cal._collect(
+            model, info, _ListSource(available), settings, None)
     levels = [round(v * 255 / 10) for v in seen]
     assert n_cal == cal_n and levels == list(range(cal_n))  # the first `count`, all of them
+    # the mixed-precision sample is drawn from the calibration frames only
+    assert len(sample) == cal_n
+    assert [round(float(x[0, 16, 16]) * 255 / 10) for x in sample] == list(range(cal_n))
     assert [round(float(x[0, 16, 16]) * 255 / 10) for x in held] == list(
         range(cal_n, cal_n + held_n))  # then the next ones, never calibrated
     warn = shortfall_warnings(n_cal, len(held), settings)

@@ -13,7 +13,7 @@ import pytest
 
 from daemon.quant import calibrate as cal
 from daemon.quant import qdq
-from daemon.quant.fallback import FallbackReport, greedy, sample_indices
+from daemon.quant.fallback import FallbackReport, Sampler, greedy
 from daemon.quant.settings import CalibrationSettings
 from daemon.quant.histogram import TensorStats
 from tests.test_quant import _producers, _run, _sqnr, tiny_calibrated
@@ -56,7 +56,8 @@ def test_cpu_layout_leaves_the_whole_group_float(tiny) -> None:
     c0 still takes a quantized input with int8 weights, c1 runs float."""
     model, stats, x = tiny
     assert qdq.float_group(model, "p0") == {"p0", "l0", "c0"}
-    assert qdq.float_group(model, "cat") == {"cat"}  # a Concat computes new values
+    # a Concat's inputs, clipped, would clip it: they and what feeds them come along
+    assert qdq.float_group(model, "cat") == {"cat", "u2", "l2", "c2", "l1", "c1"}
     q = qdq.quantize_model(model, stats, "cpu", float_inputs=["p0"])
     onnx.checker.check_model(q, full_check=True)
     quantized = _quantized_tensors(q)
@@ -102,12 +103,26 @@ def test_greedy_keeps_the_best_prefix_and_respects_the_cap() -> None:
     assert kept == [] and len(steps) == 2
 
 
-def test_sample_is_spread_over_the_calibration_frames() -> None:
-    assert sample_indices(10) == set(range(10))
-    s = sample_indices(300, 48)
-    assert len(s) == 48 and min(s) == 0 and max(s) == 299
-    gaps = np.diff(sorted(s))
-    assert gaps.min() >= 6 and gaps.max() <= 7
+@pytest.mark.parametrize("n", [10, 47, 48, 300, 1000, 5000])
+def test_sample_is_spread_over_whatever_arrived(n: int) -> None:
+    """Bounded (never more than 49 frames held, 48 after) and even over a stream of any
+    length."""
+    s = Sampler(48)
+    held = 0
+    for i in range(n):
+        s.offer(i, np.full((1,), i, np.float32), None)  # type: ignore[arg-type]
+        held = max(held, len(s.frames))
+    assert held <= 49 and len(s.frames) <= 48
+    idx = s.indices
+    assert idx == sorted(idx) and idx[0] == 0
+    assert [int(f[0]) for f in s.frames] == idx  # each kept frame is its own copy
+    if n <= 48:
+        assert idx == list(range(n))
+    else:
+        assert 25 <= len(idx) <= 48
+        gaps = set(np.diff(idx).tolist())
+        assert len(gaps) == 1  # evenly spaced
+        assert n - 1 - idx[-1] < gaps.pop()  # reaches the end of the stream
 
 
 def test_report_round_trips_and_says_what_it_kept() -> None:
@@ -117,26 +132,35 @@ def test_report_round_trips_and_says_what_it_kept() -> None:
                        float_inputs=["maxpool_1", "images"])
     assert FallbackReport.from_dict(r.to_dict()) == r
     assert "maxpool_1, images" in r.line() and "0.978 -> 0.996" in r.line()
-    assert "not for this variant" in FallbackReport("cpu", 0.01, 0).line()
-    assert "no FP32 box" in FallbackReport("tensorrt", 0.01, 2, frames=4).line()
+    assert "off for this variant" in FallbackReport("cpu", 0.01, 0).line()
+    assert "fewer than 30" in FallbackReport("tensorrt", 0.01, 2, frames=4, boxes=3).line()
 
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, fp32_onnx: Path, demo_video: Path):
     out = tmp_path_factory.mktemp("mixed") / "yolo.int8.onnx"
     settings = CalibrationSettings(count=48, holdout=24, every=3)
-    report = cal.calibrate(fp32_onnx, str(demo_video), target="tensorrt", out=out,
-                           settings=settings, tensor_sqnr=False)
-    return out, settings, report
+    calls: list[tuple[str, list[str]]] = []
+    real = qdq.quantize_model
+
+    def spy(model, stats, target, metadata=None, float_inputs=()):  # type: ignore[no-untyped-def]
+        calls.append((target, list(float_inputs)))
+        return real(model, stats, target, metadata, float_inputs)
+
+    with pytest.MonkeyPatch.context() as mp:  # records the models the decision was made with
+        mp.setattr(qdq, "quantize_model", spy)
+        report = cal.calibrate(fp32_onnx, str(demo_video), target="tensorrt", out=out,
+                               settings=settings)
+    return out, settings, report, calls
 
 
 @pytest.mark.slow
-def test_real_model_keeps_its_first_pool_float_on_tensorrt_only(mixed) -> None:
+def test_real_model_keeps_its_first_pool_float_on_tensorrt_only(mixed, fp32_onnx: Path) -> None:
     """On the demo video the first pool is the tensor whose own quantization costs the most
     (the measured cause, docs/int8.md): the fallback finds it first, keeps it float in the
     tensorrt variant only, and the agreement on the calibration sample rises. The TensorRT
     table still holds every tensor's entropy threshold."""
-    out, _, report = mixed
+    out, _, report, calls = mixed
     fb = FallbackReport.from_dict(report.variants["tensorrt"].fallback)
     assert fb.frames == 48 and fb.boxes > 20 and fb.baseline is not None
     assert fb.baseline < 0.99  # otherwise nothing would be decided here
@@ -152,11 +176,31 @@ def test_real_model_keeps_its_first_pool_float_on_tensorrt_only(mixed) -> None:
     assert FallbackReport.from_dict(report.variants["cpu"].fallback).float_inputs == []
     assert "maxpool_1:" in Path(report.cache).read_text()
     assert "kept in float maxpool_1" in report.summary()
+    # sensitivity = only that tensor quantized: every other convolution input float
+    inputs = qdq.conv_inputs(onnx.load(str(fp32_onnx)))
+    for t in fb.sensitivity_db:
+        assert ("tensorrt", [c for c in inputs if c != t]) in calls
+    # per-tensor SQNR of the held-out pass leaves out what the variant keeps float
+    worst = [n for n, _ in report.variants["tensorrt"].worst_tensors_sqnr_db]
+    assert worst and not set(worst) & set(fb.float_inputs)
+
+
+@pytest.mark.slow
+def test_the_table_does_not_depend_on_mixed_precision(mixed, fp32_onnx: Path, demo_video: Path,
+                                                      tmp_path: Path) -> None:
+    """The TensorRT table is entropy's, tensor by tensor, with or without the fallback."""
+    _, settings, report, _ = mixed
+    off = cal.calibrate(fp32_onnx, str(demo_video), target="tensorrt",
+                        out=tmp_path / "off.onnx", tensor_sqnr=False,
+                        settings=settings.model_copy(update={"fallback_max_layers": 0}))
+    assert FallbackReport.from_dict(off.variants["tensorrt"].fallback).float_inputs == []
+    lines = [Path(r.cache).read_text().splitlines() for r in (report, off)]
+    assert lines[0] == lines[1] and lines[0][0].endswith("-EntropyCalibration2")
 
 
 @pytest.mark.slow
 def test_reused_cache_keeps_the_decision(mixed, fp32_onnx: Path, demo_video: Path) -> None:
-    out, settings, first = mixed
+    out, settings, first, _ = mixed
     again = cal.calibrate(fp32_onnx, str(demo_video), target="tensorrt", out=out,
                           settings=settings, tensor_sqnr=False)
     assert again.cache_reused
@@ -199,3 +243,7 @@ def test_only_small_convolutions_are_candidates(fp32_onnx: Path) -> None:
     small = {t for t, w in shares.items() if w <= MAX_WEIGHT_SHARE}
     assert {"images", "maxpool_1", "maxpool_3"} <= small
     assert "leaky_13" not in small and "maxpool_11" not in small
+    # in the cpu layout route_17's group reaches leaky_13, so conv_14 (13%) would go float too
+    cpu = weight_shares(onnx.load(str(fp32_onnx)), "cpu")
+    assert shares["route_17"] <= MAX_WEIGHT_SHARE < cpu["route_17"]
+    assert cpu["maxpool_1"] == shares["maxpool_1"]

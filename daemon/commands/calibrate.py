@@ -36,8 +36,9 @@ def run(args: argparse.Namespace) -> int:
                                        percentile=args.percentile,
                                        fallback_max_drop=args.fallback_max_drop,
                                        fallback_max_layers=args.fallback_max_layers,
-                                       fallback_targets=[t for t in args.fallback_targets.split(",")
-                                                         if t])
+                                       fallback_targets=[t.strip() for t in
+                                                         args.fallback_targets.split(",")
+                                                         if t.strip()])
     except ValidationError as e:
         # the option's spelling: --fallback-max-layers for the field fallback_max_layers
         said = re.sub(r"--([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"),

@@ -284,13 +284,11 @@ def _collect(
     `holdout` frames that follow them (a contiguous stretch at the end of what is read: the
     end of a video, the last files of a list) are kept aside for scoring and never calibrated.
     A source that runs short gives calibration its `count` first; the holdout gets what is
-    left. The last item: a sample of the calibration frames (fallback.sample_indices) and their
+    left. The last item: a sample of the calibration frames (fallback.Sampler) and their
     letterbox geometry, for the mixed-precision decision."""
-    from daemon.quant.fallback import sample_indices
+    from daemon.quant.fallback import Sampler
 
-    keep = sample_indices(settings.count)
-    sample: list[np.ndarray] = []
-    sample_infos: list[LetterboxInfo] = []
+    sampler = Sampler()
     collector = ActivationCollector(proto, threads=threads)
     w, h = info.width, info.height
     batch = np.empty((batch_size, 3, h, w), np.float32)
@@ -325,9 +323,7 @@ def _collect(
             if for_calibration:
                 _, li = letterbox_av(frame, w, h, out=batch[filled])
                 rects.append(picture_rect(li))
-                if n_cal + filled in keep:
-                    sample.append(batch[filled].copy())
-                    sample_infos.append(li)
+                sampler.offer(n_cal + filled, batch[filled], li)
                 filled += 1
                 if filled == batch_size:
                     flush(filled)
@@ -350,6 +346,7 @@ def _collect(
         return {}, 0, empty, [], (empty, [])
     stats = stats_from_histograms(collector.histograms, settings)
     frames_out = np.stack(held) if held else empty
-    return stats, n_cal, frames_out, held_infos, (np.stack(sample) if sample else empty,
-                                                  sample_infos)
+    sample = sampler.stacked()
+    return stats, n_cal, frames_out, held_infos, (empty if sample is None else sample,
+                                                  sampler.infos)
 

@@ -175,7 +175,9 @@ def _gate(map50: float | None, scored: int, gate: float, target: str,
             f"INT8 model ({target}) agrees with FP32 at mAP@0.5 {map50:.3f} (box-weighted) on "
             f"{scored} "
             f"held-out frames, below model.calibration.min_agreement {gate:.2f} "
-            f"(method {settings.method}); try model.calibration.method: {other}, more or "
+            f"(method {settings.method}); try model.calibration.method: {other}, mixed "
+            f"precision for this variant (model.calibration.fallback_targets including "
+            f"{target}), more or "
             "other calibration frames (model.calibration.source, .count), "
             "model.precision: fp32, or lower model.calibration.min_agreement (0 turns the "
             "check off)")

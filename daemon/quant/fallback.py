@@ -10,18 +10,22 @@ small on a GPU. This is the accuracy-controlled fallback of NNCF's
 ``quantize_with_accuracy_control`` and of TensorRT's per-layer precision, decided on the
 calibration frames only (the held-out frames stay for the gate):
 
-1. On a sample of the calibration frames (``SAMPLE`` of them, spread over the set), the
+1. On a sample of the calibration frames (``SAMPLE`` at most, spread over the set: ``Sampler``), the
    all-INT8 model's box-weighted mAP@0.5 agreement with FP32 (FP32 detections at conf 0.25 as
    reference, INT8 at conf 0.05: the gate's definition, daemon.quant.agreement) is measured.
    Within ``max_drop`` of 1.0: nothing stays float.
 2. Otherwise each convolution input is ranked by its sensitivity: the lowest head SQNR (dB) of
    the model with only that tensor quantized (every other convolution input kept float). Only
-   inputs of convolutions that hold at most ``MAX_WEIGHT_SHARE`` (1%) of the model's weights are
+   inputs whose float convolutions (``weight_shares``) hold at most ``MAX_WEIGHT_SHARE`` (1%) of the model's weights are
    candidates, so the model stays about 4x smaller than FP32: the early, wide layers, where one
    clipped channel spreads furthest and a float convolution costs the least memory.
-3. The most sensitive inputs are kept in float one at a time, re-measuring the agreement after
-   each, until it is within ``max_drop`` or ``max_layers`` are float. The prefix with the best
-   agreement is kept (fewest on a tie): a revert that does not help is not kept.
+3. The most sensitive are kept in float one at a time, in rank order, re-measuring the
+   agreement after each, until it is within ``max_drop`` or ``max_layers`` are float. The
+   prefix with the best agreement is kept (the shortest on a tie; nothing when no prefix beats
+   the all-INT8 model), so reverts after the best prefix are dropped.
+
+With fewer than ``MIN_BOXES`` FP32 boxes in the sample nothing is decided (one box would move the
+agreement by more than the drop allowed).
 
 The thresholds themselves are untouched: the TensorRT table still holds every tensor's
 entropy threshold (TensorRT 10 builds from the Q/DQ model, where a convolution without Q/DQ
@@ -58,17 +62,56 @@ SAMPLE = 48  # calibration frames the decision is measured on (~70 FP32 boxes on
 MAX_WEIGHT_SHARE = 0.01
 
 
-def weight_shares(model: onnx.ModelProto) -> dict[str, float]:
-    """Per convolution input (``qdq.conv_inputs``): the share of all convolution weights held
-    by the convolutions it feeds (0..1)."""
+MIN_BOXES = 30  # fewer FP32 boxes in the sample: one box would move the agreement by > 0.03
+
+
+def weight_shares(model: onnx.ModelProto, target: str = "tensorrt") -> dict[str, float]:
+    """Per convolution input (``qdq.conv_inputs``): the share of all convolution weights (0..1)
+    that stays float when it is kept float in `target`'s layout: the convolutions it feeds
+    (``tensorrt``), or those fed by any tensor of its ``qdq.float_group`` (``cpu``)."""
     inits = {i.name: i for i in model.graph.initializer}
-    size = {n: int(np.prod(i.dims)) for n, i in inits.items()}
     per: dict[str, int] = {}
     for node in model.graph.node:
         if node.op_type == "Conv" and len(node.input) >= 2 and node.input[1] in inits:
-            per[node.input[0]] = per.get(node.input[0], 0) + size[node.input[1]]
+            per[node.input[0]] = per.get(node.input[0], 0) + int(np.prod(inits[node.input[1]].dims))
     total = sum(per.values()) or 1
-    return {t: w / total for t, w in per.items()}
+    out = {}
+    for t in per:
+        group = qdq.float_group(model, t) if target == "cpu" else {t}
+        out[t] = sum(w for x, w in per.items() if x in group) / total
+    return out
+
+
+class Sampler:
+    """Up to ``SAMPLE`` frames spread evenly over a stream of unknown length, in bounded memory:
+    every k-th frame is kept; when one more than ``SAMPLE`` would be held, every other one is
+    dropped and k doubles. So the sample covers everything that arrived (a source that runs
+    short, a `count` larger than the source): every frame up to ``SAMPLE`` of them, else
+    between SAMPLE/2 + 1 and SAMPLE (38 of the demo's 300)."""
+
+    def __init__(self, size: int = SAMPLE) -> None:
+        self.size = max(2, size)
+        self.step = 1
+        self.frames: list[np.ndarray] = []
+        self.infos: list[LetterboxInfo] = []
+        self.indices: list[int] = []
+
+    def offer(self, index: int, frame: np.ndarray, info: LetterboxInfo) -> None:
+        """Frame number `index` (0, 1, 2, ... in arrival order); copied when kept."""
+        if index % self.step:
+            return
+        self.frames.append(frame.copy())
+        self.infos.append(info)
+        self.indices.append(index)
+        if len(self.frames) > self.size:
+            self.step *= 2
+            keep = [k for k, i in enumerate(self.indices) if i % self.step == 0]
+            self.frames = [self.frames[k] for k in keep]
+            self.infos = [self.infos[k] for k in keep]
+            self.indices = [self.indices[k] for k in keep]
+
+    def stacked(self) -> np.ndarray | None:
+        return np.stack(self.frames) if self.frames else None
 
 
 @dataclass
@@ -105,11 +148,11 @@ class FallbackReport:
     def line(self) -> str:
         """One line for the calibration summary."""
         if not self.frames:
-            return ("mixed precision: not for this variant (every convolution INT8; "
-                    "model.calibration.fallback_targets)")
+            return ("mixed precision: off for this variant (every convolution INT8; "
+                    "model.calibration.fallback_targets, .fallback_max_layers)")
         if self.baseline is None:
-            return (f"mixed precision: not decided, no FP32 box in the {self.frames} calibration "
-                    "frames sampled (every convolution INT8)")
+            return (f"mixed precision: not decided, {self.boxes} FP32 boxes in the {self.frames} "
+                    f"calibration frames sampled, fewer than {MIN_BOXES} (every convolution INT8)")
         if not self.float_inputs:
             return (f"mixed precision: every convolution INT8 (agreement {self.baseline:.3f} on "
                     f"{self.frames} calibration frames"
@@ -117,14 +160,6 @@ class FallbackReport:
         after = dict(self.steps)[self.float_inputs[-1]]
         return (f"mixed precision: kept in float {', '.join(self.float_inputs)} (agreement on "
                 f"{self.frames} calibration frames {self.baseline:.3f} -> {after:.3f})")
-
-
-def sample_indices(count: int, sample: int = SAMPLE) -> set[int]:
-    """Indices (0-based, in calibration order) of the `sample` frames kept for the decision,
-    spread evenly over `count` calibration frames."""
-    if count <= sample:
-        return set(range(count))
-    return {int(i) for i in np.linspace(0, count - 1, sample).round()}
 
 
 def greedy(ranked: Sequence[str], baseline: float, evaluate: Callable[[list[str]], float],
@@ -185,16 +220,19 @@ def choose_float_inputs(
         return round(map_at_50(reference, predicted).box_weighted, 4)
 
     report.frames, report.boxes = len(frames), sum(len(d) for d in reference)
-    if not report.boxes:  # nothing to measure agreement on: every convolution stays INT8
+    if report.boxes < MIN_BOXES:  # too few to measure agreement on: every convolution INT8
+        log.info("mixed precision (%s): not decided, %d FP32 boxes in %d calibration frames "
+                 "(fewer than %d)", target, report.boxes, len(frames), MIN_BOXES)
         return report
     report.baseline = agreement([])
     if 1.0 - report.baseline <= max_drop:
         return report
-    shares = weight_shares(proto)
-    candidates = [t for t in qdq.conv_inputs(proto) if shares[t] <= MAX_WEIGHT_SHARE]
+    shares = weight_shares(proto, target)
+    inputs = qdq.conv_inputs(proto)
+    candidates = [t for t in inputs if shares[t] <= MAX_WEIGHT_SHARE]
     for t in candidates:
-        acc = SqnrAccumulator()
-        for name, r, q in zip(heads, ref_out, outputs([c for c in candidates if c != t])):
+        acc = SqnrAccumulator()  # only t quantized: every other convolution input float
+        for name, r, q in zip(heads, ref_out, outputs([c for c in inputs if c != t])):
             acc.add(name, r, q)
         report.sensitivity_db[t] = round(min(acc.db().values()), 2)
     ranked = sorted(candidates, key=lambda t: report.sensitivity_db[t])

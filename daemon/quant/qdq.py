@@ -241,20 +241,26 @@ _MONOTONE = frozenset({"LeakyRelu", "Relu"})
 
 def float_group(model: onnx.ModelProto, tensor: str) -> set[str]:
     """`tensor` and every tensor whose clipping would clip it: walking back through
-    value-preserving ops (MaxPool...) and monotone activations (LeakyRelu, Relu) to the op
-    that computes the values (``maxpool_1`` -> ``leaky_0`` -> ``conv_0``). Keeping a
-    convolution's input in float in the ``cpu`` layout means leaving this whole group
-    unquantized (the pre-activation ``conv_0`` clipped at its own threshold would clip
-    ``maxpool_1`` just the same)."""
+    value-preserving ops (MaxPool...), monotone activations (LeakyRelu, Relu) and every input
+    of a Concat (route), to the ops that compute the values (``maxpool_1`` -> ``leaky_0`` ->
+    ``conv_0``). Keeping a convolution's input in float in the ``cpu`` layout means leaving this
+    whole group unquantized (the pre-activation ``conv_0`` clipped at its own threshold would
+    clip ``maxpool_1`` just the same)."""
     producer = {o: n for n in model.graph.node for o in n.output}
-    group = {tensor}
-    name = tensor
-    while name in producer:
-        node = producer[name]
-        if node.op_type not in VALUE_PRESERVING | _MONOTONE or not node.input:
-            break
-        name = node.input[0]
+    group: set[str] = set()
+    todo = [tensor]
+    while todo:
+        name = todo.pop()
+        if name in group:
+            continue
         group.add(name)
+        node = producer.get(name)
+        if node is None or not node.input:
+            continue
+        if node.op_type == "Concat":
+            todo.extend(node.input)
+        elif node.op_type in VALUE_PRESERVING | _MONOTONE:
+            todo.append(node.input[0])
     return group
 
 

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 METHODS = ("entropy", "percentile", "mse", "max")
 DEFAULT_BATCH = 4  # frames ONNX Runtime runs at once during calibration and scoring
 DEFAULT_MIN_AGREEMENT = 0.90  # the daemon's quality gate (config model.calibration.min_agreement)
-# The settings that decide the thresholds: they (and the quantizer's code) make the key.
+# The settings that decide the thresholds and the mixed-precision choice: they (and the
+# quantizer's code) make the key, so changing a fallback_* setting recalibrates (the decision
+# needs calibration frames, which are not kept).
 _KEYED = ("count", "every", "holdout", "method", "percentile", "fallback_max_drop",
           "fallback_max_layers", "fallback_targets")
 
