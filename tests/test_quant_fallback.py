@@ -127,19 +127,25 @@ def test_sample_is_spread_over_whatever_arrived(n: int) -> None:
 
 def test_report_round_trips_and_says_what_it_kept() -> None:
     r = FallbackReport("tensorrt", 0.01, 2, frames=48, boxes=70, baseline=0.978,
-                       sensitivity_db={"maxpool_1": 24.4, "images": 31.8},
-                       steps=[("maxpool_1", 0.985), ("images", 0.996)],
-                       float_inputs=["maxpool_1", "images"])
+                       fixed=["images"], sensitivity_db={"maxpool_1": 24.4, "maxpool_3": 33.9},
+                       steps=[("maxpool_1", 0.985), ("maxpool_3", 0.986)],
+                       float_inputs=["images", "maxpool_1", "maxpool_3"])
     assert FallbackReport.from_dict(r.to_dict()) == r
-    assert "maxpool_1, images" in r.line() and "0.978 -> 0.996" in r.line()
+    line = r.line()
+    assert "images (8-bit input, by rule), maxpool_1, maxpool_3" in line
+    assert "0.978 -> 0.986; short of 0.99, stopped at fallback_max_layers 2" in line
     assert "off for this variant" in FallbackReport("cpu", 0.01, 0).line()
-    assert "fewer than 30" in FallbackReport("tensorrt", 0.01, 2, frames=4, boxes=3).line()
+    few = FallbackReport("tensorrt", 0.01, 2, frames=4, boxes=3, fixed=["images"])
+    assert "fewer than 30" in few.line() and "images" in few.line()
+    good = FallbackReport("cpu", 0.01, 2, frames=48, boxes=70, baseline=0.995)
+    assert "within 0.01 of 1" in good.line()
 
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, fp32_onnx: Path, demo_video: Path):
     out = tmp_path_factory.mktemp("mixed") / "yolo.int8.onnx"
-    settings = CalibrationSettings(count=48, holdout=24, every=3)
+    # a strict drop, so that these 48 frames (0.990 with only the image input float) decide
+    settings = CalibrationSettings(count=48, holdout=24, every=3, fallback_max_drop=0.002)
     calls: list[tuple[str, list[str]]] = []
     real = qdq.quantize_model
 
@@ -162,24 +168,28 @@ def test_real_model_keeps_its_first_pool_float_on_tensorrt_only(mixed, fp32_onnx
     table still holds every tensor's entropy threshold."""
     out, _, report, calls = mixed
     fb = FallbackReport.from_dict(report.variants["tensorrt"].fallback)
-    assert fb.frames == 48 and fb.boxes > 20 and fb.baseline is not None
-    assert fb.baseline < 0.99  # otherwise nothing would be decided here
+    assert fb.frames == 48 and fb.boxes >= 30 and fb.baseline is not None
+    assert fb.baseline < 0.998  # otherwise nothing would be decided here
+    assert fb.fixed == ["images"]  # the 8-bit input, by rule, not measured
+    assert "images" not in fb.sensitivity_db
     assert min(fb.sensitivity_db, key=fb.sensitivity_db.__getitem__) == "maxpool_1"
-    assert fb.float_inputs and fb.float_inputs[0] == "maxpool_1"
+    assert fb.float_inputs[:2] == ["images", "maxpool_1"]
     assert dict(fb.steps)[fb.float_inputs[-1]] > fb.baseline
     trt = onnx.load(str(out))
-    assert "maxpool_1" not in _quantized_tensors(trt)
+    assert not {"maxpool_1", "images"} & _quantized_tensors(trt)
     assert {p.key: p.value for p in trt.metadata_props}["detectd.float_tensors"] == \
         ",".join(fb.float_inputs)
     cpu = onnx.load(report.variants["cpu"].path)
     assert "maxpool_1" in _quantized_tensors(cpu)  # fallback_targets: tensorrt only
     assert FallbackReport.from_dict(report.variants["cpu"].fallback).float_inputs == []
     assert "maxpool_1:" in Path(report.cache).read_text()
-    assert "kept in float maxpool_1" in report.summary()
+    assert "kept in float images (8-bit input, by rule), maxpool_1" in report.summary()
+    assert "s of it deciding mixed precision" in report.summary()
     # sensitivity = only that tensor quantized: every other convolution input float
     inputs = qdq.conv_inputs(onnx.load(str(fp32_onnx)))
     for t in fb.sensitivity_db:
         assert ("tensorrt", [c for c in inputs if c != t]) in calls
+    assert ("tensorrt", ["images"]) in calls  # the baseline: only the rule's input float
     # per-tensor SQNR of the held-out pass leaves out what the variant keeps float
     worst = [n for n, _ in report.variants["tensorrt"].worst_tensors_sqnr_db]
     assert worst and not set(worst) & set(fb.float_inputs)

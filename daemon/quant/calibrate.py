@@ -131,6 +131,7 @@ def calibrate(
         log.warning("%s", cache_note)
 
     t_cal = time.perf_counter()
+    fallback_seconds = 0.0
     holdout_frames: np.ndarray | None = None
     holdout_infos: list[LetterboxInfo] = []
     if cached is not None:
@@ -149,11 +150,13 @@ def calibrate(
         stats = qdq.share_ranges(proto, stats)
         warn.extend(shortfall_warnings(n_cal, len(holdout_infos), settings,
                                         frames_src.split is not None))
+        t_fallback = time.perf_counter()
         fallback = {t: choose_float_inputs(
             proto, info, stats, sample, sample_infos, t, settings.fallback_max_drop,
             settings.fallback_max_layers if t in settings.fallback_targets else 0, batch,
             threads, cancel) for t in qdq.TARGETS}
         del sample
+        fallback_seconds = time.perf_counter() - t_fallback
     cal_seconds = time.perf_counter() - t_cal
 
     meta = {"detectd.calibration_key": key, "detectd.calibration_method": settings.method,
@@ -230,6 +233,7 @@ def calibrate(
         skipped_examples=frames_src.report.skipped_examples, warnings=warn,
         method=settings.method, fp32_size_bytes=model_path.stat().st_size, variants=variants,
         seconds=time.perf_counter() - t_start, calibration_seconds=cal_seconds,
+        mixed_precision_seconds=fallback_seconds,
         peak_rss_bytes=peak_rss_bytes(), reference_detections=ref_count,
         reference_classes=ref_classes, cache_header=header)
     for w in warn:

@@ -10,6 +10,10 @@ small on a GPU. This is the accuracy-controlled fallback of NNCF's
 ``quantize_with_accuracy_control`` and of TensorRT's per-layer precision, decided on the
 calibration frames only (the held-out frames stay for the gate):
 
+0. In the ``tensorrt`` layout the network's image input stays float by rule (``fixed``): the
+   pixels are 8-bit, the symmetric int8 form at TensorRT's scale 1/127 keeps 7 of those bits, and
+   a 3-channel first convolution gains nothing from INT8 (the ``cpu`` layout's uint8 input at
+   1/255 is exact, so it has no such rule).
 1. On a sample of the calibration frames (``SAMPLE`` at most, spread over the set: ``Sampler``), the
    all-INT8 model's box-weighted mAP@0.5 agreement with FP32 (FP32 detections at conf 0.25 as
    reference, INT8 at conf 0.05: the gate's definition, daemon.quant.agreement) is measured.
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -118,9 +123,12 @@ class Sampler:
 class FallbackReport:
     """What the fallback measured for one variant (``target``). Agreements are box-weighted
     mAP@0.5 against FP32 on ``frames`` calibration frames with ``boxes`` FP32 boxes;
-    ``sensitivity_db`` maps each convolution input to the lowest head SQNR (dB) with only it
-    quantized (empty when the all-INT8 model was already within ``max_drop``); ``steps`` lists
-    (tensor kept float, agreement after) in the order tried; ``float_inputs`` the ones kept."""
+    ``fixed`` are kept float by rule, before anything is measured (the ``tensorrt`` layout's
+    8-bit image input); ``baseline`` is the agreement with only those float;
+    ``sensitivity_db`` maps each candidate convolution input to the lowest head SQNR (dB) with
+    only it quantized (empty when the baseline was already within ``max_drop``); ``steps`` lists
+    (tensor kept float, agreement after) in the order tried; ``float_inputs`` all kept float,
+    ``fixed`` first."""
 
     target: str
     max_drop: float
@@ -128,6 +136,7 @@ class FallbackReport:
     frames: int = 0
     boxes: int = 0
     baseline: float | None = None
+    fixed: list[str] = field(default_factory=list)
     sensitivity_db: dict[str, float] = field(default_factory=dict)
     steps: list[tuple[str, float]] = field(default_factory=list)
     float_inputs: list[str] = field(default_factory=list)
@@ -140,6 +149,7 @@ class FallbackReport:
         r = cls(str(d["target"]), float(d["max_drop"]), int(d["max_layers"]))
         r.frames, r.boxes = int(d.get("frames", 0)), int(d.get("boxes", 0))
         r.baseline = d.get("baseline")
+        r.fixed = [str(x) for x in d.get("fixed", [])]
         r.sensitivity_db = {str(k): float(v) for k, v in dict(d.get("sensitivity_db", {})).items()}
         r.steps = [(str(a), float(b)) for a, b in d.get("steps", [])]
         r.float_inputs = [str(x) for x in d.get("float_inputs", [])]
@@ -147,19 +157,26 @@ class FallbackReport:
 
     def line(self) -> str:
         """One line for the calibration summary."""
-        if not self.frames:
+        if self.max_layers <= 0:
             return ("mixed precision: off for this variant (every convolution INT8; "
-                    "model.calibration.fallback_targets, .fallback_max_layers)")
+                    "fallback_targets, fallback_max_layers)")
+        fixed = "".join(f"{t} (8-bit input, by rule), " for t in self.fixed)
         if self.baseline is None:
-            return (f"mixed precision: not decided, {self.boxes} FP32 boxes in the {self.frames} "
-                    f"calibration frames sampled, fewer than {MIN_BOXES} (every convolution INT8)")
-        if not self.float_inputs:
-            return (f"mixed precision: every convolution INT8 (agreement {self.baseline:.3f} on "
-                    f"{self.frames} calibration frames"
-                    + (f", keeping any in float did not help)" if self.steps else ")"))
-        after = dict(self.steps)[self.float_inputs[-1]]
-        return (f"mixed precision: kept in float {', '.join(self.float_inputs)} (agreement on "
-                f"{self.frames} calibration frames {self.baseline:.3f} -> {after:.3f})")
+            return (f"mixed precision: kept in float {fixed or 'nothing, '}nothing measured: "
+                    f"{self.boxes} FP32 boxes in the {self.frames} calibration frames sampled, "
+                    f"fewer than {MIN_BOXES}")
+        target = 1.0 - self.max_drop
+        chosen = self.float_inputs[len(self.fixed):]
+        if not chosen:
+            why = (f"within {self.max_drop:g} of 1" if self.baseline >= target
+                   else "keeping any other in float did not help")
+            return (f"mixed precision: kept in float {fixed or 'nothing, '}the rest INT8 "
+                    f"(agreement {self.baseline:.3f} on {self.frames} calibration frames, {why})")
+        after = dict(self.steps)[chosen[-1]]
+        short = "" if after >= target else (
+            f"; short of {target:.2f}, stopped at fallback_max_layers {self.max_layers}")
+        return (f"mixed precision: kept in float {fixed}{', '.join(chosen)} (agreement on "
+                f"{self.frames} calibration frames {self.baseline:.3f} -> {after:.3f}{short})")
 
 
 def greedy(ranked: Sequence[str], baseline: float, evaluate: Callable[[list[str]], float],
@@ -199,10 +216,20 @@ def choose_float_inputs(
     from daemon.vision.yolo import postprocess
 
     report = FallbackReport(target, max_drop, max_layers)
-    if max_layers <= 0 or not len(frames):
+    if max_layers <= 0:
         return report
-    log.info("mixed precision (%s): measuring the INT8 model on %d calibration frames",
-             target, len(frames))
+    inputs = qdq.conv_inputs(proto)
+    if target == "tensorrt":
+        # The pixels are 8-bit; the symmetric int8 form at TensorRT's scale 1/127 holds 7 bits
+        # of them, and a 3-channel first convolution gains nothing from INT8.
+        graph_inputs = {i.name for i in proto.graph.input}
+        report.fixed = [t for t in inputs if t in graph_inputs]
+    report.float_inputs = list(report.fixed)
+    if not len(frames):
+        return report
+    t0 = time.perf_counter()
+    log.info("mixed precision (%s variant): measuring on %d calibration frames (about a "
+             "minute on 2 cores)", target, len(frames))
     heads = [h.name for h in info.heads]
 
     def outputs(float_inputs: list[str]) -> list[np.ndarray]:
@@ -220,22 +247,30 @@ def choose_float_inputs(
         return round(map_at_50(reference, predicted).box_weighted, 4)
 
     report.frames, report.boxes = len(frames), sum(len(d) for d in reference)
-    if report.boxes < MIN_BOXES:  # too few to measure agreement on: every convolution INT8
-        log.info("mixed precision (%s): not decided, %d FP32 boxes in %d calibration frames "
-                 "(fewer than %d)", target, report.boxes, len(frames), MIN_BOXES)
-        return report
-    report.baseline = agreement([])
-    if 1.0 - report.baseline <= max_drop:
-        return report
+    if report.boxes >= MIN_BOXES:  # fewer: one box would move the agreement by > 0.03
+        _decide(report, proto, target, inputs, ref_out, heads, outputs, agreement)
+    log.info("mixed precision (%s variant), %.0f s: %s", target, time.perf_counter() - t0,
+             report.line().removeprefix("mixed precision: "))
+    return report
+
+
+def _decide(report: FallbackReport, proto: onnx.ModelProto, target: str, inputs: list[str],
+            ref_out: list[np.ndarray], heads: list[str],
+            outputs: Callable[[list[str]], list[np.ndarray]],
+            agreement: Callable[[list[str]], float]) -> None:
+    """Steps 1-3 of the module docstring, from `report.fixed` on; fills `report`."""
+    fixed = list(report.fixed)
+    report.baseline = agreement(fixed)
+    if 1.0 - report.baseline <= report.max_drop:
+        return
     shares = weight_shares(proto, target)
-    inputs = qdq.conv_inputs(proto)
-    candidates = [t for t in inputs if shares[t] <= MAX_WEIGHT_SHARE]
+    candidates = [t for t in inputs if shares[t] <= MAX_WEIGHT_SHARE and t not in fixed]
     for t in candidates:
         acc = SqnrAccumulator()  # only t quantized: every other convolution input float
         for name, r, q in zip(heads, ref_out, outputs([c for c in inputs if c != t])):
             acc.add(name, r, q)
         report.sensitivity_db[t] = round(min(acc.db().values()), 2)
     ranked = sorted(candidates, key=lambda t: report.sensitivity_db[t])
-    report.steps, report.float_inputs = greedy(ranked, report.baseline, agreement, max_drop,
-                                               max_layers)
-    return report
+    report.steps, kept = greedy(ranked, report.baseline, lambda c: agreement(fixed + c),
+                                report.max_drop, report.max_layers)
+    report.float_inputs = fixed + kept

@@ -47,6 +47,7 @@ class CalibrationReport:
     reference_detections: int = 0
     reference_classes: int = 0
     cache_header: str = ""  # first line of the TensorRT table: TRT-<version>-<calibrator>
+    mixed_precision_seconds: float = 0.0  # of calibration_seconds: the fallback's decisions
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, default=str)
@@ -65,8 +66,10 @@ class CalibrationReport:
         if self.cache_reused:
             add((None, f"calibration cache reused: {self.cache}"))
         else:
+            mixed = (f", {self.mixed_precision_seconds:.0f} s of it deciding mixed precision"
+                     if self.mixed_precision_seconds >= 1 else "")
             add((None, f"calibrated on {self.frames_calibrated} frames in "
-                       f"{self.calibration_seconds:.1f} s (peak RSS "
+                       f"{self.calibration_seconds:.1f} s{mixed} (peak RSS "
                        f"{self.peak_rss_bytes / 2**20:.0f} MiB); cache {self.cache}"))
         if self.cache_header:
             add(("tensorrt", f"TensorRT cache header {self.cache_header} (thresholds by "
