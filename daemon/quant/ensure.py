@@ -75,7 +75,7 @@ def ensure_int8_model(
         except (OSError, ValueError):
             quality = None
     if quality is None:
-        log.info("building the INT8 model for %s from %s once (about 2 min on 2 cores, "
+        log.info("building the INT8 model for %s from %s once (1-3 min on 2 cores, "
                  "cached after): %s", target, fp32.name, _plan(src, settings))
 
         def say(done: int, total: int) -> None:
