@@ -257,3 +257,14 @@ def test_only_small_convolutions_are_candidates(fp32_onnx: Path) -> None:
     cpu = weight_shares(onnx.load(str(fp32_onnx)), "cpu")
     assert shares["route_17"] <= MAX_WEIGHT_SHARE < cpu["route_17"]
     assert cpu["maxpool_1"] == shares["maxpool_1"]
+
+
+def test_the_stop_rule_is_one_predicate() -> None:
+    """0.99 is within 0.01 of 1 for the decision and for the summary alike."""
+    from daemon.quant.fallback import within
+
+    assert within(0.99, 0.01) and within(1.0, 0.0) and not within(0.9899, 0.01)
+    steps, kept = greedy(["a"], 0.99, lambda c: pytest.fail("evaluated"), 0.01, 2)
+    assert steps == [] and kept == []
+    r = FallbackReport("cpu", 0.01, 2, frames=48, boxes=70, baseline=0.99)
+    assert "within 0.01 of 1" in r.line()

@@ -171,13 +171,14 @@ def _gate(map50: float | None, scored: int, gate: float, target: str,
                  target, scored)
     elif map50 is not None and map50 < gate:
         other = "percentile" if settings.method == "entropy" else "entropy"
+        mixed = ("" if target in settings.fallback_targets and settings.fallback_max_layers
+                 else f"mixed precision for this variant (model.calibration.fallback_targets "
+                      f"including {target}), ")
         raise AgreementTooLow(
             f"INT8 model ({target}) agrees with FP32 at mAP@0.5 {map50:.3f} (box-weighted) on "
             f"{scored} "
             f"held-out frames, below model.calibration.min_agreement {gate:.2f} "
-            f"(method {settings.method}); try model.calibration.method: {other}, mixed "
-            f"precision for this variant (model.calibration.fallback_targets including "
-            f"{target}), more or "
+            f"(method {settings.method}); try model.calibration.method: {other}, {mixed}more or "
             "other calibration frames (model.calibration.source, .count), "
             "model.precision: fp32, or lower model.calibration.min_agreement (0 turns the "
             "check off)")

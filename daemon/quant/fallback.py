@@ -34,8 +34,9 @@ agreement by more than the drop allowed).
 The thresholds themselves are untouched: the TensorRT table still holds every tensor's
 entropy threshold (TensorRT 10 builds from the Q/DQ model, where a convolution without Q/DQ
 runs in float). Which variants get a fallback is ``model.calibration.fallback_targets``
-(default ``tensorrt`` only: in the ``cpu`` layout the float first layers cost 35% of
-OpenVINO's speed and 12% of ONNX Runtime's, measured in docs/int8.md).
+(default ``tensorrt`` only: in the ``cpu`` layout the float first layers add 35% to
+OpenVINO's time per frame and 12% to ONNX Runtime's, measured in docs/int8.md). The image-input
+rule (step 0) applies whenever mixed precision is on for the ``tensorrt`` variant.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from daemon.vision.letterbox import LetterboxInfo
 
 log = logging.getLogger("detectd.calibrate")
 
-SAMPLE = 48  # calibration frames the decision is measured on (~70 FP32 boxes on the demo)
+SAMPLE = 48  # at most, calibration frames the decision is measured on (demo: 38, 59 FP32 boxes)
 # A candidate's convolutions may hold at most this share of the model's weights, so an INT8
 # model stays ~4x smaller than FP32 whatever is kept float. YOLOv3-Tiny's candidates: the inputs
 # of its first four convolutions (images 0.005%, maxpool_1 0.05%, maxpool_3 0.2%, maxpool_5 0.8%
@@ -168,15 +169,21 @@ class FallbackReport:
         target = 1.0 - self.max_drop
         chosen = self.float_inputs[len(self.fixed):]
         if not chosen:
-            why = (f"within {self.max_drop:g} of 1" if self.baseline >= target
-                   else "keeping any other in float did not help")
+            why = (f"within {self.max_drop:g} of 1" if within(self.baseline, self.max_drop)
+                   else "keeping more in float did not help")
             return (f"mixed precision: kept in float {fixed or 'nothing, '}the rest INT8 "
                     f"(agreement {self.baseline:.3f} on {self.frames} calibration frames, {why})")
         after = dict(self.steps)[chosen[-1]]
-        short = "" if after >= target else (
+        short = "" if within(after, self.max_drop) else (
             f"; short of {target:.2f}, stopped at fallback_max_layers {self.max_layers}")
         return (f"mixed precision: kept in float {fixed}{', '.join(chosen)} (agreement on "
                 f"{self.frames} calibration frames {self.baseline:.3f} -> {after:.3f}{short})")
+
+
+def within(agreement: float, max_drop: float) -> bool:
+    """The stop rule, one predicate for the decision and the summary: `agreement` is at most
+    `max_drop` short of 1 (a float-rounding margin of 1e-9, so 0.99 is within 0.01)."""
+    return agreement >= 1.0 - max_drop - 1e-9
 
 
 def greedy(ranked: Sequence[str], baseline: float, evaluate: Callable[[list[str]], float],
@@ -184,7 +191,7 @@ def greedy(ranked: Sequence[str], baseline: float, evaluate: Callable[[list[str]
     """Steps 1 and 3 of the module docstring as a pure function: (steps, kept). `evaluate`
     returns the agreement with the given inputs kept float."""
     steps: list[tuple[str, float]] = []
-    if 1.0 - baseline <= max_drop:
+    if within(baseline, max_drop):
         return steps, []
     chosen: list[str] = []
     best, best_n = baseline, 0
@@ -194,7 +201,7 @@ def greedy(ranked: Sequence[str], baseline: float, evaluate: Callable[[list[str]
         steps.append((t, a))
         if a > best:
             best, best_n = a, len(chosen)
-        if 1.0 - a <= max_drop:
+        if within(a, max_drop):
             break
     return steps, chosen[:best_n]
 
@@ -261,7 +268,7 @@ def _decide(report: FallbackReport, proto: onnx.ModelProto, target: str, inputs:
     """Steps 1-3 of the module docstring, from `report.fixed` on; fills `report`."""
     fixed = list(report.fixed)
     report.baseline = agreement(fixed)
-    if 1.0 - report.baseline <= report.max_drop:
+    if within(report.baseline, report.max_drop):
         return
     shares = weight_shares(proto, target)
     candidates = [t for t in inputs if shares[t] <= MAX_WEIGHT_SHARE and t not in fixed]

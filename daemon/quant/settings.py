@@ -69,7 +69,7 @@ class CalibrationSettings(BaseModel):
     # with FP32 on a sample of the calibration frames is within fallback_max_drop of 1, at most
     # fallback_max_layers of them (0 = every convolution INT8), in the variants named in
     # fallback_targets (the cpu layout is left out by default: there its float first layers
-    # cost 35% of OpenVINO's speed and 12% of ONNX Runtime's: docs/int8.md). In the tensorrt
+    # add 35% to OpenVINO's time per frame, 12% to ONNX Runtime's: docs/int8.md). In the tensorrt
     # layout the 8-bit image input also stays float whenever mixed precision is on.
     fallback_max_drop: float = Field(default=0.01, ge=0, le=1)
     fallback_max_layers: int = Field(default=2, ge=0, le=64)
