@@ -39,7 +39,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -52,7 +54,7 @@ from daemon.config import ModelConfig  # noqa: E402
 from daemon.models.info import ModelInfo  # noqa: E402
 from daemon.models.resolve import fp32_model  # noqa: E402
 from daemon.quant import qdq  # noqa: E402
-from daemon.quant.agreement import SqnrAccumulator, bootstrap_over_sources, map_at_50  # noqa: E402
+from daemon.quant.agreement import bootstrap_over_sources, head_sqnr_db, map_at_50  # noqa: E402
 from daemon.quant.histogram import TensorStats  # noqa: E402
 from daemon.quant.reference import map_reference_table  # noqa: E402
 from daemon.vision.letterbox import letterbox_av  # noqa: E402
@@ -128,18 +130,29 @@ def run(sess: ort.InferenceSession, frames: np.ndarray, heads: list[str]) -> lis
     return [np.concatenate([p[k] for p in parts]) for k in range(len(heads))]
 
 
-def latencies(models: dict[str, str], frames: np.ndarray, threads: int, runs: int
-              ) -> dict[str, float]:
-    sessions = {n: session(p, threads) for n, p in models.items()}
-    times: dict[str, list[float]] = {n: [] for n in models}
+def interleaved(calls: dict[str, Callable[[int], object]], n_frames: int, runs: int
+                ) -> dict[str, float]:
+    """Median seconds of each call, the calls interleaved round by round (a noisy machine slows
+    them alike), each given the round's frame number (0 .. n_frames - 1), the first 3 rounds
+    not counted (warm-up)."""
+    times: dict[str, list[float]] = {n: [] for n in calls}
     for i in range(runs + 3):
-        x = frames[i % len(frames)][None]
-        for name, s in sessions.items():
+        for name, call in calls.items():
             t = time.perf_counter()
-            s.run(None, {"images": x})
-            if i >= 3:  # warm-up rounds not counted
+            call(i % n_frames)
+            if i >= 3:
                 times[name].append(time.perf_counter() - t)
     return {n: float(np.median(t)) for n, t in times.items()}
+
+
+def latencies(models: dict[str, str | bytes], frames: np.ndarray, threads: int, runs: int
+              ) -> dict[str, float]:
+    """ONNX Runtime: each model's median batch-1 latency over `frames` (`interleaved`)."""
+    def call(s: ort.InferenceSession) -> Callable[[int], object]:
+        return lambda k: s.run(None, {"images": frames[k:k + 1]})
+
+    return interleaved({n: call(session(p, threads)) for n, p in models.items()},
+                       len(frames), runs)
 
 
 def openvino_latencies(models: dict[str, str | bytes], fp32: Path, info: ModelInfo,
@@ -149,6 +162,7 @@ def openvino_latencies(models: dict[str, str | bytes], fp32: Path, info: ModelIn
     like `latencies`; {} where OpenVINO does not import."""
     try:
         from daemon.backends.openvino import OpenVinoBackend
+        from daemon.backends.ov_graph import quantize_pixels
     except ImportError:
         return {}
     heads = [h.name for h in info.heads]
@@ -162,18 +176,18 @@ def openvino_latencies(models: dict[str, str | bytes], fp32: Path, info: ModelIn
             Path(path).write_bytes(model)
         backends[f"openvino {name}"] = OpenVinoBackend(path, "images", heads, precision="int8",
                                                        threads=threads, hint="latency")
-    times: dict[str, list[float]] = {n: [] for n in backends}
-    for i in range(runs + 3):
-        x = frames[i % len(frames)][None]
-        for name, b in backends.items():
-            xx = x if b.input_dtype == np.float32 else np.rint(x * 255).astype(np.uint8)
-            t = time.perf_counter()
-            b.infer(xx)
-            if i >= 3:
-                times[name].append(time.perf_counter() - t)
+    # each backend gets its input type up front (uint8 pixels for the INT8 models, as the
+    # daemon feeds them), so only inference is timed
+    pixels = quantize_pixels(frames)
+
+    def call(b: Any) -> Callable[[int], object]:
+        x = pixels if b.input_dtype == np.uint8 else frames
+        return lambda k: b.infer(x[k:k + 1])
+
+    out = interleaved({n: call(b) for n, b in backends.items()}, len(frames), runs)
     for b in backends.values():
         b.close()
-    return {n: float(np.median(t)) for n, t in times.items()}
+    return out
 
 
 POOL_RANGE = 128.0  # preset range of the per-source histograms of the first pool (|x| <= 60
@@ -374,10 +388,7 @@ def dev_figures(fp32: Path, proto: onnx.ModelProto, info: ModelInfo, threads: in
     for name, blob in models.items():
         out = run(session(blob, threads), frames, heads)
         a = map_at_50(reference, postprocess(out, dev_li, info.heads, 0.05, 0.45))
-        acc = SqnrAccumulator()
-        for h_, r, q in zip(heads, ref_out, out):
-            acc.add(h_, r, q)
-        db = acc.db()
+        db = head_sqnr_db(heads, ref_out, out)
         scores[name] = {"map50": round(a.map50, 4), "map50_box_weighted": round(a.box_weighted, 4),
                         "head_sqnr_db": {k: round(v, 2) for k, v in db.items()},
                         f"{pool}_threshold": round(pool_at[name], 2)}
@@ -508,10 +519,7 @@ def main() -> int:
         print(f"scoring {name} ...", file=sys.stderr, flush=True)
         out = run(session(model, args.threads), frames, heads)
         predictions[name] = postprocess(out, infos, info.heads, 0.05, 0.45)
-        acc = SqnrAccumulator()
-        for h, ref_h, q in zip(heads, ref_out, out):
-            acc.add(h, ref_h, q)
-        sqnr[name] = {k: round(v, 2) for k, v in acc.db().items()}
+        sqnr[name] = {k: round(v, 2) for k, v in head_sqnr_db(heads, ref_out, out).items()}
     scores = {n: map_at_50(reference, p) for n, p in predictions.items()}
     intervals = {}
     for t in qdq.TARGETS:

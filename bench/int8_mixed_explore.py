@@ -30,7 +30,7 @@ from daemon.config import ModelConfig  # noqa: E402
 from daemon.models.info import ModelInfo  # noqa: E402
 from daemon.models.resolve import fp32_model  # noqa: E402
 from daemon.quant import qdq  # noqa: E402
-from daemon.quant.agreement import SqnrAccumulator, map_at_50  # noqa: E402
+from daemon.quant.agreement import head_sqnr_db, map_at_50  # noqa: E402
 from daemon.quant.histogram import TensorStats  # noqa: E402
 from daemon.quant.sources import FrameSource  # noqa: E402
 from daemon.vision.letterbox import letterbox_av  # noqa: E402
@@ -67,11 +67,8 @@ def main() -> int:
     every10 = np.stack(ten)
     ref = B.run(B.session(str(fp32), 2), every10, heads)
     for t in inputs:
-        acc = SqnrAccumulator()
-        for h, r, q in zip(heads, ref, B.run(B.session(model([c for c in inputs if c != t]), 2),
-                                             every10, heads)):
-            acc.add(h, r, q)
-        print(f"sensitivity {t}: {min(acc.db().values()):.2f} dB", flush=True)
+        out = B.run(B.session(model([c for c in inputs if c != t]), 2), every10, heads)
+        print(f"sensitivity {t}: {min(head_sqnr_db(heads, ref, out).values()):.2f} dB", flush=True)
     frames, infos, _ = B.harness_frames()
     sets = {"calibration part (every 3rd)": (dev, cal_infos), "harness": (frames, infos)}
     refs = {}
@@ -85,11 +82,8 @@ def main() -> int:
             out = B.run(sess, fr, heads)
             ro, rd = refs[k]
             a = map_at_50(rd, postprocess(out, inf, info.heads, 0.05, 0.45))
-            acc = SqnrAccumulator()
-            for h, r, q in zip(heads, ro, out):
-                acc.add(h, r, q)
             parts.append(f"{k} {a.map50:.3f} / {a.box_weighted:.4f} / "
-                         f"{min(acc.db().values()):.1f}")
+                         f"{min(head_sqnr_db(heads, ro, out).values()):.1f}")
         print(f"float {combo or 'nothing'}: " + " | ".join(parts), flush=True)
     return 0
 

@@ -88,7 +88,6 @@ def point_in_polygon(p: Point, poly: Sequence[Point]) -> bool:
         return True
     x, y = p
     inside = False
-    n = len(poly)
     j = n - 1
     for i in range(n):
         xi, yi = poly[i]

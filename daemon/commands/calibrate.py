@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from typing import Any
 
@@ -40,10 +39,7 @@ def run(args: argparse.Namespace) -> int:
                                                          args.fallback_targets.split(",")
                                                          if t.strip()])
     except ValidationError as e:
-        # the option's spelling: --fallback-max-layers for the field fallback_max_layers
-        said = re.sub(r"--([a-z_]+)", lambda m: "--" + m.group(1).replace("_", "-"),
-                      describe_invalid(e, prefix="--"))
-        say(f"detectd calibrate: {said}")
+        say(f"detectd calibrate: {describe_invalid(e, prefix='--')}")
         return ExitCode.USAGE
     if args.threads < 0:
         say(f"detectd calibrate: --threads {args.threads}: expected 0 (one per core) or more")

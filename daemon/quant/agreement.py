@@ -206,6 +206,16 @@ class SqnrAccumulator:
         return sorted(self.db().items(), key=lambda kv: kv[1])[:k]
 
 
+def head_sqnr_db(names: Sequence[str], reference: Sequence[np.ndarray],
+                 approx: Sequence[np.ndarray]) -> dict[str, float]:
+    """SQNR (dB, ``SqnrAccumulator``) of each output: ``names[i]`` -> reference[i] against
+    approx[i] (e.g. a model's heads, FP32 against INT8, over the same frames)."""
+    acc = SqnrAccumulator()
+    for name, r, q in zip(names, reference, approx):
+        acc.add(name, r, q)
+    return acc.db()
+
+
 def fake_quantize(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int
                   ) -> np.ndarray:
     """x quantized and dequantized as QuantizeLinear/DequantizeLinear do (round half to even,

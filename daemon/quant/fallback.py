@@ -45,14 +45,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import onnx
 
 from daemon.quant import qdq
-from daemon.quant.agreement import SqnrAccumulator, map_at_50
+from daemon.quant.agreement import head_sqnr_db, map_at_50
 from daemon.quant.errors import check_cancel
 from daemon.quant.histogram import TensorStats
 from daemon.vision.letterbox import LetterboxInfo
@@ -74,17 +74,19 @@ MIN_BOXES = 30  # fewer FP32 boxes in the sample: one box would move the agreeme
 def weight_shares(model: onnx.ModelProto, target: str = "tensorrt") -> dict[str, float]:
     """Per convolution input (``qdq.conv_inputs``): the share of all convolution weights (0..1)
     that stays float when it is kept float in `target`'s layout: the convolutions it feeds
-    (``tensorrt``), or those fed by any tensor of its ``qdq.float_group`` (``cpu``)."""
+    (``tensorrt``), or those fed by any tensor of its ``qdq.float_group`` (``cpu``):
+    ``qdq.float_tensors``."""
     inits = {i.name: i for i in model.graph.initializer}
-    per: dict[str, int] = {}
+    per: dict[str, int] = dict.fromkeys(qdq.conv_inputs(model), 0)
     for node in model.graph.node:
-        if node.op_type == "Conv" and len(node.input) >= 2 and node.input[1] in inits:
-            per[node.input[0]] = per.get(node.input[0], 0) + int(np.prod(inits[node.input[1]].dims))
+        if node.op_type == "Conv" and len(node.input) >= 2 and node.input[0] in per \
+                and node.input[1] in inits:
+            per[node.input[0]] += int(np.prod(inits[node.input[1]].dims))
     total = sum(per.values()) or 1
     out = {}
     for t in per:
-        group = qdq.float_group(model, t) if target == "cpu" else {t}
-        out[t] = sum(w for x, w in per.items() if x in group) / total
+        unquantized = qdq.float_tensors(model, target, [t])
+        out[t] = sum(w for x, w in per.items() if x in unquantized) / total
     return out
 
 
@@ -147,13 +149,8 @@ class FallbackReport:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FallbackReport":
-        r = cls(str(d["target"]), float(d["max_drop"]), int(d["max_layers"]))
-        r.frames, r.boxes = int(d.get("frames", 0)), int(d.get("boxes", 0))
-        r.baseline = d.get("baseline")
-        r.fixed = [str(x) for x in d.get("fixed", [])]
-        r.sensitivity_db = {str(k): float(v) for k, v in dict(d.get("sensitivity_db", {})).items()}
-        r.steps = [(str(a), float(b)) for a, b in d.get("steps", [])]
-        r.float_inputs = [str(x) for x in d.get("float_inputs", [])]
+        r = cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+        r.steps = [(str(a), float(b)) for a, b in r.steps]  # JSON gives lists
         return r
 
     def line(self) -> str:
@@ -273,10 +270,9 @@ def _decide(report: FallbackReport, proto: onnx.ModelProto, target: str, inputs:
     shares = weight_shares(proto, target)
     candidates = [t for t in inputs if shares[t] <= MAX_WEIGHT_SHARE and t not in fixed]
     for t in candidates:
-        acc = SqnrAccumulator()  # only t quantized: every other convolution input float
-        for name, r, q in zip(heads, ref_out, outputs([c for c in inputs if c != t])):
-            acc.add(name, r, q)
-        report.sensitivity_db[t] = round(min(acc.db().values()), 2)
+        # only t quantized: every other convolution input float
+        quantized = outputs([c for c in inputs if c != t])
+        report.sensitivity_db[t] = round(min(head_sqnr_db(heads, ref_out, quantized).values()), 2)
     ranked = sorted(candidates, key=lambda t: report.sensitivity_db[t])
     report.steps, kept = greedy(ranked, report.baseline, lambda c: agreement(fixed + c),
                                 report.max_drop, report.max_layers)

@@ -227,12 +227,8 @@ def _is_weight_conv(node: onnx.NodeProto, inits: Mapping[str, TensorProto]) -> b
 def conv_inputs(model: onnx.ModelProto) -> list[str]:
     """The activation inputs of the weight convolutions, in graph order, each once: the tensors
     the ``tensorrt`` layout quantizes and mixed precision may keep in float."""
-    inits = {i.name for i in model.graph.initializer}
-    seen: dict[str, None] = {}
-    for n in model.graph.node:
-        if n.op_type == "Conv" and len(n.input) >= 2 and n.input[1] in inits:
-            seen.setdefault(n.input[0], None)
-    return list(seen)
+    inits = {i.name: i for i in model.graph.initializer}
+    return list(dict.fromkeys(n.input[0] for n in model.graph.node if _is_weight_conv(n, inits)))
 
 
 # Element-wise and monotone non-decreasing: clipping the input clips the output alike.
@@ -262,6 +258,15 @@ def float_group(model: onnx.ModelProto, tensor: str) -> set[str]:
         elif node.op_type in VALUE_PRESERVING | _MONOTONE:
             todo.append(node.input[0])
     return group
+
+
+def float_tensors(model: onnx.ModelProto, target: str, float_inputs: Iterable[str]) -> set[str]:
+    """The tensors `target`'s layout leaves unquantized when `float_inputs` (convolution
+    inputs) are kept float: those inputs themselves (``tensorrt``, which quantizes only
+    convolution inputs), or the ``float_group`` of each (``cpu``, which quantizes every tensor)."""
+    if target == "cpu":
+        return {g for t in float_inputs for g in float_group(model, t)}
+    return set(float_inputs)
 
 
 def quantize_tensorrt(model: onnx.ModelProto, stats: Mapping[str, TensorStats],
@@ -330,10 +335,8 @@ def quantize_cpu(model: onnx.ModelProto, stats: Mapping[str, TensorStats],
     biases; head convolutions dequantize to float. For each tensor of `float_inputs` its
     `float_group` stays float, and so do the weights of the convolutions it feeds."""
     b = _Builder(model)
-    heads = _head_producers(model)
-    for t in float_inputs:
-        heads |= float_group(model, t)
-    params = {k: v for k, v in cpu_params(model, stats).items() if k not in heads}
+    unquantized = _head_producers(model) | float_tensors(model, "cpu", float_inputs)
+    params = {k: v for k, v in cpu_params(model, stats).items() if k not in unquantized}
     dq_of: dict[str, str] = {}
 
     def emit(tensor: str) -> None:

@@ -12,7 +12,7 @@ import onnx
 import onnxruntime as ort
 
 from daemon.quant import qdq
-from daemon.quant.agreement import SqnrAccumulator, fake_quantize, map_at_50
+from daemon.quant.agreement import SqnrAccumulator, fake_quantize, head_sqnr_db, map_at_50
 from daemon.quant.errors import check_cancel
 from daemon.quant.histogram import ActivationCollector, TensorStats
 from daemon.quant.report import VariantReport
@@ -81,18 +81,14 @@ def score_variants(
         agreement = map_at_50(reference, predicted)
         v.map50 = agreement.map50
         v.map50_box_weighted = round(agreement.box_weighted, 4)
-        acc = SqnrAccumulator()
-        for name, r, q in zip(heads, ref_out, out):
-            acc.add(name, r, q)
-        v.head_sqnr_db = {k: round(x, 2) for k, x in acc.db().items()}
+        v.head_sqnr_db = {k: round(x, 2) for k, x in head_sqnr_db(heads, ref_out, out).items()}
     if not tensor_sqnr:
         return len(frames), sum(len(d) for d in reference), classes
     # per-tensor SQNR, one frame batch at a time (activations are not kept)
     # tensors a variant keeps in float (mixed precision) lose nothing there: not listed
-    trt_float = set(variants["tensorrt"].fallback.get("float_inputs", ()))
-    cpu_float = {g for t in variants["cpu"].fallback.get("float_inputs", ())
-                 for g in qdq.float_group(proto, t)}
-    trt_tensors = {n.input[0] for n in proto.graph.node if n.op_type == "Conv"} - trt_float
+    trt_float, cpu_float = (qdq.float_tensors(proto, t, variants[t].fallback.get("float_inputs", ()))
+                            for t in ("tensorrt", "cpu"))
+    trt_tensors = set(qdq.conv_inputs(proto)) - trt_float
     cpu_params = {k: v for k, v in qdq.cpu_params(proto, stats).items() if k not in cpu_float}
     collector = ActivationCollector(proto, threads=threads)
     acc_trt, acc_cpu = SqnrAccumulator(), SqnrAccumulator()

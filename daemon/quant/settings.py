@@ -99,9 +99,14 @@ class CalibrationSettings(BaseModel):
 
 
 def describe_invalid(e: ValidationError, prefix: str = "") -> str:
-    """One line per problem of a ValidationError: ``<prefix><field>: <message>``."""
-    return "; ".join(f"{prefix}{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                     for err in e.errors())
+    """One line per problem of a ValidationError: ``<prefix><field>: <message>``. With the
+    prefix ``--`` the field is written as the command-line option (``--fallback-max-layers``
+    for ``fallback_max_layers``)."""
+    def name(loc: tuple[object, ...]) -> str:
+        n = ".".join(str(p) for p in loc)
+        return n.replace("_", "-") if prefix == "--" else n
+
+    return "; ".join(f"{prefix}{name(err['loc'])}: {err['msg']}" for err in e.errors())
 
 
 def calibration_key(model_sha: str, set_sha: str, settings: CalibrationSettings) -> str:
